@@ -1,0 +1,283 @@
+//! Voucher shard actors: each owns the vouchers whose code hashes to it, keeps
+//! their leased free slot numbers, and hands one to each contender.
+//!
+//! A shard never waits for the ledger inside `handle`: it submits the claim (the
+//! ledger queues it in call order) and a task awaits the commit, answers the
+//! client, and tells the shard how the slot ended (`Settled`). So one hot voucher
+//! is served by one shard at the ledger's group-commit rate, not at one fsync per
+//! request. The ledger, not the shard, is the authority on slots (I1) and users
+//! (I2): a slot the ledger says is taken is dropped and the contender retries with
+//! another, so a restarted shard that rebuilds its pool from the ledger is safe
+//! even while claims of its predecessor are still in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::catalog::{Catalog, VoucherView};
+use crate::domain::{PhoneNumber, Redemption, Timestamp, VoucherCode};
+use crate::error::{Error, Result};
+use crate::limits::{LOCAL_LEASE_BATCH_SLOTS, MAX_CLAIM_ATTEMPTS, MAX_SLOT_WAITERS_PER_VOUCHER};
+use crate::metrics::Metrics;
+use crate::slots::SlotSource;
+use crate::store::{Claim, Ledger};
+
+/// The behaviour of a voucher shard.
+pub struct VoucherShard;
+
+/// What a shard is started (and restarted) with.
+#[derive(Clone)]
+pub struct VoucherShardArgs {
+    pub index: usize,
+    pub shards: usize,
+    pub catalog: Arc<Catalog>,
+    pub ledger: Arc<dyn Ledger>,
+    pub slots: Arc<dyn SlotSource>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct VoucherShardState {
+    args: VoucherShardArgs,
+    pools: HashMap<VoucherCode, ShardPool>,
+}
+
+/// A voucher's slots as this shard holds them.
+#[derive(Default)]
+struct ShardPool {
+    /// Leased slot numbers not yet handed out; popped from the end (lowest first).
+    free: Vec<u32>,
+    /// Slots handed to claims whose commit has not settled.
+    in_flight: u32,
+    /// Contenders waiting because the pool is empty while claims are in flight
+    /// (a failed claim gives its slot back).
+    waiters: VecDeque<Contender>,
+}
+
+/// One redemption request travelling through the shard.
+pub struct Contender {
+    phone: PhoneNumber,
+    attempts: u32,
+    reply: RpcReplyPort<Result<Redemption>>,
+}
+
+/// How a claim's slot ended.
+pub enum Settlement {
+    /// The ledger committed the claim; the slot is spent.
+    Won,
+    /// The claim failed without spending the slot; it goes back to the pool.
+    Returned,
+    /// The ledger says another claim holds the slot; the contender tries again.
+    SlotLost(Contender),
+}
+
+pub enum VoucherShardMsg {
+    Redeem {
+        code: VoucherCode,
+        phone: PhoneNumber,
+        reply: RpcReplyPort<Result<Redemption>>,
+    },
+    Settled {
+        code: VoucherCode,
+        slot: u32,
+        outcome: Settlement,
+    },
+    /// Makes the shard panic; used by tests to prove the supervisor restarts it.
+    #[doc(hidden)]
+    InjectPanic,
+}
+
+impl Actor for VoucherShard {
+    type Msg = VoucherShardMsg;
+    type State = VoucherShardState;
+    type Arguments = VoucherShardArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: VoucherShardArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Rebuild from the ledger: a predecessor's leased slots are free again,
+        // and counts are the ledger's, not whatever the predecessor saw.
+        for view in args.catalog.all() {
+            let code = &view.voucher.code;
+            if super::shard_of(code.as_str(), args.shards) != args.index {
+                continue;
+            }
+            args.slots.reset(code).await?;
+            if let Some(status) = args.ledger.voucher(code.clone()).await? {
+                view.set_redeemed(status.redeemed);
+                args.metrics.set_remaining_slots(code.as_str(), view.remaining());
+            }
+        }
+        Ok(VoucherShardState {
+            args,
+            pools: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            VoucherShardMsg::Redeem { code, phone, reply } => {
+                let Some(view) = state.args.catalog.get(code.as_str()) else {
+                    let _ = reply.send(Err(Error::VoucherNotFound));
+                    return Ok(());
+                };
+                let contender = Contender {
+                    phone,
+                    attempts: 0,
+                    reply,
+                };
+                state.contend(&myself, &view, contender).await;
+            }
+            VoucherShardMsg::Settled {
+                code,
+                slot,
+                outcome,
+            } => {
+                let Some(view) = state.args.catalog.get(code.as_str()) else {
+                    return Ok(());
+                };
+                state.settle(&myself, &view, slot, outcome).await;
+            }
+            VoucherShardMsg::InjectPanic => panic!("injected voucher shard panic"),
+        }
+        Ok(())
+    }
+}
+
+impl VoucherShardState {
+    /// Gives the contender a slot, parks it until one comes back, or rejects it.
+    async fn contend(&mut self, myself: &ActorRef<VoucherShardMsg>, view: &Arc<VoucherView>, contender: Contender) {
+        if view.is_exhausted() {
+            let _ = contender.reply.send(Err(Error::VoucherExhausted));
+            return;
+        }
+        let code = &view.voucher.code;
+        let pool = self.pools.entry(code.clone()).or_default();
+        if pool.free.is_empty() {
+            match self
+                .args
+                .slots
+                .lease(code, view.voucher.limit, LOCAL_LEASE_BATCH_SLOTS)
+                .await
+            {
+                Ok(mut batch) => {
+                    batch.reverse();
+                    pool.free = batch;
+                }
+                Err(error) => {
+                    tracing::warn!(%code, %error, "slot lease failed");
+                    let _ = contender.reply.send(Err(Error::unavailable("slot lease failed")));
+                    return;
+                }
+            }
+        }
+        if let Some(slot) = pool.free.pop() {
+            pool.in_flight += 1;
+            start_claim(myself, &self.args.ledger, view.clone(), slot, contender);
+        } else if pool.in_flight > 0 {
+            if pool.waiters.len() < MAX_SLOT_WAITERS_PER_VOUCHER {
+                pool.waiters.push_back(contender);
+            } else {
+                let _ = contender
+                    .reply
+                    .send(Err(Error::unavailable("too many contenders waiting for a slot")));
+            }
+        } else if view.remaining() == 0 {
+            view.set_redeemed(view.redeemed());
+            let _ = contender.reply.send(Err(Error::VoucherExhausted));
+        } else {
+            // The source has no slot but the ledger shows room: slots are leased
+            // elsewhere or about to come back. Never claim "sold out" for that.
+            tracing::warn!(%code, remaining = view.remaining(), "no free slot although the ledger has room");
+            let _ = contender.reply.send(Err(Error::unavailable("no free slot right now")));
+        }
+    }
+
+    async fn settle(&mut self, myself: &ActorRef<VoucherShardMsg>, view: &Arc<VoucherView>, slot: u32, outcome: Settlement) {
+        let code = &view.voucher.code;
+        let Some(pool) = self.pools.get_mut(code) else {
+            return;
+        };
+        // Slot accounting: every settlement matches one slot handed out.
+        assert!(pool.in_flight > 0, "slot {slot} of {code} settled with nothing in flight");
+        pool.in_flight -= 1;
+        let mut retry = None;
+        match outcome {
+            Settlement::Won => {
+                self.args.metrics.set_remaining_slots(code.as_str(), view.remaining());
+            }
+            Settlement::Returned => pool.free.push(slot),
+            Settlement::SlotLost(mut contender) => {
+                contender.attempts += 1;
+                if contender.attempts < MAX_CLAIM_ATTEMPTS {
+                    retry = Some(contender);
+                } else {
+                    let _ = contender.reply.send(Err(Error::unavailable("no slot could be claimed")));
+                }
+            }
+        }
+        if let Some(contender) = retry {
+            self.contend(myself, view, contender).await;
+        }
+        // Serve parked contenders while slots are free or nothing is in flight
+        // (then `contend` leases more or answers "exhausted").
+        loop {
+            let Some(pool) = self.pools.get_mut(code) else {
+                return;
+            };
+            if pool.free.is_empty() && pool.in_flight > 0 {
+                return;
+            }
+            let Some(waiter) = pool.waiters.pop_front() else {
+                return;
+            };
+            self.contend(myself, view, waiter).await;
+        }
+    }
+}
+
+/// Submits the claim to the ledger now (so shard order is ledger order) and
+/// awaits its commit in a task, which answers the contender and settles the slot.
+fn start_claim(
+    myself: &ActorRef<VoucherShardMsg>,
+    ledger: &Arc<dyn Ledger>,
+    view: Arc<VoucherView>,
+    slot: u32,
+    contender: Contender,
+) {
+    let code = view.voucher.code.clone();
+    let committed = ledger.claim(Claim {
+        code: code.clone(),
+        phone: contender.phone,
+        slot,
+        at: Timestamp::now(),
+    });
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let outcome = match committed.await {
+            Ok(redemption) => {
+                view.record_win(contender.phone);
+                let _ = contender.reply.send(Ok(redemption));
+                Settlement::Won
+            }
+            Err(Error::SlotTaken) => Settlement::SlotLost(contender),
+            Err(error) => {
+                if error == Error::AlreadyRedeemed {
+                    view.remember_winner(contender.phone);
+                }
+                let _ = contender.reply.send(Err(error));
+                Settlement::Returned
+            }
+        };
+        // A shard that restarted meanwhile no longer tracks this slot; its
+        // successor rebuilt its pool from the ledger, so dropping this is right.
+        let _ = myself.cast(VoucherShardMsg::Settled { code, slot, outcome });
+    });
+}

@@ -1,0 +1,125 @@
+//! Building and running the application: ledger, catalog, actors, HTTP server.
+//!
+//! The app takes an already-bound listener (tests bind port 0) and a shutdown
+//! future. On shutdown it stops accepting, lets in-flight requests finish (up to
+//! [`SHUTDOWN_GRACE_MS`]), then flushes the ledger, so every acknowledged write is
+//! durable before the process exits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ractor::{Actor, ActorRef};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::actors::catalog::{Catalog, VoucherView};
+use crate::actors::voucher::VoucherShardArgs;
+use crate::actors::wallet::WalletArgs;
+use crate::actors::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::config::Settings;
+use crate::limits::SHUTDOWN_GRACE_MS;
+use crate::metrics::Metrics;
+use crate::service::Service;
+use crate::slots::local::LocalSlots;
+use crate::store::{self, Ledger};
+
+pub struct App {
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+    ledger: Arc<dyn Ledger>,
+    supervisor: ActorRef<SupervisorMsg>,
+    supervisor_task: JoinHandle<()>,
+}
+
+impl App {
+    pub async fn build(settings: Settings, listener: std::net::TcpListener) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let ledger = store::open(&settings.store, metrics.clone())
+            .await
+            .context("opening the ledger")?;
+        let catalog = Arc::new(load_catalog(ledger.as_ref(), &metrics).await?);
+        let slots = Arc::new(LocalSlots::new(ledger.clone()));
+        let arguments = SupervisorArgs {
+            voucher_args: VoucherShardArgs {
+                index: 0,
+                shards: settings.voucher_shards,
+                catalog: catalog.clone(),
+                ledger: ledger.clone(),
+                slots,
+                metrics: metrics.clone(),
+            },
+            wallet_args: WalletArgs {
+                ledger: ledger.clone(),
+            },
+            wallet_actors: settings.wallet_actors,
+            metrics: metrics.clone(),
+        };
+        let (supervisor, supervisor_task) = Actor::spawn(None, Supervisor, arguments)
+            .await
+            .context("starting the actors")?;
+        let directory = ractor::call!(supervisor, SupervisorMsg::Directory)
+            .map_err(|e| anyhow::anyhow!("reading the actor directory: {e}"))?;
+        let service = Arc::new(Service::new(catalog, directory, ledger.clone(), metrics));
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        Ok(Self {
+            listener,
+            service,
+            ledger,
+            supervisor,
+            supervisor_task,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The domain service, for embedding and in-process tests.
+    pub fn service(&self) -> Arc<Service> {
+        self.service.clone()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (signalled, signal_seen) = oneshot::channel();
+        let service = self.service.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            service.set_not_ready();
+            let _ = signalled.send(());
+        };
+        let server = warp::serve(crate::http::routes(self.service.clone()))
+            .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(self.listener), signal);
+        let grace = async move {
+            if signal_seen.await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = server => {}
+            () = grace => tracing::warn!("grace period over; dropping unfinished requests"),
+        }
+        self.ledger.shutdown().await.context("flushing the ledger")?;
+        self.supervisor.stop(None);
+        let _ = self.supervisor_task.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn load_catalog(ledger: &dyn Ledger, metrics: &Metrics) -> anyhow::Result<Catalog> {
+    let catalog = Catalog::default();
+    for status in ledger.vouchers().await? {
+        let winners = ledger.winners(status.voucher.code.clone()).await?;
+        let view = catalog.insert(VoucherView::new(status, winners));
+        metrics.set_remaining_slots(view.voucher.code.as_str(), view.remaining());
+    }
+    Ok(catalog)
+}

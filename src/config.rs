@@ -1,0 +1,93 @@
+//! Command line and environment configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::limits::DEFAULT_SHARDS;
+
+#[derive(Debug, Parser)]
+#[command(name = "voucherd", version, about = "Flash-crowd voucher redemption with an exactly-once wallet credit")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "VOUCHERD_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Where the ledger lives: a directory path for the embedded store.
+    #[arg(long, env = "VOUCHERD_STORE", default_value = "./data")]
+    pub store: StoreLocation,
+
+    /// Number of voucher shard actors (vouchers are spread over them by code).
+    #[arg(long, env = "VOUCHERD_VOUCHER_SHARDS", default_value_t = DEFAULT_SHARDS as u16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub voucher_shards: u16,
+
+    /// Number of wallet actors (wallets are spread over them by phone number).
+    #[arg(long, env = "VOUCHERD_WALLET_ACTORS", default_value_t = DEFAULT_SHARDS as u16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub wallet_actors: u16,
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            store: self.store.clone(),
+            voucher_shards: usize::from(self.voucher_shards),
+            wallet_actors: usize::from(self.wallet_actors),
+        }
+    }
+}
+
+/// What the application is built from (the listener is passed separately).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: StoreLocation,
+    pub voucher_shards: usize,
+    pub wallet_actors: usize,
+}
+
+impl Settings {
+    /// Defaults with an embedded store at `path`: what tests and embedders use.
+    pub fn embedded(path: impl Into<PathBuf>) -> Self {
+        Self {
+            store: StoreLocation::Embedded(path.into()),
+            voucher_shards: DEFAULT_SHARDS,
+            wallet_actors: DEFAULT_SHARDS,
+        }
+    }
+}
+
+/// The `--store` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A directory holding the embedded redb ledger.
+    Embedded(PathBuf),
+}
+
+impl FromStr for StoreLocation {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if raw.is_empty() {
+            return Err("the store location is empty".into());
+        }
+        if let Some((scheme, _)) = raw.split_once("://") {
+            return Err(format!(
+                "store scheme {scheme}:// is not supported by this build; give a directory path for the embedded store"
+            ));
+        }
+        Ok(StoreLocation::Embedded(PathBuf::from(raw)))
+    }
+}

@@ -1,0 +1,308 @@
+//! Validated domain values: voucher codes, phone numbers, amounts, timestamps,
+//! and the records the ledger stores.
+//!
+//! Every value here is checked once, at the edge, by its constructor; code past
+//! the HTTP layer never re-validates.
+
+use std::fmt;
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::limits::{
+    MAX_CODE_CHARS, MAX_PHONE_DIGITS, MAX_REFERENCE_CHARS, MAX_VOUCHER_LIMIT, MIN_PHONE_DIGITS,
+};
+
+/// Namespace of redemption ids: UUIDv5(namespace, "code\nphone").
+const REDEMPTION_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_9b1d_4c55_8e0a_51d3_7a2b_c0de);
+/// Namespace of ids of transactions sent with an Idempotency-Key.
+const TRANSACTION_NAMESPACE: Uuid = Uuid::from_u128(0x0b7e_5d19_3c2a_4f88_9d61_27ab_e4f0_1357);
+
+/// A voucher code: `[A-Za-z0-9_-]{1,64}`, case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VoucherCode(String);
+
+impl VoucherCode {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let valid_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if raw.is_empty() || raw.len() > MAX_CODE_CHARS || !valid_chars {
+            return Err(Error::invalid(
+                "invalid_code",
+                format!("code must match [A-Za-z0-9_-]{{1,{MAX_CODE_CHARS}}}"),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VoucherCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An E.164 phone number, kept as the integer of its digits. The first digit is
+/// never zero, so the integer round-trips to the same text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PhoneNumber(u64);
+
+impl PhoneNumber {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let invalid = || {
+            Error::invalid(
+                "invalid_phone_number",
+                format!(
+                    "phone_number must be E.164: '+' then {MIN_PHONE_DIGITS} to {MAX_PHONE_DIGITS} digits, the first not 0"
+                ),
+            )
+        };
+        let digits = raw.strip_prefix('+').ok_or_else(invalid)?;
+        let length_ok = (MIN_PHONE_DIGITS..=MAX_PHONE_DIGITS).contains(&digits.len());
+        if !length_ok || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
+            return Err(invalid());
+        }
+        digits.parse::<u64>().map(Self).map_err(|_| invalid())
+    }
+
+    /// The number as stored by the ledger. Only values made by [`PhoneNumber::parse`]
+    /// are ever stored, so [`PhoneNumber::from_stored`] needs no validation.
+    pub fn stored(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_stored(value: u64) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "+{}", self.0)
+    }
+}
+
+/// Microseconds since the Unix epoch, UTC. The ledger stores time as this integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        Self((nanos / 1_000) as i64)
+    }
+
+    pub fn parse_rfc3339(raw: &str, code: &'static str) -> Result<Self> {
+        let parsed = OffsetDateTime::parse(raw, &Rfc3339)
+            .map_err(|_| Error::invalid(code, "timestamps must be RFC 3339, e.g. 2026-11-25T12:00:00Z"))?;
+        Ok(Self((parsed.unix_timestamp_nanos() / 1_000) as i64))
+    }
+
+    pub fn to_rfc3339(self) -> String {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A voucher as created: what it credits, to how many users, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voucher {
+    pub code: VoucherCode,
+    /// Credit per redemption, in minor units; always > 0.
+    pub amount: i64,
+    /// Number of slots; always in 1..=MAX_VOUCHER_LIMIT.
+    pub limit: u32,
+    pub starts_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+impl Voucher {
+    /// Checks amount, limit and window; the code is already valid by type.
+    pub fn new(
+        code: VoucherCode,
+        amount: i64,
+        limit: u32,
+        starts_at: Option<Timestamp>,
+        expires_at: Option<Timestamp>,
+        created_at: Timestamp,
+    ) -> Result<Self> {
+        if amount <= 0 {
+            return Err(Error::invalid(
+                "invalid_amount",
+                "amount must be a positive integer of minor units",
+            ));
+        }
+        if !(1..=MAX_VOUCHER_LIMIT).contains(&limit) {
+            return Err(Error::invalid(
+                "invalid_limit",
+                format!("limit must be between 1 and {MAX_VOUCHER_LIMIT}"),
+            ));
+        }
+        if let (Some(start), Some(end)) = (starts_at, expires_at) {
+            if start >= end {
+                return Err(Error::invalid("invalid_window", "starts_at must be before expires_at"));
+            }
+        }
+        Ok(Self {
+            code,
+            amount,
+            limit,
+            starts_at,
+            expires_at,
+            created_at,
+        })
+    }
+
+    pub fn is_active_at(&self, now: Timestamp) -> bool {
+        self.starts_at.is_none_or(|start| now >= start)
+            && self.expires_at.is_none_or(|end| now < end)
+    }
+}
+
+/// A voucher with its live counts, as the ledger reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoucherStatus {
+    pub voucher: Voucher,
+    pub redeemed: u32,
+}
+
+/// The stable id of (voucher, user): the same on every retry, and the id of the
+/// wallet credit the redemption makes, so a retried credit is a no-op.
+pub fn redemption_id(code: &VoucherCode, phone: PhoneNumber) -> Uuid {
+    let name = format!("{}\n{}", code.as_str(), phone);
+    Uuid::new_v5(&REDEMPTION_NAMESPACE, name.as_bytes())
+}
+
+/// The id of a wallet transaction: derived from the Idempotency-Key when there is
+/// one (so a retry maps to the same id), random otherwise.
+pub fn transaction_id(phone: PhoneNumber, idempotency_key: Option<&str>) -> Uuid {
+    match idempotency_key {
+        Some(key) => Uuid::new_v5(&TRANSACTION_NAMESPACE, format!("{phone}\n{key}").as_bytes()),
+        None => Uuid::new_v4(),
+    }
+}
+
+/// The reference a voucher credit carries in the wallet.
+pub fn voucher_reference(code: &VoucherCode) -> String {
+    format!("voucher:{code}")
+}
+
+/// Reference of the transaction that records a profile's opening balance.
+pub const OPENING_BALANCE_REFERENCE: &str = "opening_balance";
+
+/// Validates a client-supplied transaction reference.
+pub fn parse_reference(raw: &str) -> Result<String> {
+    if raw.chars().count() > MAX_REFERENCE_CHARS || raw.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "invalid_body",
+            format!("reference must be at most {MAX_REFERENCE_CHARS} printable characters"),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A successful redemption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redemption {
+    pub id: Uuid,
+    pub code: VoucherCode,
+    pub phone: PhoneNumber,
+    pub amount: i64,
+    pub slot: u32,
+    pub redeemed_at: Timestamp,
+    /// Wallet balance right after the credit.
+    pub balance: i64,
+}
+
+/// One line of a voucher's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportEntry {
+    pub slot: u32,
+    pub phone: PhoneNumber,
+    pub redeemed_at: Timestamp,
+}
+
+/// A wallet transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletTransaction {
+    pub id: Uuid,
+    pub phone: PhoneNumber,
+    /// Position in the wallet's history, from 1.
+    pub sequence: u64,
+    pub amount: i64,
+    pub reference: String,
+    pub created_at: Timestamp,
+    /// Balance right after this transaction.
+    pub balance_after: i64,
+}
+
+/// A wallet's head: its balance and when it was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wallet {
+    pub phone: PhoneNumber,
+    pub balance: i64,
+    pub created_at: Timestamp,
+}
+
+/// Which part of a listing to read. `cursor` is the position after which to
+/// start (a slot number for reports, a sequence for wallets); `offset` then skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub offset: u32,
+    pub cursor: Option<u64>,
+}
+
+/// A page of a listing, with the cursor of the next page if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_must_be_e164() {
+        assert_eq!(PhoneNumber::parse("+989371209055").unwrap().to_string(), "+989371209055");
+        for bad in ["989371209055", "+1234567", "+1234567890123456", "+0123456789", "+12345abc9", "+", ""] {
+            assert!(PhoneNumber::parse(bad).is_err(), "{bad} must be rejected");
+        }
+    }
+
+    #[test]
+    fn codes_are_restricted() {
+        assert!(VoucherCode::parse("GOAL_2026-x").is_ok());
+        assert!(VoucherCode::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "a b", "ä", &"a".repeat(65), "a/b"] {
+            assert!(VoucherCode::parse(bad).is_err(), "{bad} must be rejected");
+        }
+    }
+
+    #[test]
+    fn redemption_id_is_stable_and_distinct() {
+        let code = VoucherCode::parse("GOAL").unwrap();
+        let a = PhoneNumber::parse("+989371209055").unwrap();
+        let b = PhoneNumber::parse("+989371209056").unwrap();
+        assert_eq!(redemption_id(&code, a), redemption_id(&code, a));
+        assert_ne!(redemption_id(&code, a), redemption_id(&code, b));
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = Timestamp::parse_rfc3339("2026-11-25T12:00:00Z", "invalid_window").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-25T12:00:00Z");
+    }
+}

@@ -1,0 +1,108 @@
+//! The one mapping from errors to HTTP: status, stable code, and a JSON body
+//! `{"error": code, "message": text}`. 5xx bodies are opaque; their cause goes
+//! to the log.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::error::Error;
+
+/// Everything a request can fail with at the HTTP edge.
+#[derive(Debug)]
+pub enum ApiError {
+    Domain(Error),
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        ApiError::Domain(error)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        use Error as E;
+        let opaque = |status, code: &'static str, text: &str| (status, code, text.to_owned());
+        match self {
+            ApiError::PayloadTooLarge => opaque(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than 16 KiB",
+            ),
+            ApiError::NotFound => opaque(StatusCode::NOT_FOUND, "not_found", "no such route"),
+            ApiError::MethodNotAllowed => opaque(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept this method",
+            ),
+            ApiError::Domain(error) => {
+                let status = match error {
+                    E::Invalid { code, message } => return (StatusCode::BAD_REQUEST, code, message.clone()),
+                    E::VoucherNotFound => (StatusCode::NOT_FOUND, "voucher_not_found"),
+                    E::RedemptionNotFound => (StatusCode::NOT_FOUND, "redemption_not_found"),
+                    E::ProfileNotFound => (StatusCode::NOT_FOUND, "profile_not_found"),
+                    E::VoucherExists => (StatusCode::CONFLICT, "voucher_exists"),
+                    E::ProfileExists => (StatusCode::CONFLICT, "profile_exists"),
+                    E::AlreadyRedeemed => (StatusCode::CONFLICT, "already_redeemed"),
+                    E::InsufficientFunds => (StatusCode::CONFLICT, "insufficient_funds"),
+                    E::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
+                    E::VoucherExhausted => (StatusCode::GONE, "voucher_exhausted"),
+                    E::VoucherNotActive => (StatusCode::FORBIDDEN, "voucher_not_active"),
+                    E::Overloaded => {
+                        return opaque(StatusCode::TOO_MANY_REQUESTS, "overloaded", "too many requests in flight; retry shortly")
+                    }
+                    E::SlotTaken | E::Unavailable { .. } => {
+                        return opaque(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry shortly")
+                    }
+                    E::Storage { .. } => {
+                        return opaque(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                    }
+                };
+                (status.0, status.1, error.to_string())
+            }
+        }
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if status.is_server_error() {
+            if let ApiError::Domain(cause) = &self {
+                tracing::error!(status = status.as_u16(), %cause, "request failed");
+            }
+        }
+        let body = ErrorBody { error: code, message };
+        let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Turns any rejection that slipped past the fallback route into a JSON error,
+/// so no request ever gets warp's plain-text answers.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound
+    } else {
+        ApiError::Domain(Error::invalid("invalid_request", "the request could not be read"))
+    };
+    Ok(error.into_response())
+}

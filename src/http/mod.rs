@@ -1,0 +1,238 @@
+//! The HTTP edge: warp filters that only wire routes to [`handlers`], the bounded
+//! body reader, request metrics, and the one error mapping in [`error`].
+
+pub mod dto;
+pub mod error;
+pub mod handlers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::limits::MAX_BODY_BYTES;
+use crate::metrics::Route;
+use crate::service::Service;
+use dto::StatusResponse;
+use error::ApiError;
+
+type Body = Result<Bytes, ApiError>;
+type Query = HashMap<String, String>;
+
+/// Every route of the service, with request metrics and JSON errors.
+pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    let metrics_service = service.clone();
+    let observe = warp::log::custom(move |info| {
+        let route = Route::classify(info.method().as_str(), info.path());
+        metrics_service
+            .metrics()
+            .observe_request(route, info.status().as_u16(), info.elapsed());
+    });
+    let with = move || {
+        let service = service.clone();
+        warp::any().map(move || service.clone())
+    };
+
+    let create_voucher = warp::post()
+        .and(warp::path!("api" / "vouchers"))
+        .and(bounded_body())
+        .and(with())
+        .then(|body: Body, s: Arc<Service>| async move {
+            respond(StatusCode::CREATED, async { handlers::create_voucher(&s, &body?).await }.await)
+        })
+        .boxed();
+    let voucher_by_query = warp::get()
+        .and(warp::path!("api" / "vouchers"))
+        .and(warp::query::<Query>())
+        .and(with())
+        .then(|query: Query, s: Arc<Service>| async move {
+            respond(StatusCode::OK, handlers::get_voucher_by_query(&s, &query).await)
+        })
+        .boxed();
+    let redeem = warp::post()
+        .and(warp::path!("api" / "vouchers" / "redeem"))
+        .and(bounded_body())
+        .and(with())
+        .then(|body: Body, s: Arc<Service>| async move {
+            respond(StatusCode::OK, async { handlers::redeem(&s, &body?).await }.await)
+        })
+        .boxed();
+    let report = warp::get()
+        .and(warp::path!("api" / "vouchers" / "report"))
+        .and(warp::query::<Query>())
+        .and(bounded_body())
+        .and(with())
+        .then(|query: Query, body: Body, s: Arc<Service>| async move {
+            respond(StatusCode::OK, async { handlers::report(&s, &query, &body?).await }.await)
+        })
+        .boxed();
+    let voucher_by_path = warp::get()
+        .and(warp::path!("api" / "vouchers" / String))
+        .and(with())
+        .then(|code: String, s: Arc<Service>| async move {
+            respond(StatusCode::OK, handlers::get_voucher(&s, &code).await)
+        })
+        .boxed();
+    let redemption = warp::get()
+        .and(warp::path!("api" / "vouchers" / String / "redemptions" / String))
+        .and(with())
+        .then(|code: String, phone: String, s: Arc<Service>| async move {
+            respond(StatusCode::OK, handlers::get_redemption(&s, &code, &phone).await)
+        })
+        .boxed();
+    let create_profile = warp::post()
+        .and(warp::path!("api" / "profiles"))
+        .and(bounded_body())
+        .and(with())
+        .then(|body: Body, s: Arc<Service>| async move {
+            respond(StatusCode::CREATED, async { handlers::create_profile(&s, &body?).await }.await)
+        })
+        .boxed();
+    let profile = warp::get()
+        .and(warp::path!("api" / "profiles" / String))
+        .and(warp::query::<Query>())
+        .and(with())
+        .then(|phone: String, query: Query, s: Arc<Service>| async move {
+            respond(StatusCode::OK, handlers::get_profile(&s, &phone, &query).await)
+        })
+        .boxed();
+    let transaction = warp::post()
+        .and(warp::path!("api" / "transactions"))
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(bounded_body())
+        .and(with())
+        .then(|key: Option<String>, body: Body, s: Arc<Service>| async move {
+            respond(StatusCode::OK, async { handlers::transaction(&s, key, &body?).await }.await)
+        })
+        .boxed();
+    let healthz = warp::get()
+        .and(warp::path!("healthz"))
+        .map(|| respond(StatusCode::OK, Ok(StatusResponse { status: "ok" })))
+        .boxed();
+    let readyz = warp::get()
+        .and(warp::path!("readyz"))
+        .and(with())
+        .map(|s: Arc<Service>| {
+            if s.is_ready() {
+                respond(StatusCode::OK, Ok(StatusResponse { status: "ready" }))
+            } else {
+                let mut response =
+                    warp::reply::json(&StatusResponse { status: "not_ready" }).into_response();
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response
+            }
+        })
+        .boxed();
+    let metrics = warp::get()
+        .and(warp::path!("metrics"))
+        .and(with())
+        .map(|s: Arc<Service>| {
+            warp::reply::with_header(
+                s.metrics().encode(),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .into_response()
+        })
+        .boxed();
+
+    create_voucher
+        .or(voucher_by_query)
+        .unify()
+        .or(redeem)
+        .unify()
+        .or(report)
+        .unify()
+        .or(redemption)
+        .unify()
+        .or(voucher_by_path)
+        .unify()
+        .or(create_profile)
+        .unify()
+        .or(profile)
+        .unify()
+        .or(transaction)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(fallback())
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .with(observe)
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// Answers what no route took: 404 for an unknown path, 405 for a known path
+/// with another method, 400 when a route matched but its query or headers did not parse.
+fn fallback() -> BoxedFilter<(Response,)> {
+    warp::method()
+        .and(warp::path::full())
+        .map(|method: warp::http::Method, path: warp::path::FullPath| {
+            let known_with = |m: &str| Route::classify(m, path.as_str()) != Route::other;
+            let error = if known_with(method.as_str()) {
+                ApiError::Domain(crate::error::Error::invalid("invalid_request", "the request could not be read"))
+            } else if ["GET", "POST"].into_iter().any(known_with) {
+                ApiError::MethodNotAllowed
+            } else {
+                ApiError::NotFound
+            };
+            error.into_response()
+        })
+        .boxed()
+}
+
+fn respond<T: Serialize>(status: StatusCode, outcome: Result<T, ApiError>) -> Response {
+    match outcome {
+        Ok(body) => warp::reply::with_status(warp::reply::json(&body), status).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The request body, read up to [`MAX_BODY_BYTES`]: a declared or actual larger
+/// body is refused without reading it all. Never rejects; errors travel as values.
+fn bounded_body() -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(|declared: Option<u64>, stream| async move {
+            if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            collect_bounded(stream).await
+        })
+}
+
+async fn collect_bounded<S, B>(stream: S) -> Body
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = BytesMut::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|_| {
+            ApiError::Domain(crate::error::Error::invalid("invalid_request", "the body could not be read"))
+        })?;
+        if body.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let length = part.len();
+            body.put_slice(part);
+            chunk.advance(length);
+        }
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,217 @@
+//! Every metric of voucherd, registered once, with typed, bounded label sets.
+//!
+//! Names get the `voucherd_` prefix; the library adds `_total` and unit suffixes.
+//! The per-voucher gauge is labelled by code: its cardinality is the number of
+//! vouchers, which operators create by hand.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The routes of the HTTP API, as a bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Route {
+    create_voucher,
+    get_voucher,
+    redeem,
+    report,
+    get_redemption,
+    create_profile,
+    get_profile,
+    transaction,
+    healthz,
+    readyz,
+    metrics,
+    other,
+}
+
+impl Route {
+    /// Classifies a request by method and path; unknown paths are `other`, so
+    /// scanners cannot grow the label set.
+    pub fn classify(method: &str, path: &str) -> Route {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            ("POST", ["api", "vouchers"]) => Route::create_voucher,
+            ("GET", ["api", "vouchers"]) | ("GET", ["api", "vouchers", _]) if segments.get(2) != Some(&"report") => {
+                Route::get_voucher
+            }
+            ("POST", ["api", "vouchers", "redeem"]) => Route::redeem,
+            ("GET", ["api", "vouchers", "report"]) => Route::report,
+            ("GET", ["api", "vouchers", _, "redemptions", _]) => Route::get_redemption,
+            ("POST", ["api", "profiles"]) => Route::create_profile,
+            ("GET", ["api", "profiles", _]) => Route::get_profile,
+            ("POST", ["api", "transactions"]) => Route::transaction,
+            ("GET", ["healthz"]) => Route::healthz,
+            ("GET", ["readyz"]) => Route::readyz,
+            ("GET", ["metrics"]) => Route::metrics,
+            _ => Route::other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: Route,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: Route,
+}
+
+/// What became of a redemption request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RedemptionOutcome {
+    /// Won a slot; the credit is durable.
+    redeemed,
+    /// Rejected from memory: the user already holds it.
+    already_redeemed,
+    /// Rejected from memory: no slot left.
+    exhausted,
+    not_found,
+    not_active,
+    /// Turned away by admission control (429).
+    overloaded,
+    /// A bounded wait ran out or the ledger failed (503/500).
+    failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: RedemptionOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VoucherLabels {
+    code: String,
+}
+
+/// The registry and handles to every metric.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabels, Histogram>,
+    redemptions: Family<OutcomeLabels, Counter>,
+    remaining_slots: Family<VoucherLabels, Gauge>,
+    commit_batch_operations: Histogram,
+    commit_duration: Histogram,
+    shard_restarts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("voucherd");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs .. ~6.5 s.
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP request latency by route",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let redemptions = Family::<OutcomeLabels, Counter>::default();
+        registry.register("redemptions", "Redemption requests by outcome", redemptions.clone());
+        let remaining_slots = Family::<VoucherLabels, Gauge>::default();
+        registry.register(
+            "voucher_remaining_slots",
+            "Slots of a voucher not yet redeemed, as this instance last saw them",
+            remaining_slots.clone(),
+        );
+        let commit_batch_operations = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        registry.register(
+            "ledger_commit_batch_operations",
+            "Operations written by one durable ledger commit",
+            commit_batch_operations.clone(),
+        );
+        let commit_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register_with_unit(
+            "ledger_commit_duration",
+            "Time to apply and durably commit one ledger batch",
+            Unit::Seconds,
+            commit_duration.clone(),
+        );
+        let shard_restarts = Counter::default();
+        registry.register(
+            "actor_restarts",
+            "Voucher shard and wallet actors restarted by their supervisor",
+            shard_restarts.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            redemptions,
+            remaining_slots,
+            commit_batch_operations,
+            commit_duration,
+            shard_restarts,
+        }
+    }
+
+    pub fn observe_request(&self, route: Route, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        self.request_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_redemption(&self, outcome: RedemptionOutcome) {
+        self.redemptions.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn set_remaining_slots(&self, code: &str, remaining: u32) {
+        self.remaining_slots
+            .get_or_create(&VoucherLabels { code: code.to_owned() })
+            .set(i64::from(remaining));
+    }
+
+    pub fn observe_ledger_commit(&self, operations: usize, elapsed: Duration) {
+        self.commit_batch_operations.observe(operations as f64);
+        self.commit_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_actor_restart(&self) {
+        self.shard_restarts.inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_classified() {
+        assert_eq!(Route::classify("GET", "/api/vouchers/report"), Route::report);
+        assert_eq!(Route::classify("GET", "/api/vouchers/ABC"), Route::get_voucher);
+        assert_eq!(Route::classify("GET", "/api/vouchers"), Route::get_voucher);
+        assert_eq!(Route::classify("POST", "/api/vouchers/redeem"), Route::redeem);
+        assert_eq!(Route::classify("GET", "/api/vouchers/A/redemptions/+1"), Route::get_redemption);
+        assert_eq!(Route::classify("GET", "/wp-admin"), Route::other);
+    }
+}

@@ -1,0 +1,205 @@
+//! The domain operations the HTTP handlers call, one function per use case.
+//!
+//! Redemption runs the fast path here: unknown voucher, inactive window, known
+//! winner and exhausted voucher are answered from the in-memory [`Catalog`]
+//! before any admission permit, actor round trip or ledger read. Only requests
+//! that can still win go on to their voucher shard.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+use tokio::sync::Semaphore;
+
+use crate::actors::catalog::{Catalog, VoucherView};
+use crate::actors::voucher::VoucherShardMsg;
+use crate::actors::wallet::WalletMsg;
+use crate::actors::Directory;
+use crate::domain::{
+    transaction_id, Page, PageRequest, PhoneNumber, Redemption, ReportEntry, Timestamp, Voucher,
+    VoucherCode, VoucherStatus, Wallet, WalletTransaction,
+};
+use crate::error::{Error, Result};
+use crate::limits::{ACTOR_CALL_TIMEOUT_MS, MAX_REDEMPTIONS_IN_FLIGHT, MAX_WALLET_WRITES_IN_FLIGHT};
+use crate::metrics::{Metrics, RedemptionOutcome};
+use crate::store::{Ledger, NewProfile, NewTransaction};
+
+/// A wallet transaction request as the client sent it.
+#[derive(Debug, Clone)]
+pub struct TransactionRequest {
+    pub phone: PhoneNumber,
+    pub amount: i64,
+    pub reference: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// A voucher's report page with its total.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub code: VoucherCode,
+    pub total: u32,
+    pub page: Page<ReportEntry>,
+}
+
+pub struct Service {
+    catalog: Arc<Catalog>,
+    directory: Arc<Directory>,
+    ledger: Arc<dyn Ledger>,
+    metrics: Arc<Metrics>,
+    redemption_permits: Semaphore,
+    wallet_permits: Semaphore,
+    ready: AtomicBool,
+}
+
+impl Service {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        directory: Arc<Directory>,
+        ledger: Arc<dyn Ledger>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            catalog,
+            directory,
+            ledger,
+            metrics,
+            redemption_permits: Semaphore::new(MAX_REDEMPTIONS_IN_FLIGHT),
+            wallet_permits: Semaphore::new(MAX_WALLET_WRITES_IN_FLIGHT),
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the instance as stopping, so load balancers drain it.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+
+    pub async fn create_voucher(&self, voucher: Voucher) -> Result<VoucherStatus> {
+        let status = self.ledger.create_voucher(voucher).await?;
+        let view = self.catalog.insert(VoucherView::new(status.clone(), []));
+        self.metrics
+            .set_remaining_slots(view.voucher.code.as_str(), view.remaining());
+        Ok(status)
+    }
+
+    pub async fn voucher(&self, code: VoucherCode) -> Result<VoucherStatus> {
+        self.ledger.voucher(code).await?.ok_or(Error::VoucherNotFound)
+    }
+
+    pub async fn redeem(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
+        let result = self.try_redeem(code, phone).await;
+        self.metrics.count_redemption(match &result {
+            Ok(_) => RedemptionOutcome::redeemed,
+            Err(Error::AlreadyRedeemed) => RedemptionOutcome::already_redeemed,
+            Err(Error::VoucherExhausted) => RedemptionOutcome::exhausted,
+            Err(Error::VoucherNotFound) => RedemptionOutcome::not_found,
+            Err(Error::VoucherNotActive) => RedemptionOutcome::not_active,
+            Err(Error::Overloaded) => RedemptionOutcome::overloaded,
+            Err(_) => RedemptionOutcome::failed,
+        });
+        result
+    }
+
+    async fn try_redeem(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
+        let view = self.catalog.get(code.as_str()).ok_or(Error::VoucherNotFound)?;
+        if !view.voucher.is_active_at(Timestamp::now()) {
+            return Err(Error::VoucherNotActive);
+        }
+        if view.has_winner(phone) {
+            return Err(Error::AlreadyRedeemed);
+        }
+        if view.is_exhausted() {
+            return Err(Error::VoucherExhausted);
+        }
+        let _permit = self
+            .redemption_permits
+            .try_acquire()
+            .map_err(|_| Error::Overloaded)?;
+        let shard = self.directory.voucher_shard(code.as_str());
+        call(&shard, |reply| VoucherShardMsg::Redeem { code, phone, reply }).await
+    }
+
+    pub async fn redemption(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
+        self.ledger
+            .redemption(code, phone)
+            .await?
+            .ok_or(Error::RedemptionNotFound)
+    }
+
+    pub async fn report(&self, code: VoucherCode, page: PageRequest) -> Result<Report> {
+        let status = self.voucher(code.clone()).await?;
+        let page = self.ledger.report(code.clone(), page).await?;
+        Ok(Report {
+            code,
+            total: status.redeemed,
+            page,
+        })
+    }
+
+    pub async fn create_profile(&self, phone: PhoneNumber, opening_balance: i64) -> Result<Wallet> {
+        let _permit = self.wallet_permits.try_acquire().map_err(|_| Error::Overloaded)?;
+        let profile = NewProfile {
+            phone,
+            opening_balance,
+            at: Timestamp::now(),
+        };
+        let wallet = self.wallet_actor(phone);
+        call(&wallet, |reply| WalletMsg::CreateProfile { profile, reply }).await
+    }
+
+    pub async fn profile(
+        &self,
+        phone: PhoneNumber,
+        page: PageRequest,
+    ) -> Result<(Wallet, Page<WalletTransaction>)> {
+        self.ledger.wallet(phone, page).await?.ok_or(Error::ProfileNotFound)
+    }
+
+    pub async fn transact(&self, request: TransactionRequest) -> Result<WalletTransaction> {
+        let _permit = self.wallet_permits.try_acquire().map_err(|_| Error::Overloaded)?;
+        let transaction = NewTransaction {
+            id: transaction_id(request.phone, request.idempotency_key.as_deref()),
+            phone: request.phone,
+            amount: request.amount,
+            reference: request.reference,
+            at: Timestamp::now(),
+        };
+        let wallet = self.wallet_actor(request.phone);
+        call(&wallet, |reply| WalletMsg::Transact { transaction, reply }).await
+    }
+
+    fn wallet_actor(&self, phone: PhoneNumber) -> ActorRef<WalletMsg> {
+        self.directory.wallet(&phone.to_string())
+    }
+}
+
+/// Calls an actor with the bounded wait every call has. A call that times out or
+/// reaches a dead actor (one being restarted) is `Unavailable`: retry later.
+async fn call<M, T>(actor: &ActorRef<M>, build: impl FnOnce(RpcReplyPort<Result<T>>) -> M) -> Result<T>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    let timeout = Some(Duration::from_millis(ACTOR_CALL_TIMEOUT_MS));
+    match actor.call(build, timeout).await {
+        Ok(CallResult::Success(result)) => result,
+        Ok(CallResult::Timeout) => Err(Error::unavailable("actor call timed out")),
+        Ok(CallResult::SenderError) => Err(Error::unavailable("actor stopped before answering")),
+        Err(error) => Err(Error::unavailable(format!("actor unreachable: {error}"))),
+    }
+}

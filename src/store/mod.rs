@@ -1,0 +1,124 @@
+//! The ledger: the one durable source of truth, behind the [`Ledger`] trait.
+//!
+//! A redemption is one atomic ledger write that claims slot `k` of the voucher and
+//! the user's key for it, records the redemption, the wallet transaction (whose id
+//! is the redemption id) and the new balance. Uniqueness of the slot enforces I1
+//! (limit), uniqueness of the user's key I2 (unique), the single write I3 (credited),
+//! a durable commit before the reply I4 (durable), and the balance check inside
+//! the same write I5 (balance).
+//!
+//! Write methods submit their work *when called*, before the returned future is
+//! polled: callers that call in some order (an actor handling its mailbox) get
+//! their writes applied in that order, while the waiting happens elsewhere. This
+//! is what lets a voucher shard or a wallet actor keep serving while the ledger
+//! groups many writes into one durable commit.
+
+pub mod embedded;
+
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::domain::{
+    Page, PageRequest, PhoneNumber, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode,
+    VoucherStatus, Wallet, WalletTransaction,
+};
+use crate::error::Result;
+
+/// What a ledger future resolves to.
+pub type LedgerFuture<T> = BoxFuture<'static, Result<T>>;
+
+/// A contender's claim of one slot of a voucher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub code: VoucherCode,
+    pub phone: PhoneNumber,
+    /// The slot number handed out by the slot source, in 1..=limit.
+    pub slot: u32,
+    pub at: Timestamp,
+}
+
+/// A credit (amount > 0) or debit (amount < 0) of a wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTransaction {
+    /// Idempotency key: a second transaction with this id is a no-op that
+    /// answers the first one.
+    pub id: Uuid,
+    pub phone: PhoneNumber,
+    pub amount: i64,
+    pub reference: String,
+    pub at: Timestamp,
+}
+
+/// A wallet to open, with an optional opening balance (>= 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewProfile {
+    pub phone: PhoneNumber,
+    pub opening_balance: i64,
+    pub at: Timestamp,
+}
+
+/// Which slots of a voucher the ledger holds as taken, in compact form: every
+/// slot above `highest_taken` is free, and below it exactly those in `gaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlotUsage {
+    pub highest_taken: u32,
+    pub gaps: Vec<u32>,
+    pub taken: u32,
+}
+
+/// The durable store of vouchers, redemptions and wallets.
+pub trait Ledger: Send + Sync + 'static {
+    /// Stores a new voucher; `VoucherExists` if the code is taken.
+    fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus>;
+
+    /// Claims `claim.slot` and the user's key in one atomic write, crediting the
+    /// wallet with the voucher's amount. `AlreadyRedeemed` if the user holds a
+    /// redemption, `SlotTaken` if another claim holds the slot, `VoucherNotFound`.
+    fn claim(&self, claim: Claim) -> LedgerFuture<Redemption>;
+
+    /// Opens a wallet; `ProfileExists` if it is open.
+    fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet>;
+
+    /// Applies a credit or debit, opening the wallet on a credit if needed.
+    /// `InsufficientFunds` if a debit would go below zero; replaying an id
+    /// answers the first transaction, or `IdempotencyKeyReused` if it differs.
+    fn transact(&self, transaction: NewTransaction) -> LedgerFuture<WalletTransaction>;
+
+    fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>>;
+
+    fn vouchers(&self) -> LedgerFuture<Vec<VoucherStatus>>;
+
+    /// The user's redemption of the voucher, with the balance right after its credit.
+    fn redemption(&self, code: VoucherCode, phone: PhoneNumber) -> LedgerFuture<Option<Redemption>>;
+
+    /// The voucher's redemptions in slot order; the cursor is a slot number.
+    fn report(&self, code: VoucherCode, page: PageRequest) -> LedgerFuture<Page<ReportEntry>>;
+
+    /// Every user holding a redemption of the voucher.
+    fn winners(&self, code: VoucherCode) -> LedgerFuture<Vec<PhoneNumber>>;
+
+    fn slot_usage(&self, code: VoucherCode) -> LedgerFuture<SlotUsage>;
+
+    /// A wallet and a page of its transactions, newest first; the cursor is a sequence.
+    fn wallet(
+        &self,
+        phone: PhoneNumber,
+        page: PageRequest,
+    ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>>;
+
+    /// Finishes every write submitted so far, makes it durable, and refuses new ones.
+    fn shutdown(&self) -> LedgerFuture<()>;
+}
+
+/// Opens the ledger a `--store` value names.
+pub async fn open(
+    store: &crate::config::StoreLocation,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<std::sync::Arc<dyn Ledger>> {
+    match store {
+        crate::config::StoreLocation::Embedded(path) => {
+            let ledger = embedded::EmbeddedLedger::open(path, metrics)?;
+            Ok(std::sync::Arc::new(ledger))
+        }
+    }
+}
