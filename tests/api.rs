@@ -404,10 +404,10 @@ async fn redeem_success_retry_exhaustion_and_lookup() {
         .redeem(&phone(3), "REDEEM")
         .await
         .expect_error(410, "voucher_exhausted");
-    server
-        .profile_all(&phone(3))
-        .await
-        .map(|_| panic!("I3: a refused redemption must not create a wallet credit"));
+    assert!(
+        server.profile_all(&phone(3)).await.is_none(),
+        "I3: a refused redemption must not create a wallet credit"
+    );
     let voucher = server.voucher("REDEEM").await;
     assert_eq!(
         (voucher["redeemed"].clone(), voucher["remaining"].clone()),
@@ -1179,6 +1179,68 @@ async fn health_ready_and_metrics() {
             "sample value must be a number: {line}"
         );
     }
+    // Request counters by route and status, redemption counters by outcome.
+    let expectations = [
+        (
+            "voucherd_http_requests_total",
+            &["route=\"create_voucher\"", "status=\"201\""][..],
+            1.0,
+        ),
+        (
+            "voucherd_http_requests_total",
+            &["route=\"redeem\"", "status=\"200\""][..],
+            1.0,
+        ),
+        (
+            "voucherd_http_requests_total",
+            &["route=\"redeem\"", "status=\"409\""][..],
+            1.0,
+        ),
+        (
+            "voucherd_http_requests_total",
+            &["route=\"redeem\"", "status=\"410\""][..],
+            1.0,
+        ),
+        (
+            "voucherd_http_requests_total",
+            &["route=\"other\"", "status=\"404\""][..],
+            1.0,
+        ),
+        (
+            "voucherd_redemptions_total",
+            &["outcome=\"redeemed\""][..],
+            1.0,
+        ),
+        (
+            "voucherd_redemptions_total",
+            &["outcome=\"already_redeemed\""][..],
+            1.0,
+        ),
+        (
+            "voucherd_redemptions_total",
+            &["outcome=\"exhausted\""][..],
+            1.0,
+        ),
+    ];
+    for (name, labels, expected) in expectations {
+        let value = metric_value(text, name, labels)
+            .unwrap_or_else(|| panic!("no sample {name}{labels:?} in /metrics:\n{text}"));
+        assert_eq!(value, expected, "{name}{labels:?}");
+    }
+}
+
+/// The value of the sample `name{...}` whose labels include all of `labels`.
+fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (label_text, value) = rest.split_once("} ")?;
+        let present: BTreeSet<&str> = label_text.split(',').collect();
+        labels
+            .iter()
+            .all(|l| present.contains(l))
+            .then(|| value.split(' ').next()?.parse().ok())
+            .flatten()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -259,7 +259,7 @@ impl TestServer {
 
     /// A profile's full transaction list (newest first), following `next_cursor`.
     /// Returns None when the profile does not exist (404 profile_not_found).
-    pub async fn profile_all(&self, phone: &str) -> Option<(i64, Vec<Value>)> {
+    pub async fn profile_all(&self, phone: &str) -> Option<Wallet> {
         profile_all(&self.client, &self.base_url, phone).await
     }
 
@@ -468,11 +468,7 @@ pub type Wallet = (i64, Vec<Value>);
 
 /// A profile's balance and full transaction list (newest first), following `next_cursor`.
 /// None when the profile does not exist (404 profile_not_found).
-pub async fn profile_all(
-    client: &reqwest::Client,
-    base_url: &str,
-    phone: &str,
-) -> Option<Wallet> {
+pub async fn profile_all(client: &reqwest::Client, base_url: &str, phone: &str) -> Option<Wallet> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     let mut balance = None;
@@ -663,15 +659,14 @@ pub async fn check_voucher_invariants(
     );
 
     let reference = format!("voucher:{code}");
-    let wallets: Vec<(String, String, Option<Wallet>)> =
-        futures::stream::iter(by_phone.clone())
-            .map(|(phone, id)| async move {
-                let wallet = profile_all(client, base_url, &phone).await;
-                (phone, id, wallet)
-            })
-            .buffer_unordered(32)
-            .collect()
-            .await;
+    let wallets: Vec<(String, String, Option<Wallet>)> = futures::stream::iter(by_phone.clone())
+        .map(|(phone, id)| async move {
+            let wallet = profile_all(client, base_url, &phone).await;
+            (phone, id, wallet)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
     for (phone, id, wallet) in wallets {
         let (balance, transactions) =
             wallet.unwrap_or_else(|| panic!("I3 credited: winner {phone} of {code} has no wallet"));
