@@ -36,7 +36,10 @@ pub struct App {
 }
 
 impl App {
-    pub async fn build(settings: Settings, listener: std::net::TcpListener) -> anyhow::Result<Self> {
+    pub async fn build(
+        settings: Settings,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let ledger = store::open(&settings.store, metrics.clone())
             .await
@@ -84,7 +87,10 @@ impl App {
         self.service.clone()
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (signalled, signal_seen) = oneshot::channel();
         let service = self.service.clone();
         let signal = async move {
@@ -106,7 +112,10 @@ impl App {
             () = server => {}
             () = grace => tracing::warn!("grace period over; dropping unfinished requests"),
         }
-        self.ledger.shutdown().await.context("flushing the ledger")?;
+        self.ledger
+            .shutdown()
+            .await
+            .context("flushing the ledger")?;
         self.supervisor.stop(None);
         let _ = self.supervisor_task.await;
         tracing::info!("stopped");

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::limits::DEFAULT_SHARDS;
 
 #[derive(Debug, Parser)]
-#[command(name = "voucherd", version, about = "Flash-crowd voucher redemption with an exactly-once wallet credit")]
+#[command(
+    name = "voucherd",
+    version,
+    about = "Flash-crowd voucher redemption with an exactly-once wallet credit"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

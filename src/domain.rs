@@ -100,8 +100,12 @@ impl Timestamp {
     }
 
     pub fn parse_rfc3339(raw: &str, code: &'static str) -> Result<Self> {
-        let parsed = OffsetDateTime::parse(raw, &Rfc3339)
-            .map_err(|_| Error::invalid(code, "timestamps must be RFC 3339, e.g. 2026-11-25T12:00:00Z"))?;
+        let parsed = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
+            Error::invalid(
+                code,
+                "timestamps must be RFC 3339, e.g. 2026-11-25T12:00:00Z",
+            )
+        })?;
         Ok(Self((parsed.unix_timestamp_nanos() / 1_000) as i64))
     }
 
@@ -150,7 +154,10 @@ impl Voucher {
         }
         if let (Some(start), Some(end)) = (starts_at, expires_at) {
             if start >= end {
-                return Err(Error::invalid("invalid_window", "starts_at must be before expires_at"));
+                return Err(Error::invalid(
+                    "invalid_window",
+                    "starts_at must be before expires_at",
+                ));
             }
         }
         Ok(Self {
@@ -276,8 +283,19 @@ mod tests {
 
     #[test]
     fn phone_numbers_must_be_e164() {
-        assert_eq!(PhoneNumber::parse("+989371209055").unwrap().to_string(), "+989371209055");
-        for bad in ["989371209055", "+1234567", "+1234567890123456", "+0123456789", "+12345abc9", "+", ""] {
+        assert_eq!(
+            PhoneNumber::parse("+989371209055").unwrap().to_string(),
+            "+989371209055"
+        );
+        for bad in [
+            "989371209055",
+            "+1234567",
+            "+1234567890123456",
+            "+0123456789",
+            "+12345abc9",
+            "+",
+            "",
+        ] {
             assert!(PhoneNumber::parse(bad).is_err(), "{bad} must be rejected");
         }
     }

@@ -69,7 +69,8 @@ pub const DEFAULT_SHARDS: usize = 8;
 
 const _: () = assert!(DEFAULT_PAGE_LIMIT <= MAX_PAGE_LIMIT);
 const _: () = assert!(MAX_COMMIT_BATCH_OPS <= MAX_LEDGER_QUEUE_OPS);
-const _: () = assert!(MAX_REDEMPTIONS_IN_FLIGHT + MAX_WALLET_WRITES_IN_FLIGHT <= MAX_LEDGER_QUEUE_OPS);
+const _: () =
+    assert!(MAX_REDEMPTIONS_IN_FLIGHT + MAX_WALLET_WRITES_IN_FLIGHT <= MAX_LEDGER_QUEUE_OPS);
 const _: () = assert!(MIN_PHONE_DIGITS <= MAX_PHONE_DIGITS);
 // A phone of MAX_PHONE_DIGITS digits must fit the u64 the ledger keys it by.
 const _: () = assert!(MAX_PHONE_DIGITS <= 19);

@@ -38,7 +38,9 @@ impl Route {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
             ("POST", ["api", "vouchers"]) => Route::create_voucher,
-            ("GET", ["api", "vouchers"]) | ("GET", ["api", "vouchers", _]) if segments.get(2) != Some(&"report") => {
+            ("GET", ["api", "vouchers"]) | ("GET", ["api", "vouchers", _])
+                if segments.get(2) != Some(&"report") =>
+            {
                 Route::get_voucher
             }
             ("POST", ["api", "vouchers", "redeem"]) => Route::redeem,
@@ -116,7 +118,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("voucherd");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
         let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             // 50 µs .. ~6.5 s.
             Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
@@ -128,7 +134,11 @@ impl Metrics {
             request_duration.clone(),
         );
         let redemptions = Family::<OutcomeLabels, Counter>::default();
-        registry.register("redemptions", "Redemption requests by outcome", redemptions.clone());
+        registry.register(
+            "redemptions",
+            "Redemption requests by outcome",
+            redemptions.clone(),
+        );
         let remaining_slots = Family::<VoucherLabels, Gauge>::default();
         registry.register(
             "voucher_remaining_slots",
@@ -167,19 +177,25 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, route: Route, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
         self.request_duration
             .get_or_create(&RouteLabels { route })
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn count_redemption(&self, outcome: RedemptionOutcome) {
-        self.redemptions.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.redemptions
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn set_remaining_slots(&self, code: &str, remaining: u32) {
         self.remaining_slots
-            .get_or_create(&VoucherLabels { code: code.to_owned() })
+            .get_or_create(&VoucherLabels {
+                code: code.to_owned(),
+            })
             .set(i64::from(remaining));
     }
 
@@ -207,11 +223,23 @@ mod tests {
 
     #[test]
     fn routes_are_classified() {
-        assert_eq!(Route::classify("GET", "/api/vouchers/report"), Route::report);
-        assert_eq!(Route::classify("GET", "/api/vouchers/ABC"), Route::get_voucher);
+        assert_eq!(
+            Route::classify("GET", "/api/vouchers/report"),
+            Route::report
+        );
+        assert_eq!(
+            Route::classify("GET", "/api/vouchers/ABC"),
+            Route::get_voucher
+        );
         assert_eq!(Route::classify("GET", "/api/vouchers"), Route::get_voucher);
-        assert_eq!(Route::classify("POST", "/api/vouchers/redeem"), Route::redeem);
-        assert_eq!(Route::classify("GET", "/api/vouchers/A/redemptions/+1"), Route::get_redemption);
+        assert_eq!(
+            Route::classify("POST", "/api/vouchers/redeem"),
+            Route::redeem
+        );
+        assert_eq!(
+            Route::classify("GET", "/api/vouchers/A/redemptions/+1"),
+            Route::get_redemption
+        );
         assert_eq!(Route::classify("GET", "/wp-admin"), Route::other);
     }
 }

@@ -23,7 +23,9 @@ use crate::domain::{
     VoucherCode, VoucherStatus, Wallet, WalletTransaction,
 };
 use crate::error::{Error, Result};
-use crate::limits::{ACTOR_CALL_TIMEOUT_MS, MAX_REDEMPTIONS_IN_FLIGHT, MAX_WALLET_WRITES_IN_FLIGHT};
+use crate::limits::{
+    ACTOR_CALL_TIMEOUT_MS, MAX_REDEMPTIONS_IN_FLIGHT, MAX_WALLET_WRITES_IN_FLIGHT,
+};
 use crate::metrics::{Metrics, RedemptionOutcome};
 use crate::store::{Ledger, NewProfile, NewTransaction};
 
@@ -98,7 +100,10 @@ impl Service {
     }
 
     pub async fn voucher(&self, code: VoucherCode) -> Result<VoucherStatus> {
-        self.ledger.voucher(code).await?.ok_or(Error::VoucherNotFound)
+        self.ledger
+            .voucher(code)
+            .await?
+            .ok_or(Error::VoucherNotFound)
     }
 
     pub async fn redeem(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
@@ -116,7 +121,10 @@ impl Service {
     }
 
     async fn try_redeem(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
-        let view = self.catalog.get(code.as_str()).ok_or(Error::VoucherNotFound)?;
+        let view = self
+            .catalog
+            .get(code.as_str())
+            .ok_or(Error::VoucherNotFound)?;
         if !view.voucher.is_active_at(Timestamp::now()) {
             return Err(Error::VoucherNotActive);
         }
@@ -131,7 +139,12 @@ impl Service {
             .try_acquire()
             .map_err(|_| Error::Overloaded)?;
         let shard = self.directory.voucher_shard(code.as_str());
-        call(&shard, |reply| VoucherShardMsg::Redeem { code, phone, reply }).await
+        call(&shard, |reply| VoucherShardMsg::Redeem {
+            code,
+            phone,
+            reply,
+        })
+        .await
     }
 
     pub async fn redemption(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
@@ -152,7 +165,10 @@ impl Service {
     }
 
     pub async fn create_profile(&self, phone: PhoneNumber, opening_balance: i64) -> Result<Wallet> {
-        let _permit = self.wallet_permits.try_acquire().map_err(|_| Error::Overloaded)?;
+        let _permit = self
+            .wallet_permits
+            .try_acquire()
+            .map_err(|_| Error::Overloaded)?;
         let profile = NewProfile {
             phone,
             opening_balance,
@@ -167,11 +183,17 @@ impl Service {
         phone: PhoneNumber,
         page: PageRequest,
     ) -> Result<(Wallet, Page<WalletTransaction>)> {
-        self.ledger.wallet(phone, page).await?.ok_or(Error::ProfileNotFound)
+        self.ledger
+            .wallet(phone, page)
+            .await?
+            .ok_or(Error::ProfileNotFound)
     }
 
     pub async fn transact(&self, request: TransactionRequest) -> Result<WalletTransaction> {
-        let _permit = self.wallet_permits.try_acquire().map_err(|_| Error::Overloaded)?;
+        let _permit = self
+            .wallet_permits
+            .try_acquire()
+            .map_err(|_| Error::Overloaded)?;
         let transaction = NewTransaction {
             id: transaction_id(request.phone, request.idempotency_key.as_deref()),
             phone: request.phone,
@@ -190,7 +212,10 @@ impl Service {
 
 /// Calls an actor with the bounded wait every call has. A call that times out or
 /// reaches a dead actor (one being restarted) is `Unavailable`: retry later.
-async fn call<M, T>(actor: &ActorRef<M>, build: impl FnOnce(RpcReplyPort<Result<T>>) -> M) -> Result<T>
+async fn call<M, T>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<Result<T>>) -> M,
+) -> Result<T>
 where
     M: ractor::Message,
     T: Send + 'static,

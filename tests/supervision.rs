@@ -45,12 +45,20 @@ impl InProcess {
 
     async fn shutdown(mut self) {
         let _ = self.stop.take().map(|s| s.send(()));
-        self.task.await.expect("app task").expect("app stops cleanly");
+        self.task
+            .await
+            .expect("app task")
+            .expect("app stops cleanly");
     }
 }
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
-    let response = client.post(url).json(&body).send().await.expect("request sent");
+    let response = client
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON body"))
 }
@@ -81,14 +89,18 @@ async fn a_panicking_voucher_shard_is_restarted_and_no_request_hangs() {
             let shard = shard.clone();
             async move {
                 if i == 20 {
-                    shard.cast(VoucherShardMsg::InjectPanic).expect("shard reachable");
+                    shard
+                        .cast(VoucherShardMsg::InjectPanic)
+                        .expect("shard reachable");
                 }
                 let request = client
                     .post(url)
                     .json(&json!({"code": "PANIC", "phone_number": phone(i % 300)}))
                     .timeout(Duration::from_secs(30))
                     .send();
-                let response = request.await.expect("no request hangs or fails at the transport");
+                let response = request
+                    .await
+                    .expect("no request hangs or fails at the transport");
                 let status = response.status().as_u16();
                 let body: Value = response.json().await.expect("JSON body");
                 (i % 300, status, body)
@@ -104,10 +116,18 @@ async fn a_panicking_voucher_shard_is_restarted_and_no_request_hangs() {
             "unexpected answer {status} {body} during a shard restart"
         );
     }
-    let winners: Vec<u32> = race.iter().filter(|(_, s, _)| *s == 200).map(|(p, _, _)| *p).collect();
+    let winners: Vec<u32> = race
+        .iter()
+        .filter(|(_, s, _)| *s == 200)
+        .map(|(p, _, _)| *p)
+        .collect();
     let distinct: HashSet<u32> = winners.iter().copied().collect();
     assert_eq!(winners.len(), distinct.len(), "I2: a user won twice");
-    assert!(winners.len() <= 50, "I1: {} winners for limit 50", winners.len());
+    assert!(
+        winners.len() <= 50,
+        "I1: {} winners for limit 50",
+        winners.len()
+    );
 
     // The restarted shard serves again: fresh users fill the voucher to its limit exactly.
     let mut fresh = 10_000;
@@ -121,7 +141,10 @@ async fn a_panicking_voucher_shard_is_restarted_and_no_request_hangs() {
             .await
             .expect("JSON");
         if voucher["remaining"] == 0 {
-            assert_eq!(voucher["redeemed"], 50, "I1: redeemed must equal the limit exactly");
+            assert_eq!(
+                voucher["redeemed"], 50,
+                "I1: redeemed must equal the limit exactly"
+            );
             break;
         }
         let (status, body) = post(
@@ -130,9 +153,15 @@ async fn a_panicking_voucher_shard_is_restarted_and_no_request_hangs() {
             json!({"code": "PANIC", "phone_number": phone(fresh)}),
         )
         .await;
-        assert!(status == 200 || status == 503, "fresh user got {status} {body}");
+        assert!(
+            status == 200 || status == 503,
+            "fresh user got {status} {body}"
+        );
         fresh += 1;
-        assert!(fresh < 10_200, "the restarted shard never filled the voucher");
+        assert!(
+            fresh < 10_200,
+            "the restarted shard never filled the voucher"
+        );
     }
     let metrics = client
         .get(format!("{}/metrics", app.base))
@@ -155,7 +184,9 @@ async fn a_panicking_wallet_actor_is_restarted() {
     let app = InProcess::start().await;
     let client = reqwest::Client::new();
     for wallet in app.service.directory().wallets() {
-        wallet.cast(WalletMsg::InjectPanic).expect("wallet reachable");
+        wallet
+            .cast(WalletMsg::InjectPanic)
+            .expect("wallet reachable");
     }
     let mut credited = 0;
     for attempt in 0..100 {
@@ -184,7 +215,10 @@ async fn a_panicking_wallet_actor_is_restarted() {
         .json()
         .await
         .expect("JSON");
-    assert_eq!(profile["balance"], 250, "I3/I5: an idempotent credit applies once");
+    assert_eq!(
+        profile["balance"], 250,
+        "I3/I5: an idempotent credit applies once"
+    );
     assert_eq!(profile["transactions"].as_array().map(Vec::len), Some(1));
     app.shutdown().await;
 }

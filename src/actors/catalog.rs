@@ -57,7 +57,12 @@ impl VoucherView {
         if self.winners.write().insert(phone.stored()) {
             let redeemed = self.redeemed.fetch_add(1, Ordering::AcqRel) + 1;
             // I1 as this instance sees it: the ledger never commits past the limit.
-            assert!(redeemed <= self.voucher.limit, "I1: {} won {redeemed} of {}", self.voucher.code, self.voucher.limit);
+            assert!(
+                redeemed <= self.voucher.limit,
+                "I1: {} won {redeemed} of {}",
+                self.voucher.code,
+                self.voucher.limit
+            );
             if redeemed == self.voucher.limit {
                 self.exhausted.store(true, Ordering::Release);
             }

@@ -142,7 +142,9 @@ impl Actor for Supervisor {
 }
 
 fn position_of<M>(actors: &[ActorRef<M>], dead: &ActorCell) -> Option<usize> {
-    actors.iter().position(|actor| actor.get_id() == dead.get_id())
+    actors
+        .iter()
+        .position(|actor| actor.get_id() == dead.get_id())
 }
 
 async fn spawn_shard(
@@ -162,6 +164,12 @@ async fn spawn_wallet(
     myself: &ActorRef<SupervisorMsg>,
     args: &SupervisorArgs,
 ) -> Result<ActorRef<WalletMsg>, ActorProcessingErr> {
-    let (wallet, _) = Actor::spawn_linked(None, WalletActor, args.wallet_args.clone(), myself.get_cell()).await?;
+    let (wallet, _) = Actor::spawn_linked(
+        None,
+        WalletActor,
+        args.wallet_args.clone(),
+        myself.get_cell(),
+    )
+    .await?;
     Ok(wallet)
 }

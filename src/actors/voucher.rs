@@ -71,6 +71,7 @@ pub enum Settlement {
     SlotLost(Contender),
 }
 
+#[allow(clippy::manual_non_exhaustive)] // InjectPanic is a test hook, not a hidden variant.
 pub enum VoucherShardMsg {
     Redeem {
         code: VoucherCode,
@@ -107,7 +108,8 @@ impl Actor for VoucherShard {
             args.slots.reset(code).await?;
             if let Some(status) = args.ledger.voucher(code.clone()).await? {
                 view.set_redeemed(status.redeemed);
-                args.metrics.set_remaining_slots(code.as_str(), view.remaining());
+                args.metrics
+                    .set_remaining_slots(code.as_str(), view.remaining());
             }
         }
         Ok(VoucherShardState {
@@ -153,7 +155,12 @@ impl Actor for VoucherShard {
 
 impl VoucherShardState {
     /// Gives the contender a slot, parks it until one comes back, or rejects it.
-    async fn contend(&mut self, myself: &ActorRef<VoucherShardMsg>, view: &Arc<VoucherView>, contender: Contender) {
+    async fn contend(
+        &mut self,
+        myself: &ActorRef<VoucherShardMsg>,
+        view: &Arc<VoucherView>,
+        contender: Contender,
+    ) {
         if view.is_exhausted() {
             let _ = contender.reply.send(Err(Error::VoucherExhausted));
             return;
@@ -173,7 +180,9 @@ impl VoucherShardState {
                 }
                 Err(error) => {
                     tracing::warn!(%code, %error, "slot lease failed");
-                    let _ = contender.reply.send(Err(Error::unavailable("slot lease failed")));
+                    let _ = contender
+                        .reply
+                        .send(Err(Error::unavailable("slot lease failed")));
                     return;
                 }
             }
@@ -185,9 +194,9 @@ impl VoucherShardState {
             if pool.waiters.len() < MAX_SLOT_WAITERS_PER_VOUCHER {
                 pool.waiters.push_back(contender);
             } else {
-                let _ = contender
-                    .reply
-                    .send(Err(Error::unavailable("too many contenders waiting for a slot")));
+                let _ = contender.reply.send(Err(Error::unavailable(
+                    "too many contenders waiting for a slot",
+                )));
             }
         } else if view.remaining() == 0 {
             view.set_redeemed(view.redeemed());
@@ -196,22 +205,35 @@ impl VoucherShardState {
             // The source has no slot but the ledger shows room: slots are leased
             // elsewhere or about to come back. Never claim "sold out" for that.
             tracing::warn!(%code, remaining = view.remaining(), "no free slot although the ledger has room");
-            let _ = contender.reply.send(Err(Error::unavailable("no free slot right now")));
+            let _ = contender
+                .reply
+                .send(Err(Error::unavailable("no free slot right now")));
         }
     }
 
-    async fn settle(&mut self, myself: &ActorRef<VoucherShardMsg>, view: &Arc<VoucherView>, slot: u32, outcome: Settlement) {
+    async fn settle(
+        &mut self,
+        myself: &ActorRef<VoucherShardMsg>,
+        view: &Arc<VoucherView>,
+        slot: u32,
+        outcome: Settlement,
+    ) {
         let code = &view.voucher.code;
         let Some(pool) = self.pools.get_mut(code) else {
             return;
         };
         // Slot accounting: every settlement matches one slot handed out.
-        assert!(pool.in_flight > 0, "slot {slot} of {code} settled with nothing in flight");
+        assert!(
+            pool.in_flight > 0,
+            "slot {slot} of {code} settled with nothing in flight"
+        );
         pool.in_flight -= 1;
         let mut retry = None;
         match outcome {
             Settlement::Won => {
-                self.args.metrics.set_remaining_slots(code.as_str(), view.remaining());
+                self.args
+                    .metrics
+                    .set_remaining_slots(code.as_str(), view.remaining());
             }
             Settlement::Returned => pool.free.push(slot),
             Settlement::SlotLost(mut contender) => {
@@ -219,7 +241,9 @@ impl VoucherShardState {
                 if contender.attempts < MAX_CLAIM_ATTEMPTS {
                     retry = Some(contender);
                 } else {
-                    let _ = contender.reply.send(Err(Error::unavailable("no slot could be claimed")));
+                    let _ = contender
+                        .reply
+                        .send(Err(Error::unavailable("no slot could be claimed")));
                 }
             }
         }
@@ -278,6 +302,10 @@ fn start_claim(
         };
         // A shard that restarted meanwhile no longer tracks this slot; its
         // successor rebuilt its pool from the ledger, so dropping this is right.
-        let _ = myself.cast(VoucherShardMsg::Settled { code, slot, outcome });
+        let _ = myself.cast(VoucherShardMsg::Settled {
+            code,
+            slot,
+            outcome,
+        });
     });
 }

@@ -27,6 +27,7 @@ pub struct WalletState {
     ledger: Arc<dyn Ledger>,
 }
 
+#[allow(clippy::manual_non_exhaustive)] // InjectPanic is a test hook, not a hidden variant.
 pub enum WalletMsg {
     CreateProfile {
         profile: NewProfile,
@@ -51,7 +52,9 @@ impl Actor for WalletActor {
         _myself: ActorRef<Self::Msg>,
         args: WalletArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(WalletState { ledger: args.ledger })
+        Ok(WalletState {
+            ledger: args.ledger,
+        })
     }
 
     async fn handle(
@@ -73,7 +76,10 @@ impl Actor for WalletActor {
     }
 }
 
-fn answer_when_committed<T: Send + 'static>(committed: LedgerFuture<T>, reply: RpcReplyPort<Result<T>>) {
+fn answer_when_committed<T: Send + 'static>(
+    committed: LedgerFuture<T>,
+    reply: RpcReplyPort<Result<T>>,
+) {
     tokio::spawn(async move {
         // The caller may have timed out and gone; the write stands either way.
         let _ = reply.send(committed.await);

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
 use crate::domain::{
-    PageRequest, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet,
-    WalletTransaction, redemption_id,
+    redemption_id, PageRequest, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode,
+    VoucherStatus, Wallet, WalletTransaction,
 };
 use crate::error::{Error, Result};
 use crate::limits::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET};
@@ -19,7 +19,10 @@ use crate::service::Report;
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => Error::invalid("invalid_body", error.to_string()),
-        _ => Error::invalid("malformed_json", format!("the body is not valid JSON: {error}")),
+        _ => Error::invalid(
+            "malformed_json",
+            format!("the body is not valid JSON: {error}"),
+        ),
     })
 }
 
@@ -37,13 +40,21 @@ impl CreateVoucherBody {
     pub fn into_voucher(self, now: Timestamp) -> Result<Voucher> {
         let code = VoucherCode::parse(&self.code)?;
         let amount = self.amount.as_i64().ok_or_else(|| {
-            Error::invalid("invalid_amount", "amount must be a positive integer of minor units")
+            Error::invalid(
+                "invalid_amount",
+                "amount must be a positive integer of minor units",
+            )
         })?;
         let limit = self
             .limit
             .as_u64()
             .and_then(|l| u32::try_from(l).ok())
-            .ok_or_else(|| Error::invalid("invalid_limit", "limit must be an integer between 1 and 10000000"))?;
+            .ok_or_else(|| {
+                Error::invalid(
+                    "invalid_limit",
+                    "limit must be an integer between 1 and 10000000",
+                )
+            })?;
         let starts_at = self
             .starts_at
             .as_deref()
@@ -92,7 +103,11 @@ pub struct TransactionBody {
 }
 
 /// Reads `limit`, `offset` and `cursor` as the query string or a body gave them.
-pub fn page_request(limit: Option<&str>, offset: Option<&str>, cursor: Option<&str>) -> Result<PageRequest> {
+pub fn page_request(
+    limit: Option<&str>,
+    offset: Option<&str>,
+    cursor: Option<&str>,
+) -> Result<PageRequest> {
     let invalid = || {
         Error::invalid(
             "invalid_pagination",
@@ -113,11 +128,19 @@ pub fn page_request(limit: Option<&str>, offset: Option<&str>, cursor: Option<&s
     let cursor = cursor
         .filter(|c| !c.is_empty())
         .map(|raw| {
-            raw.parse::<u64>()
-                .map_err(|_| Error::invalid("invalid_cursor", "cursor must be a next_cursor this service returned"))
+            raw.parse::<u64>().map_err(|_| {
+                Error::invalid(
+                    "invalid_cursor",
+                    "cursor must be a next_cursor this service returned",
+                )
+            })
         })
         .transpose()?;
-    Ok(PageRequest { limit, offset, cursor })
+    Ok(PageRequest {
+        limit,
+        offset,
+        cursor,
+    })
 }
 
 fn rfc3339(t: Option<Timestamp>) -> Option<String> {
@@ -216,11 +239,15 @@ impl From<Report> for ReportResponse {
             .page
             .items
             .into_iter()
-            .map(|ReportEntry { phone, redeemed_at, .. }| ReportItem {
-                redemption_id: redemption_id(&report.code, phone).to_string(),
-                phone_number: phone.to_string(),
-                redeemed_at: redeemed_at.to_rfc3339(),
-            })
+            .map(
+                |ReportEntry {
+                     phone, redeemed_at, ..
+                 }| ReportItem {
+                    redemption_id: redemption_id(&report.code, phone).to_string(),
+                    phone_number: phone.to_string(),
+                    redeemed_at: redeemed_at.to_rfc3339(),
+                },
+            )
             .collect();
         Self {
             code: report.code.to_string(),

@@ -50,7 +50,9 @@ impl ApiError {
             ),
             ApiError::Domain(error) => {
                 let status = match error {
-                    E::Invalid { code, message } => return (StatusCode::BAD_REQUEST, code, message.clone()),
+                    E::Invalid { code, message } => {
+                        return (StatusCode::BAD_REQUEST, code, message.clone())
+                    }
                     E::VoucherNotFound => (StatusCode::NOT_FOUND, "voucher_not_found"),
                     E::RedemptionNotFound => (StatusCode::NOT_FOUND, "redemption_not_found"),
                     E::ProfileNotFound => (StatusCode::NOT_FOUND, "profile_not_found"),
@@ -62,13 +64,25 @@ impl ApiError {
                     E::VoucherExhausted => (StatusCode::GONE, "voucher_exhausted"),
                     E::VoucherNotActive => (StatusCode::FORBIDDEN, "voucher_not_active"),
                     E::Overloaded => {
-                        return opaque(StatusCode::TOO_MANY_REQUESTS, "overloaded", "too many requests in flight; retry shortly")
+                        return opaque(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "overloaded",
+                            "too many requests in flight; retry shortly",
+                        )
                     }
                     E::SlotTaken | E::Unavailable { .. } => {
-                        return opaque(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry shortly")
+                        return opaque(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "temporarily unavailable; retry shortly",
+                        )
                     }
                     E::Storage { .. } => {
-                        return opaque(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                        return opaque(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "internal error",
+                        )
                     }
                 };
                 (status.0, status.1, error.to_string())
@@ -85,8 +99,12 @@ impl Reply for ApiError {
                 tracing::error!(status = status.as_u16(), %cause, "request failed");
             }
         }
-        let body = ErrorBody { error: code, message };
-        let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        let body = ErrorBody {
+            error: code,
+            message,
+        };
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), status).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -102,7 +120,10 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         ApiError::NotFound
     } else {
-        ApiError::Domain(Error::invalid("invalid_request", "the request could not be read"))
+        ApiError::Domain(Error::invalid(
+            "invalid_request",
+            "the request could not be read",
+        ))
     };
     Ok(error.into_response())
 }

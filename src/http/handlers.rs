@@ -62,7 +62,11 @@ pub async fn redeem(service: &Service, body: &[u8]) -> Outcome<RedeemResponse> {
     Ok(service.redeem(code, phone).await?.into())
 }
 
-pub async fn get_redemption(service: &Service, code: &str, phone: &str) -> Outcome<RedemptionResponse> {
+pub async fn get_redemption(
+    service: &Service,
+    code: &str,
+    phone: &str,
+) -> Outcome<RedemptionResponse> {
     let code = code_in_path(code)?;
     let phone = phone_in_path(phone)?;
     Ok(service.redemption(code, phone).await?.into())
@@ -94,13 +98,20 @@ pub async fn create_profile(service: &Service, body: &[u8]) -> Outcome<ProfileCr
     let opening_balance = match body.balance {
         None => 0,
         Some(balance) => balance.as_i64().filter(|b| *b >= 0).ok_or_else(|| {
-            Error::invalid("invalid_amount", "balance must be a non-negative integer of minor units")
+            Error::invalid(
+                "invalid_amount",
+                "balance must be a non-negative integer of minor units",
+            )
         })?,
     };
     Ok(service.create_profile(phone, opening_balance).await?.into())
 }
 
-pub async fn get_profile(service: &Service, phone: &str, query: &Query) -> Outcome<ProfileResponse> {
+pub async fn get_profile(
+    service: &Service,
+    phone: &str,
+    query: &Query,
+) -> Outcome<ProfileResponse> {
     let phone = phone_in_path(phone)?;
     let page = page_request(
         query.get("limit").map(String::as_str),
@@ -121,18 +132,21 @@ pub async fn transaction(
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !printable {
             return Err(Error::invalid(
                 "invalid_idempotency_key",
-                format!("Idempotency-Key must be 1..={MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII bytes"),
+                format!(
+                    "Idempotency-Key must be 1..={MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII bytes"
+                ),
             )
             .into());
         }
     }
     let body: TransactionBody = parse_json(body)?;
     let phone = PhoneNumber::parse(&body.phone_number)?;
-    let amount = body
-        .amount
-        .as_i64()
-        .filter(|a| *a != 0)
-        .ok_or_else(|| Error::invalid("invalid_amount", "amount must be a non-zero integer of minor units"))?;
+    let amount = body.amount.as_i64().filter(|a| *a != 0).ok_or_else(|| {
+        Error::invalid(
+            "invalid_amount",
+            "amount must be a non-zero integer of minor units",
+        )
+    })?;
     let reference = parse_reference(body.reference.as_deref().unwrap_or(""))?;
     let request = TransactionRequest {
         phone,

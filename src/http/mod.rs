@@ -44,7 +44,10 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(bounded_body())
         .and(with())
         .then(|body: Body, s: Arc<Service>| async move {
-            respond(StatusCode::CREATED, async { handlers::create_voucher(&s, &body?).await }.await)
+            respond(
+                StatusCode::CREATED,
+                async { handlers::create_voucher(&s, &body?).await }.await,
+            )
         })
         .boxed();
     let voucher_by_query = warp::get()
@@ -52,7 +55,10 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::query::<Query>())
         .and(with())
         .then(|query: Query, s: Arc<Service>| async move {
-            respond(StatusCode::OK, handlers::get_voucher_by_query(&s, &query).await)
+            respond(
+                StatusCode::OK,
+                handlers::get_voucher_by_query(&s, &query).await,
+            )
         })
         .boxed();
     let redeem = warp::post()
@@ -60,7 +66,10 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(bounded_body())
         .and(with())
         .then(|body: Body, s: Arc<Service>| async move {
-            respond(StatusCode::OK, async { handlers::redeem(&s, &body?).await }.await)
+            respond(
+                StatusCode::OK,
+                async { handlers::redeem(&s, &body?).await }.await,
+            )
         })
         .boxed();
     let report = warp::get()
@@ -69,7 +78,10 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(bounded_body())
         .and(with())
         .then(|query: Query, body: Body, s: Arc<Service>| async move {
-            respond(StatusCode::OK, async { handlers::report(&s, &query, &body?).await }.await)
+            respond(
+                StatusCode::OK,
+                async { handlers::report(&s, &query, &body?).await }.await,
+            )
         })
         .boxed();
     let voucher_by_path = warp::get()
@@ -80,10 +92,15 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         })
         .boxed();
     let redemption = warp::get()
-        .and(warp::path!("api" / "vouchers" / String / "redemptions" / String))
+        .and(warp::path!(
+            "api" / "vouchers" / String / "redemptions" / String
+        ))
         .and(with())
         .then(|code: String, phone: String, s: Arc<Service>| async move {
-            respond(StatusCode::OK, handlers::get_redemption(&s, &code, &phone).await)
+            respond(
+                StatusCode::OK,
+                handlers::get_redemption(&s, &code, &phone).await,
+            )
         })
         .boxed();
     let create_profile = warp::post()
@@ -91,7 +108,10 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(bounded_body())
         .and(with())
         .then(|body: Body, s: Arc<Service>| async move {
-            respond(StatusCode::CREATED, async { handlers::create_profile(&s, &body?).await }.await)
+            respond(
+                StatusCode::CREATED,
+                async { handlers::create_profile(&s, &body?).await }.await,
+            )
         })
         .boxed();
     let profile = warp::get()
@@ -99,7 +119,10 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::query::<Query>())
         .and(with())
         .then(|phone: String, query: Query, s: Arc<Service>| async move {
-            respond(StatusCode::OK, handlers::get_profile(&s, &phone, &query).await)
+            respond(
+                StatusCode::OK,
+                handlers::get_profile(&s, &phone, &query).await,
+            )
         })
         .boxed();
     let transaction = warp::post()
@@ -107,9 +130,14 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(bounded_body())
         .and(with())
-        .then(|key: Option<String>, body: Body, s: Arc<Service>| async move {
-            respond(StatusCode::OK, async { handlers::transaction(&s, key, &body?).await }.await)
-        })
+        .then(
+            |key: Option<String>, body: Body, s: Arc<Service>| async move {
+                respond(
+                    StatusCode::OK,
+                    async { handlers::transaction(&s, key, &body?).await }.await,
+                )
+            },
+        )
         .boxed();
     let healthz = warp::get()
         .and(warp::path!("healthz"))
@@ -122,8 +150,10 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
             if s.is_ready() {
                 respond(StatusCode::OK, Ok(StatusResponse { status: "ready" }))
             } else {
-                let mut response =
-                    warp::reply::json(&StatusResponse { status: "not_ready" }).into_response();
+                let mut response = warp::reply::json(&StatusResponse {
+                    status: "not_ready",
+                })
+                .into_response();
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 response
             }
@@ -182,7 +212,10 @@ fn fallback() -> BoxedFilter<(Response,)> {
         .map(|method: warp::http::Method, path: warp::path::FullPath| {
             let known_with = |m: &str| Route::classify(m, path.as_str()) != Route::other;
             let error = if known_with(method.as_str()) {
-                ApiError::Domain(crate::error::Error::invalid("invalid_request", "the request could not be read"))
+                ApiError::Domain(crate::error::Error::invalid(
+                    "invalid_request",
+                    "the request could not be read",
+                ))
             } else if ["GET", "POST"].into_iter().any(known_with) {
                 ApiError::MethodNotAllowed
             } else {
@@ -222,7 +255,10 @@ where
     let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|_| {
-            ApiError::Domain(crate::error::Error::invalid("invalid_request", "the body could not be read"))
+            ApiError::Domain(crate::error::Error::invalid(
+                "invalid_request",
+                "the body could not be read",
+            ))
         })?;
         if body.len() + chunk.remaining() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge);

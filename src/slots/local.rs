@@ -63,7 +63,12 @@ impl LocalSlots {
 }
 
 impl SlotSource for LocalSlots {
-    fn lease(&self, code: &VoucherCode, limit: u32, max: u32) -> BoxFuture<'static, Result<Vec<u32>>> {
+    fn lease(
+        &self,
+        code: &VoucherCode,
+        limit: u32,
+        max: u32,
+    ) -> BoxFuture<'static, Result<Vec<u32>>> {
         let pools = self.pools.clone();
         let ledger = self.ledger.clone();
         let code = code.clone();
@@ -87,10 +92,16 @@ impl SlotSource for LocalSlots {
         if let Some(pool) = self.pools.lock().get_mut(code) {
             let count = slots.len() as u32;
             // Slot accounting: only slots that were handed out can come back.
-            assert!(count <= pool.outstanding, "slot pool of {code} got back more than it handed out");
+            assert!(
+                count <= pool.outstanding,
+                "slot pool of {code} got back more than it handed out"
+            );
             pool.outstanding -= count;
             pool.returned.extend(slots);
-            assert!(pool.free() <= pool.limit, "slot pool of {code} holds more than its limit");
+            assert!(
+                pool.free() <= pool.limit,
+                "slot pool of {code} holds more than its limit"
+            );
         }
         Box::pin(async { Ok(()) })
     }

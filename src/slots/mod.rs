@@ -16,7 +16,12 @@ use crate::error::Result;
 pub trait SlotSource: Send + Sync + 'static {
     /// Takes up to `max` free slots of the voucher; an empty batch means no free
     /// slot is left in the pool (some may still be held by in-flight claims).
-    fn lease(&self, code: &VoucherCode, limit: u32, max: u32) -> BoxFuture<'static, Result<Vec<u32>>>;
+    fn lease(
+        &self,
+        code: &VoucherCode,
+        limit: u32,
+        max: u32,
+    ) -> BoxFuture<'static, Result<Vec<u32>>>;
 
     /// Puts slots that were leased but not claimed back in the pool.
     fn give_back(&self, code: &VoucherCode, slots: Vec<u32>) -> BoxFuture<'static, Result<()>>;

@@ -27,9 +27,13 @@ use crate::error::{Error, Result};
 use crate::limits::{MAX_COMMIT_BATCH_OPS, MAX_LEDGER_QUEUE_OPS};
 use crate::metrics::Metrics;
 
-/// code → (amount, limit, starts_at, expires_at, created_at), times in µs.
-const VOUCHERS: TableDefinition<&str, (i64, u32, Option<i64>, Option<i64>, i64)> =
-    TableDefinition::new("vouchers");
+/// (amount, limit, starts_at, expires_at, created_at), times in µs.
+type VoucherRow = (i64, u32, Option<i64>, Option<i64>, i64);
+/// (id, amount, reference, created_at, balance_after).
+type TransactionRow<'a> = (u128, i64, &'a str, i64, i64);
+
+/// code → voucher.
+const VOUCHERS: TableDefinition<&str, VoucherRow> = TableDefinition::new("vouchers");
 /// code → number of redemptions (equals the number of its taken slots).
 const REDEEMED: TableDefinition<&str, u32> = TableDefinition::new("redeemed");
 /// (code, slot) → (phone, redeemed_at): the slot claim (I1) and the report index.
@@ -38,8 +42,8 @@ const SLOTS: TableDefinition<(&str, u32), (u64, i64)> = TableDefinition::new("sl
 const REDEMPTIONS: TableDefinition<(&str, u64), (u32, i64)> = TableDefinition::new("redemptions");
 /// phone → (balance, last sequence, created_at).
 const WALLETS: TableDefinition<u64, (i64, u64, i64)> = TableDefinition::new("wallets");
-/// (phone, sequence) → (id, amount, reference, created_at, balance_after).
-const TRANSACTIONS: TableDefinition<(u64, u64), (u128, i64, &str, i64, i64)> =
+/// (phone, sequence) → transaction.
+const TRANSACTIONS: TableDefinition<(u64, u64), TransactionRow> =
     TableDefinition::new("transactions");
 /// transaction id → (phone, sequence): idempotency of credits (I3) and debits.
 const TRANSACTION_IDS: TableDefinition<u128, (u64, u64)> = TableDefinition::new("transaction_ids");
@@ -76,10 +80,7 @@ impl EmbeddedLedger {
         Ok(Self { db, writes })
     }
 
-    fn submit<T: Send + 'static>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> WriteOp,
-    ) -> LedgerFuture<T> {
+    fn submit<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> WriteOp) -> LedgerFuture<T> {
         let (reply, answer) = oneshot::channel();
         // try_send keeps the submission synchronous (so call order is apply order)
         // and bounded: a full queue is an immediate, explicit overload.
@@ -165,7 +166,11 @@ impl Ledger for EmbeddedLedger {
         })
     }
 
-    fn redemption(&self, code: VoucherCode, phone: PhoneNumber) -> LedgerFuture<Option<Redemption>> {
+    fn redemption(
+        &self,
+        code: VoucherCode,
+        phone: PhoneNumber,
+    ) -> LedgerFuture<Option<Redemption>> {
         self.read(move |txn| {
             let redemptions = txn.open_table(REDEMPTIONS).map_err(Error::storage)?;
             let Some(row) = redemptions
@@ -218,7 +223,9 @@ impl Ledger for EmbeddedLedger {
                     redeemed_at: Timestamp(redeemed_at),
                 });
             }
-            let next_cursor = more.then(|| items.last().map(|e| u64::from(e.slot))).flatten();
+            let next_cursor = more
+                .then(|| items.last().map(|e| u64::from(e.slot)))
+                .flatten();
             Ok(Page { items, next_cursor })
         })
     }
@@ -277,7 +284,13 @@ impl Ledger for EmbeddedLedger {
             // Newest first: walk sequences downwards from just below the cursor.
             let below = page.cursor.unwrap_or(last_sequence.saturating_add(1));
             if below <= 1 {
-                return Ok(Some((wallet, Page { items: Vec::new(), next_cursor: None })));
+                return Ok(Some((
+                    wallet,
+                    Page {
+                        items: Vec::new(),
+                        next_cursor: None,
+                    },
+                )));
             }
             let transactions = txn.open_table(TRANSACTIONS).map_err(Error::storage)?;
             let range = transactions
@@ -313,9 +326,11 @@ impl Ledger for EmbeddedLedger {
     }
 }
 
-type TransactionRow<'a> = (u128, i64, &'a str, i64, i64);
-
-fn transaction_from_row(phone: PhoneNumber, sequence: u64, row: TransactionRow<'_>) -> WalletTransaction {
+fn transaction_from_row(
+    phone: PhoneNumber,
+    sequence: u64,
+    row: TransactionRow<'_>,
+) -> WalletTransaction {
     let (id, amount, reference, created_at, balance_after) = row;
     WalletTransaction {
         id: Uuid::from_u128(id),
@@ -329,7 +344,7 @@ fn transaction_from_row(phone: PhoneNumber, sequence: u64, row: TransactionRow<'
 }
 
 fn read_voucher(
-    vouchers: &impl ReadableTable<&'static str, (i64, u32, Option<i64>, Option<i64>, i64)>,
+    vouchers: &impl ReadableTable<&'static str, VoucherRow>,
     redeemed: &impl ReadableTable<&'static str, u32>,
     code: VoucherCode,
 ) -> Result<Option<VoucherStatus>> {
@@ -376,7 +391,7 @@ fn read_transaction_by_id(
 
 /// The tables of one write transaction, opened once per batch.
 struct Tables<'txn> {
-    vouchers: Table<'txn, &'static str, (i64, u32, Option<i64>, Option<i64>, i64)>,
+    vouchers: Table<'txn, &'static str, VoucherRow>,
     redeemed: Table<'txn, &'static str, u32>,
     slots: Table<'txn, (&'static str, u32), (u64, i64)>,
     redemptions: Table<'txn, (&'static str, u64), (u32, i64)>,
@@ -412,7 +427,10 @@ impl<'txn> Tables<'txn> {
         );
         self.vouchers.insert(code, row).map_err(Error::storage)?;
         self.redeemed.insert(code, 0).map_err(Error::storage)?;
-        Ok(VoucherStatus { voucher, redeemed: 0 })
+        Ok(VoucherStatus {
+            voucher,
+            redeemed: 0,
+        })
     }
 
     fn claim(&mut self, claim: Claim) -> Result<Redemption> {
@@ -425,20 +443,42 @@ impl<'txn> Tables<'txn> {
             }
             None => return Err(Error::VoucherNotFound),
         };
-        if self.redemptions.get((code, phone)).map_err(Error::storage)?.is_some() {
+        if self
+            .redemptions
+            .get((code, phone))
+            .map_err(Error::storage)?
+            .is_some()
+        {
             return Err(Error::AlreadyRedeemed);
         }
         // A slot outside 1..=limit does not exist; the slot source never hands one out.
         if claim.slot == 0 || claim.slot > limit {
-            tracing::error!(code, slot = claim.slot, limit, "slot outside the voucher's range");
+            tracing::error!(
+                code,
+                slot = claim.slot,
+                limit,
+                "slot outside the voucher's range"
+            );
             return Err(Error::SlotTaken);
         }
-        if self.slots.get((code, claim.slot)).map_err(Error::storage)?.is_some() {
+        if self
+            .slots
+            .get((code, claim.slot))
+            .map_err(Error::storage)?
+            .is_some()
+        {
             return Err(Error::SlotTaken);
         }
-        let redeemed = self.redeemed.get(code).map_err(Error::storage)?.map_or(0, |c| c.value());
+        let redeemed = self
+            .redeemed
+            .get(code)
+            .map_err(Error::storage)?
+            .map_or(0, |c| c.value());
         // I1: a free slot in range implies a free place under the limit.
-        assert!(redeemed < limit, "I1: {code} has {redeemed} redemptions of {limit} and a free slot");
+        assert!(
+            redeemed < limit,
+            "I1: {code} has {redeemed} redemptions of {limit} and a free slot"
+        );
 
         let id = redemption_id(&claim.code, claim.phone);
         let credit = self.transact(NewTransaction {
@@ -454,7 +494,9 @@ impl<'txn> Tables<'txn> {
         self.redemptions
             .insert((code, phone), (claim.slot, claim.at.0))
             .map_err(Error::storage)?;
-        self.redeemed.insert(code, redeemed + 1).map_err(Error::storage)?;
+        self.redeemed
+            .insert(code, redeemed + 1)
+            .map_err(Error::storage)?;
         Ok(Redemption {
             id,
             code: claim.code,
@@ -506,9 +548,16 @@ impl<'txn> Tables<'txn> {
                 Err(Error::IdempotencyKeyReused)
             };
         }
-        let existing = self.wallets.get(phone).map_err(Error::storage)?.map(|w| w.value());
+        let existing = self
+            .wallets
+            .get(phone)
+            .map_err(Error::storage)?
+            .map(|w| w.value());
         let (balance, last_sequence, created_at) = existing.unwrap_or((0, 0, transaction.at.0));
-        assert!(balance >= 0, "I5: wallet {phone} holds a negative balance {balance}");
+        assert!(
+            balance >= 0,
+            "I5: wallet {phone} holds a negative balance {balance}"
+        );
         let new_balance = balance
             .checked_add(transaction.amount)
             .ok_or_else(|| Error::invalid("invalid_amount", "the balance would overflow"))?;
@@ -621,9 +670,13 @@ fn commit_batch(db: &Database, batch: &mut Vec<WriteOp>) -> Option<oneshot::Send
             let mut tables = Tables::open(&txn)?;
             for op in batch.drain(..) {
                 let done = match op {
-                    WriteOp::CreateVoucher(v, reply) => Applied::Voucher(reply, tables.create_voucher(v)),
+                    WriteOp::CreateVoucher(v, reply) => {
+                        Applied::Voucher(reply, tables.create_voucher(v))
+                    }
                     WriteOp::Claim(c, reply) => Applied::Redemption(reply, tables.claim(c)),
-                    WriteOp::CreateProfile(p, reply) => Applied::Wallet(reply, tables.create_profile(p)),
+                    WriteOp::CreateProfile(p, reply) => {
+                        Applied::Wallet(reply, tables.create_profile(p))
+                    }
                     WriteOp::Transact(t, reply) => Applied::Transaction(reply, tables.transact(t)),
                     WriteOp::Shutdown(done) => {
                         shutdown = Some(done);

@@ -89,7 +89,8 @@ pub trait Ledger: Send + Sync + 'static {
     fn vouchers(&self) -> LedgerFuture<Vec<VoucherStatus>>;
 
     /// The user's redemption of the voucher, with the balance right after its credit.
-    fn redemption(&self, code: VoucherCode, phone: PhoneNumber) -> LedgerFuture<Option<Redemption>>;
+    fn redemption(&self, code: VoucherCode, phone: PhoneNumber)
+        -> LedgerFuture<Option<Redemption>>;
 
     /// The voucher's redemptions in slot order; the cursor is a slot number.
     fn report(&self, code: VoucherCode, page: PageRequest) -> LedgerFuture<Page<ReportEntry>>;
