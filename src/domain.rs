@@ -244,7 +244,8 @@ pub struct ReportEntry {
 pub struct WalletTransaction {
     pub id: Uuid,
     pub phone: PhoneNumber,
-    /// Position in the wallet's history, from 1.
+    /// Position in the ledger's history of all transactions, from 1; increases
+    /// along a wallet's history too.
     pub sequence: u64,
     pub amount: i64,
     pub reference: String,

@@ -196,6 +196,7 @@ impl Service {
             .map_err(|_| Error::Overloaded)?;
         let transaction = NewTransaction {
             id: transaction_id(request.phone, request.idempotency_key.as_deref()),
+            replayable: request.idempotency_key.is_some(),
             phone: request.phone,
             amount: request.amount,
             reference: request.reference,

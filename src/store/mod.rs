@@ -40,9 +40,12 @@ pub struct Claim {
 /// A credit (amount > 0) or debit (amount < 0) of a wallet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTransaction {
-    /// Idempotency key: a second transaction with this id is a no-op that
-    /// answers the first one.
+    /// The transaction's id. When `replayable`, it is an idempotency key: a
+    /// second transaction with this id is a no-op that answers the first one.
     pub id: Uuid,
+    /// True when the id derives from a client's Idempotency-Key and may come
+    /// again; random ids never repeat and are not indexed.
+    pub replayable: bool,
     pub phone: PhoneNumber,
     pub amount: i64,
     pub reference: String,
@@ -100,7 +103,8 @@ pub trait Ledger: Send + Sync + 'static {
 
     fn slot_usage(&self, code: VoucherCode) -> LedgerFuture<SlotUsage>;
 
-    /// A wallet and a page of its transactions, newest first; the cursor is a sequence.
+    /// A wallet and a page of its transactions, newest first; the cursor is the
+    /// sequence of the last transaction of the previous page.
     fn wallet(
         &self,
         phone: PhoneNumber,
