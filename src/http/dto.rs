@@ -16,13 +16,19 @@ use crate::limits::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET};
 use crate::service::Report;
 
 /// Parses a JSON body, telling broken JSON apart from well-formed JSON of the wrong shape.
+///
+/// serde stops at the first problem, which may be a type error before a syntax
+/// error further on; only on failure is the body re-read for syntax alone, so the
+/// common path parses once.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|error| match error.classify() {
-        serde_json::error::Category::Data => Error::invalid("invalid_body", error.to_string()),
-        _ => Error::invalid(
-            "malformed_json",
-            format!("the body is not valid JSON: {error}"),
-        ),
+    serde_json::from_slice(body).map_err(|error| {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Err(broken) => Error::invalid(
+                "malformed_json",
+                format!("the body is not valid JSON: {broken}"),
+            ),
+            Ok(_) => Error::invalid("invalid_body", error.to_string()),
+        }
     })
 }
 
