@@ -35,16 +35,22 @@ impl Route {
     /// Classifies a request by method and path; unknown paths are `other`, so
     /// scanners cannot grow the label set.
     pub fn classify(method: &str, path: &str) -> Route {
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (method, segments.as_slice()) {
-            ("POST", ["api", "vouchers"]) => Route::create_voucher,
-            ("GET", ["api", "vouchers"]) | ("GET", ["api", "vouchers", _])
-                if segments.get(2) != Some(&"report") =>
-            {
-                Route::get_voucher
+        // Runs on every request: split into a fixed array, no allocation.
+        let mut segments = [""; 6];
+        let mut count = 0;
+        for segment in path.trim_matches('/').split('/') {
+            if count == segments.len() {
+                return Route::other;
             }
+            segments[count] = segment;
+            count += 1;
+        }
+        match (method, &segments[..count]) {
+            ("POST", ["api", "vouchers"]) => Route::create_voucher,
+            ("GET", ["api", "vouchers"]) => Route::get_voucher,
             ("POST", ["api", "vouchers", "redeem"]) => Route::redeem,
             ("GET", ["api", "vouchers", "report"]) => Route::report,
+            ("GET", ["api", "vouchers", _]) => Route::get_voucher,
             ("GET", ["api", "vouchers", _, "redemptions", _]) => Route::get_redemption,
             ("POST", ["api", "profiles"]) => Route::create_profile,
             ("GET", ["api", "profiles", _]) => Route::get_profile,
