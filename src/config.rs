@@ -7,6 +7,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand};
 
 use crate::limits::DEFAULT_SHARDS;
+pub use crate::slots::redis::RedisTarget;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +36,12 @@ pub struct ServeArgs {
     #[arg(long, env = "VOUCHERD_STORE", default_value = "./data")]
     pub store: StoreLocation,
 
+    /// Redis for slot leases, shared by every instance: `redis://host:port` or
+    /// `redis+sentinel://host:port,host:port/master_name`. Without it, slots come
+    /// from the ledger directly.
+    #[arg(long, env = "VOUCHERD_REDIS")]
+    pub redis: Option<RedisTarget>,
+
     /// Number of voucher shard actors (vouchers are spread over them by code).
     #[arg(long, env = "VOUCHERD_VOUCHER_SHARDS", default_value_t = DEFAULT_SHARDS as u16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub voucher_shards: u16,
@@ -48,6 +55,7 @@ impl ServeArgs {
     pub fn settings(&self) -> Settings {
         Settings {
             store: self.store.clone(),
+            redis: self.redis.clone(),
             voucher_shards: usize::from(self.voucher_shards),
             wallet_actors: usize::from(self.wallet_actors),
         }
@@ -58,6 +66,7 @@ impl ServeArgs {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub store: StoreLocation,
+    pub redis: Option<RedisTarget>,
     pub voucher_shards: usize,
     pub wallet_actors: usize,
 }
@@ -67,6 +76,7 @@ impl Settings {
     pub fn embedded(path: impl Into<PathBuf>) -> Self {
         Self {
             store: StoreLocation::Embedded(path.into()),
+            redis: None,
             voucher_shards: DEFAULT_SHARDS,
             wallet_actors: DEFAULT_SHARDS,
         }
@@ -78,6 +88,14 @@ impl Settings {
 pub enum StoreLocation {
     /// A directory holding the embedded redb ledger.
     Embedded(PathBuf),
+}
+
+impl StoreLocation {
+    /// True when other instances may write the same ledger, so this instance's
+    /// memory is not the whole truth (unknown codes must be looked up).
+    pub fn is_shared(&self) -> bool {
+        !matches!(self, StoreLocation::Embedded(_))
+    }
 }
 
 impl FromStr for StoreLocation {

@@ -53,6 +53,39 @@ pub const MAX_CLAIM_ATTEMPTS: u32 = 8;
 /// Slots a voucher shard takes from the local slot source at a time.
 pub const LOCAL_LEASE_BATCH_SLOTS: u32 = 4_096;
 
+/// Slots one Redis lease takes at most; the Lua script also shrinks batches as
+/// the pool runs low so one instance does not hoard the last slots.
+pub const REDIS_LEASE_BATCH_SLOTS: u32 = 512;
+
+/// How long a lease lives in Redis unless renewed; after an instance dies, its
+/// unclaimed slots return to the pool (via reconciliation) after about this long.
+pub const LEASE_TTL_MS: u64 = 5_000;
+
+/// How often an instance renews its leases: well inside the TTL so one late
+/// renewal does not lose a lease.
+pub const LEASE_RENEW_INTERVAL_MS: u64 = 1_000;
+
+/// Longest wait for one Redis operation before the instance falls back to the
+/// ledger for slots.
+pub const REDIS_OP_TIMEOUT_MS: u64 = 500;
+
+/// How often a degraded instance checks whether Redis is back.
+pub const REDIS_HEALTH_INTERVAL_MS: u64 = 500;
+
+/// Least time between two reconciliations of one voucher's Redis pool with the
+/// ledger (each reads every taken slot of the voucher).
+pub const RECONCILE_INTERVAL_MS: u64 = 1_000;
+
+/// Free slots a reconciliation or pool initialisation sends to Redis per call,
+/// which keeps each Lua call short.
+pub const REDIS_SLOTS_PER_CALL: usize = 1_000;
+
+/// How long an unknown voucher code is remembered as unknown when the ledger is
+/// shared (another instance may create it), so floods of bad codes stay in memory.
+pub const UNKNOWN_VOUCHER_CACHE_MS: u64 = 1_000;
+/// Unknown codes remembered at most; the cache is cleared when full.
+pub const MAX_UNKNOWN_VOUCHER_CACHE_ENTRIES: usize = 100_000;
+
 /// Ledger operations written in one durable commit at most. Larger batches
 /// amortise the fsync further but delay the first reply of the batch.
 pub const MAX_COMMIT_BATCH_OPS: usize = 2_048;
@@ -67,6 +100,8 @@ pub const SHUTDOWN_GRACE_MS: u64 = 15_000;
 /// Default number of voucher shard actors and of wallet actors.
 pub const DEFAULT_SHARDS: usize = 8;
 
+const _: () = assert!(LEASE_RENEW_INTERVAL_MS * 3 <= LEASE_TTL_MS);
+const _: () = assert!(REDIS_LEASE_BATCH_SLOTS <= LOCAL_LEASE_BATCH_SLOTS);
 const _: () = assert!(DEFAULT_PAGE_LIMIT <= MAX_PAGE_LIMIT);
 const _: () = assert!(MAX_COMMIT_BATCH_OPS <= MAX_LEDGER_QUEUE_OPS);
 const _: () =

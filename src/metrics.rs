@@ -102,6 +102,21 @@ struct VoucherLabels {
     code: String,
 }
 
+/// Where a voucher shard got its slots from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SlotSourceKind {
+    /// Redis leases (the normal multi-instance mode).
+    redis,
+    /// Slots read from the ledger directly (single instance, or Redis unreachable).
+    ledger,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabels {
+    source: SlotSourceKind,
+}
+
 /// The registry and handles to every metric.
 pub struct Metrics {
     registry: Registry,
@@ -112,6 +127,12 @@ pub struct Metrics {
     commit_batch_operations: Histogram,
     commit_duration: Histogram,
     shard_restarts: Counter,
+    leases: Family<SourceLabels, Counter>,
+    slots_leased: Family<SourceLabels, Counter>,
+    lease_duration: Family<SourceLabels, Histogram>,
+    slots_returned: Counter,
+    slots_reclaimed: Counter,
+    slot_source_degraded: Gauge,
 }
 
 impl Default for Metrics {
@@ -170,8 +191,53 @@ impl Metrics {
             "Voucher shard and wallet actors restarted by their supervisor",
             shard_restarts.clone(),
         );
+        let leases = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "slot_leases",
+            "Slot leases taken, by source",
+            leases.clone(),
+        );
+        let slots_leased = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "slots_leased",
+            "Slots leased, by source",
+            slots_leased.clone(),
+        );
+        let lease_duration = Family::<SourceLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        registry.register_with_unit(
+            "slot_lease_duration",
+            "Time to take one slot lease, by source",
+            Unit::Seconds,
+            lease_duration.clone(),
+        );
+        let slots_returned = Counter::default();
+        registry.register(
+            "slots_returned",
+            "Leased slots given back unused (failed claims, shutdown)",
+            slots_returned.clone(),
+        );
+        let slots_reclaimed = Counter::default();
+        registry.register(
+            "slots_reclaimed",
+            "Slots put back in the Redis pool by reconciliation with the ledger (expired leases, lost writes)",
+            slots_reclaimed.clone(),
+        );
+        let slot_source_degraded = Gauge::default();
+        registry.register(
+            "slot_source_degraded",
+            "1 while Redis is unreachable and slots come from the ledger directly",
+            slot_source_degraded.clone(),
+        );
         Self {
             registry,
+            leases,
+            slots_leased,
+            lease_duration,
+            slots_returned,
+            slots_reclaimed,
+            slot_source_degraded,
             requests,
             request_duration,
             redemptions,
@@ -212,6 +278,29 @@ impl Metrics {
 
     pub fn count_actor_restart(&self) {
         self.shard_restarts.inc();
+    }
+
+    pub fn observe_lease(&self, source: SlotSourceKind, slots: usize, elapsed: Duration) {
+        let labels = SourceLabels { source };
+        self.leases.get_or_create(&labels).inc();
+        self.slots_leased
+            .get_or_create(&labels)
+            .inc_by(slots as u64);
+        self.lease_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_slots_returned(&self, slots: usize) {
+        self.slots_returned.inc_by(slots as u64);
+    }
+
+    pub fn count_slots_reclaimed(&self, slots: usize) {
+        self.slots_reclaimed.inc_by(slots as u64);
+    }
+
+    pub fn set_slot_source_degraded(&self, degraded: bool) {
+        self.slot_source_degraded.set(i64::from(degraded));
     }
 
     /// The Prometheus text exposition of every metric.

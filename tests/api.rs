@@ -237,6 +237,8 @@ async fn voucher_validation_errors() {
 
     for raw in [
         "{\"code\": \"V\", \"amount\": ",
+        "{\"code\": 5",
+        "[1, 2",
         "not json",
         "{'code': 'V'}",
         "",

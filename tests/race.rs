@@ -19,7 +19,7 @@ async fn crowd(server: &TestServer, code: &str, users: Vec<u64>) -> (Vec<(u64, R
     let base_url = server.base_url().to_string();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
-    let results: Vec<(u64, Resp, u32)> = futures::stream::iter(users)
+    let results = futures::stream::iter(users)
         .map(|user| {
             let client = client.clone();
             let base_url = base_url.clone();
@@ -37,8 +37,16 @@ async fn crowd(server: &TestServer, code: &str, users: Vec<u64>) -> (Vec<(u64, R
             }
         })
         .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await;
+        .collect();
+    let results: Vec<(u64, Resp, u32)> = tokio::time::timeout(common::CROWD_DEADLINE, results)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the crowd on {code} did not finish within {:?}; {} requests still in flight",
+                common::CROWD_DEADLINE,
+                in_flight.load(Ordering::SeqCst)
+            )
+        });
     let retries = results.iter().map(|(_, _, r)| r).sum();
     let answers = results.into_iter().map(|(u, r, _)| (u, r)).collect();
     (answers, retries, peak.load(Ordering::SeqCst))

@@ -118,6 +118,20 @@ impl Actor for VoucherShard {
         })
     }
 
+    /// On a clean stop (shutdown), unused leased slots go back to the source.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for (code, pool) in state.pools.drain() {
+            if !pool.free.is_empty() {
+                state.args.slots.give_back(&code, pool.free).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -198,16 +212,30 @@ impl VoucherShardState {
                     "too many contenders waiting for a slot",
                 )));
             }
-        } else if view.remaining() == 0 {
-            view.set_redeemed(view.redeemed());
-            let _ = contender.reply.send(Err(Error::VoucherExhausted));
         } else {
-            // The source has no slot but the ledger shows room: slots are leased
-            // elsewhere or about to come back. Never claim "sold out" for that.
-            tracing::warn!(%code, remaining = view.remaining(), "no free slot although the ledger has room");
-            let _ = contender
-                .reply
-                .send(Err(Error::unavailable("no free slot right now")));
+            self.answer_without_slot(view, contender).await;
+        }
+    }
+
+    /// No slot is free here and none is in flight: either the voucher is sold out
+    /// (the ledger, shared by every instance, says so) or other instances hold
+    /// the remaining slots in their leases; only the first is "exhausted".
+    async fn answer_without_slot(&mut self, view: &Arc<VoucherView>, contender: Contender) {
+        let code = &view.voucher.code;
+        match self.args.ledger.voucher(code.clone()).await {
+            Ok(Some(status)) if status.redeemed >= view.voucher.limit => {
+                view.set_redeemed(status.redeemed);
+                self.args.metrics.set_remaining_slots(code.as_str(), 0);
+                let _ = contender.reply.send(Err(Error::VoucherExhausted));
+            }
+            Ok(_) => {
+                let _ = contender.reply.send(Err(Error::unavailable(
+                    "every free slot is leased elsewhere right now",
+                )));
+            }
+            Err(error) => {
+                let _ = contender.reply.send(Err(error));
+            }
         }
     }
 

@@ -94,9 +94,13 @@ impl ApiError {
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
-        if status.is_server_error() {
-            if let ApiError::Domain(cause) = &self {
+        // 503s are expected under overload and while leases move between
+        // instances; they are counted by status in the metrics, not logged each.
+        if let ApiError::Domain(cause) = &self {
+            if status == StatusCode::INTERNAL_SERVER_ERROR {
                 tracing::error!(status = status.as_u16(), %cause, "request failed");
+            } else if status.is_server_error() {
+                tracing::debug!(status = status.as_u16(), %cause, "request not served");
             }
         }
         let body = ErrorBody {

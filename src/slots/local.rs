@@ -1,8 +1,13 @@
-//! The local slot source: one instance owns the whole pool, rebuilt from the ledger.
+//! The ledger-backed slot source: a pool per voucher, rebuilt from the ledger's
+//! taken slots.
 //!
-//! The pool of a voucher is the counter of never-handed-out slots plus a stack of
-//! slots given back; it is built from the ledger's taken slots on first use, so
-//! it costs O(gaps) memory, not O(limit).
+//! The pool of a voucher is a range of never-handed-out slots plus a stack of
+//! slots given back; it is built from the ledger on first use, so it costs
+//! O(gaps) memory, not O(limit). Alone, it is the whole slot source of a single
+//! instance. Behind Redis it is the fallback of a degraded instance: then several
+//! instances build the same pool, so each starts handing out fresh slots at a
+//! random point of the range to make collisions (one retry each, never an
+//! over-redemption: the ledger refuses a taken slot) rare.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,9 +22,12 @@ use crate::store::Ledger;
 
 #[derive(Debug)]
 struct Pool {
-    /// The lowest slot never handed out since the pool was built.
-    next_fresh: u32,
-    limit: u32,
+    /// Fresh slots are `fresh_first .. fresh_first + fresh_count`, handed out in
+    /// the order `fresh_first + (start + i) % fresh_count` for i = 0, 1, ...
+    fresh_first: u32,
+    fresh_count: u32,
+    start: u32,
+    fresh_handed: u32,
     returned: Vec<u32>,
     /// Slots currently handed out and not given back (for accounting assertions).
     outstanding: u32,
@@ -31,9 +39,10 @@ impl Pool {
         while batch.len() < max as usize {
             if let Some(slot) = self.returned.pop() {
                 batch.push(slot);
-            } else if self.next_fresh <= self.limit {
-                batch.push(self.next_fresh);
-                self.next_fresh += 1;
+            } else if self.fresh_handed < self.fresh_count {
+                let offset = (self.start + self.fresh_handed) % self.fresh_count;
+                batch.push(self.fresh_first + offset);
+                self.fresh_handed += 1;
             } else {
                 break;
             }
@@ -43,22 +52,39 @@ impl Pool {
     }
 
     fn free(&self) -> u32 {
-        (self.limit + 1 - self.next_fresh) + self.returned.len() as u32
+        (self.fresh_count - self.fresh_handed) + self.returned.len() as u32
     }
 }
 
-/// A slot source local to this process.
+/// A slot source local to this process, fed by the ledger.
 pub struct LocalSlots {
     ledger: Arc<dyn Ledger>,
     pools: Arc<Mutex<HashMap<VoucherCode, Pool>>>,
+    random_start: bool,
 }
 
 impl LocalSlots {
+    /// The source of a single instance: slots go out lowest first.
     pub fn new(ledger: Arc<dyn Ledger>) -> Self {
         Self {
             ledger,
             pools: Arc::default(),
+            random_start: false,
         }
+    }
+
+    /// The fallback of one of several instances sharing a ledger: fresh slots go
+    /// out from a random point, so instances rarely pick the same ones.
+    pub fn shared(ledger: Arc<dyn Ledger>) -> Self {
+        Self {
+            random_start: true,
+            ..Self::new(ledger)
+        }
+    }
+
+    /// Forgets every pool (when another source takes over again).
+    pub fn forget_all(&self) {
+        self.pools.lock().clear();
     }
 }
 
@@ -72,15 +98,24 @@ impl SlotSource for LocalSlots {
         let pools = self.pools.clone();
         let ledger = self.ledger.clone();
         let code = code.clone();
+        let random_start = self.random_start;
         Box::pin(async move {
             if let Some(pool) = pools.lock().get_mut(&code) {
                 return Ok(pool.take(max));
             }
             let usage = ledger.slot_usage(code.clone()).await?;
+            let fresh_count = limit.saturating_sub(usage.highest_taken);
+            let start = if random_start && fresh_count > 0 {
+                uuid::Uuid::new_v4().as_u128() as u32 % fresh_count
+            } else {
+                0
+            };
             let mut pools = pools.lock();
             let pool = pools.entry(code).or_insert_with(|| Pool {
-                next_fresh: usage.highest_taken + 1,
-                limit,
+                fresh_first: usage.highest_taken + 1,
+                fresh_count,
+                start,
+                fresh_handed: 0,
                 returned: usage.gaps.into_iter().rev().collect(),
                 outstanding: 0,
             });
@@ -90,18 +125,14 @@ impl SlotSource for LocalSlots {
 
     fn give_back(&self, code: &VoucherCode, slots: Vec<u32>) -> BoxFuture<'static, Result<()>> {
         if let Some(pool) = self.pools.lock().get_mut(code) {
+            // Slot accounting: only slots that were handed out can come back. A
+            // pool rebuilt meanwhile (after a reset) no longer counts them, and
+            // already holds them as free, so they are dropped instead.
             let count = slots.len() as u32;
-            // Slot accounting: only slots that were handed out can come back.
-            assert!(
-                count <= pool.outstanding,
-                "slot pool of {code} got back more than it handed out"
-            );
-            pool.outstanding -= count;
-            pool.returned.extend(slots);
-            assert!(
-                pool.free() <= pool.limit,
-                "slot pool of {code} holds more than its limit"
-            );
+            if count <= pool.outstanding {
+                pool.outstanding -= count;
+                pool.returned.extend(slots);
+            }
         }
         Box::pin(async { Ok(()) })
     }
@@ -109,5 +140,39 @@ impl SlotSource for LocalSlots {
     fn reset(&self, code: &VoucherCode) -> BoxFuture<'static, Result<()>> {
         self.pools.lock().remove(code);
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(fresh_first: u32, fresh_count: u32, start: u32, returned: Vec<u32>) -> Pool {
+        Pool {
+            fresh_first,
+            fresh_count,
+            start,
+            fresh_handed: 0,
+            returned,
+            outstanding: 0,
+        }
+    }
+
+    #[test]
+    fn returned_slots_go_first_then_fresh_ones_each_once() {
+        let mut p = pool(5, 4, 0, vec![3, 1]);
+        assert_eq!(p.take(3), vec![1, 3, 5]);
+        assert_eq!(p.take(10), vec![6, 7, 8]);
+        assert!(p.take(1).is_empty());
+        assert_eq!(p.outstanding, 6);
+    }
+
+    #[test]
+    fn a_random_start_still_covers_the_range_once() {
+        let mut p = pool(1, 10, 7, Vec::new());
+        let mut slots = p.take(100);
+        assert_eq!(slots[0], 8);
+        slots.sort_unstable();
+        assert_eq!(slots, (1..=10).collect::<Vec<_>>());
     }
 }

@@ -6,6 +6,7 @@
 //! never an over-redemption (I1).
 
 pub mod local;
+pub mod redis;
 
 use futures::future::BoxFuture;
 

@@ -558,8 +558,13 @@ pub fn assert_no_panic_in_log(server: &TestServer) {
 }
 
 /// How many times a redeem is retried after 429 overloaded / 503 unavailable, which the
-/// contract says mean "retry later"; a client in a flash crowd does exactly that.
-pub const MAX_RETRIES_ON_BACKPRESSURE: u32 = 200;
+/// contract says mean "retry later"; a client in a flash crowd does exactly that. Bounded
+/// (about 2.5 s of backoff per request) so that a server stuck answering 503 fails the test
+/// with that answer instead of hanging it.
+pub const MAX_RETRIES_ON_BACKPRESSURE: u32 = 30;
+
+/// Upper bound on one crowd of concurrent requests, so that a stuck server fails the test.
+pub const CROWD_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Redeems, retrying (bounded) on 429/503. Returns the final answer and the retry count;
 /// transport errors (e.g. the server was killed) are returned as Err.
