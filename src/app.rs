@@ -25,6 +25,8 @@ use crate::limits::SHUTDOWN_GRACE_MS;
 use crate::metrics::Metrics;
 use crate::service::Service;
 use crate::slots::local::LocalSlots;
+use crate::slots::redis::RedisSlots;
+use crate::slots::SlotSource;
 use crate::store::{self, Ledger};
 
 pub struct App {
@@ -45,7 +47,17 @@ impl App {
             .await
             .context("opening the ledger")?;
         let catalog = Arc::new(load_catalog(ledger.as_ref(), &metrics).await?);
-        let slots = Arc::new(LocalSlots::new(ledger.clone()));
+        let slots: Arc<dyn SlotSource> = match &settings.redis {
+            Some(target) => Arc::new(RedisSlots::start(
+                target.clone(),
+                ledger.clone(),
+                metrics.clone(),
+            )),
+            // Instances sharing a ledger without Redis start at random points of
+            // the slot range, so they rarely contend for the same slot.
+            None if settings.store.is_shared() => Arc::new(LocalSlots::shared(ledger.clone())),
+            None => Arc::new(LocalSlots::new(ledger.clone())),
+        };
         let arguments = SupervisorArgs {
             voucher_args: VoucherShardArgs {
                 index: 0,
@@ -66,7 +78,13 @@ impl App {
             .context("starting the actors")?;
         let directory = ractor::call!(supervisor, SupervisorMsg::Directory)
             .map_err(|e| anyhow::anyhow!("reading the actor directory: {e}"))?;
-        let service = Arc::new(Service::new(catalog, directory, ledger.clone(), metrics));
+        let service = Arc::new(Service::new(
+            catalog,
+            directory,
+            ledger.clone(),
+            metrics,
+            settings.store.is_shared(),
+        ));
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         Ok(Self {

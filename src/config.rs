@@ -88,6 +88,8 @@ impl Settings {
 pub enum StoreLocation {
     /// A directory holding the embedded redb ledger.
     Embedded(PathBuf),
+    /// A PostgreSQL or CockroachDB URL, `postgres://user@host:port/db`.
+    Postgres(String),
 }
 
 impl StoreLocation {
@@ -104,6 +106,9 @@ impl FromStr for StoreLocation {
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         if raw.is_empty() {
             return Err("the store location is empty".into());
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(raw.to_owned()));
         }
         if let Some((scheme, _)) = raw.split_once("://") {
             return Err(format!(

@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
@@ -24,7 +25,8 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::limits::{
-    ACTOR_CALL_TIMEOUT_MS, MAX_REDEMPTIONS_IN_FLIGHT, MAX_WALLET_WRITES_IN_FLIGHT,
+    ACTOR_CALL_TIMEOUT_MS, MAX_REDEMPTIONS_IN_FLIGHT, MAX_UNKNOWN_VOUCHER_CACHE_ENTRIES,
+    MAX_WALLET_WRITES_IN_FLIGHT, UNKNOWN_VOUCHER_CACHE_MS,
 };
 use crate::metrics::{Metrics, RedemptionOutcome};
 use crate::store::{Ledger, NewProfile, NewTransaction};
@@ -54,6 +56,12 @@ pub struct Service {
     redemption_permits: Semaphore,
     wallet_permits: Semaphore,
     ready: AtomicBool,
+    /// True when other instances write the same ledger: a code missing from the
+    /// catalog may exist there.
+    shared_ledger: bool,
+    /// Codes recently found in no ledger, with when; keeps floods of unknown
+    /// codes in memory when the ledger is shared.
+    unknown_codes: parking_lot::Mutex<HashMap<String, Instant>>,
 }
 
 impl Service {
@@ -62,6 +70,7 @@ impl Service {
         directory: Arc<Directory>,
         ledger: Arc<dyn Ledger>,
         metrics: Arc<Metrics>,
+        shared_ledger: bool,
     ) -> Self {
         Self {
             catalog,
@@ -71,6 +80,8 @@ impl Service {
             redemption_permits: Semaphore::new(MAX_REDEMPTIONS_IN_FLIGHT),
             wallet_permits: Semaphore::new(MAX_WALLET_WRITES_IN_FLIGHT),
             ready: AtomicBool::new(true),
+            shared_ledger,
+            unknown_codes: parking_lot::Mutex::default(),
         }
     }
 
@@ -93,6 +104,9 @@ impl Service {
 
     pub async fn create_voucher(&self, voucher: Voucher) -> Result<VoucherStatus> {
         let status = self.ledger.create_voucher(voucher).await?;
+        self.unknown_codes
+            .lock()
+            .remove(status.voucher.code.as_str());
         let view = self.catalog.insert(VoucherView::new(status.clone(), []));
         self.metrics
             .set_remaining_slots(view.voucher.code.as_str(), view.remaining());
@@ -121,10 +135,11 @@ impl Service {
     }
 
     async fn try_redeem(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
-        let view = self
-            .catalog
-            .get(code.as_str())
-            .ok_or(Error::VoucherNotFound)?;
+        let view = match self.catalog.get(code.as_str()) {
+            Some(view) => view,
+            None if self.shared_ledger => self.discover(&code).await?,
+            None => return Err(Error::VoucherNotFound),
+        };
         if !view.voucher.is_active_at(Timestamp::now()) {
             return Err(Error::VoucherNotActive);
         }
@@ -145,6 +160,38 @@ impl Service {
             reply,
         })
         .await
+    }
+
+    /// Looks a code up in the shared ledger (another instance may have created
+    /// it) and adds it to the catalog; remembers misses for a short while.
+    async fn discover(&self, code: &VoucherCode) -> Result<Arc<VoucherView>> {
+        let ttl = Duration::from_millis(UNKNOWN_VOUCHER_CACHE_MS);
+        let recently_unknown = self
+            .unknown_codes
+            .lock()
+            .get(code.as_str())
+            .is_some_and(|at| at.elapsed() < ttl);
+        if recently_unknown {
+            return Err(Error::VoucherNotFound);
+        }
+        match self.ledger.voucher(code.clone()).await? {
+            Some(status) => {
+                // Winners elsewhere are not loaded: the ledger refuses them, and
+                // each refusal is remembered.
+                let view = self.catalog.insert_if_absent(VoucherView::new(status, []));
+                self.metrics
+                    .set_remaining_slots(view.voucher.code.as_str(), view.remaining());
+                Ok(view)
+            }
+            None => {
+                let mut unknown = self.unknown_codes.lock();
+                if unknown.len() >= MAX_UNKNOWN_VOUCHER_CACHE_ENTRIES {
+                    unknown.clear();
+                }
+                unknown.insert(code.as_str().to_owned(), Instant::now());
+                Err(Error::VoucherNotFound)
+            }
+        }
     }
 
     pub async fn redemption(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {

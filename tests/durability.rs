@@ -185,7 +185,10 @@ async fn sigkill_mid_race_loses_nothing() {
         .await
         .expect("the race reached 100 wins within 60 s");
     server.kill_hard().await;
-    let answers = race.await.expect("race task");
+    let answers = tokio::time::timeout(common::CROWD_DEADLINE, race)
+        .await
+        .expect("the cut race ended within the crowd deadline")
+        .expect("race task");
 
     let mut acknowledged: HashMap<String, String> = HashMap::new();
     let mut lost_answers = 0;
@@ -262,7 +265,7 @@ async fn sigkill_mid_race_loses_nothing() {
 
     // A fresh wave of new users takes exactly the slots that are left: none was lost.
     let fresh: Vec<u64> = (USERS..USERS + 1_000).collect();
-    let wave: Vec<(u64, Option<Resp>)> = futures::stream::iter(fresh)
+    let wave = futures::stream::iter(fresh)
         .map(|user| {
             let (client, base_url) = (client.clone(), base_url.clone());
             async move {
@@ -274,8 +277,10 @@ async fn sigkill_mid_race_loses_nothing() {
             }
         })
         .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await;
+        .collect::<Vec<_>>();
+    let wave = tokio::time::timeout(common::CROWD_DEADLINE, wave)
+        .await
+        .expect("the fresh wave finished within the crowd deadline");
     let mut fresh_wins = HashMap::new();
     for (user, resp) in &wave {
         let resp = resp.as_ref().expect("answer");

@@ -104,6 +104,15 @@ impl Catalog {
         view
     }
 
+    /// Adds the view unless the code is already known; returns the one kept.
+    pub fn insert_if_absent(&self, view: VoucherView) -> Arc<VoucherView> {
+        let mut vouchers = self.vouchers.write();
+        vouchers
+            .entry(view.voucher.code.as_str().to_owned())
+            .or_insert_with(|| Arc::new(view))
+            .clone()
+    }
+
     pub fn all(&self) -> Vec<Arc<VoucherView>> {
         self.vouchers.read().values().cloned().collect()
     }

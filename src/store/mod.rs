@@ -14,6 +14,7 @@
 //! groups many writes into one durable commit.
 
 pub mod embedded;
+pub mod postgres;
 
 use futures::future::BoxFuture;
 use uuid::Uuid;
@@ -123,6 +124,10 @@ pub async fn open(
     match store {
         crate::config::StoreLocation::Embedded(path) => {
             let ledger = embedded::EmbeddedLedger::open(path, metrics)?;
+            Ok(std::sync::Arc::new(ledger))
+        }
+        crate::config::StoreLocation::Postgres(url) => {
+            let ledger = postgres::PostgresLedger::open(url, metrics).await?;
             Ok(std::sync::Arc::new(ledger))
         }
     }
