@@ -281,7 +281,9 @@ impl Waiter {
             }
             (waiter, _) => {
                 tracing::error!("ledger outcome does not match its operation");
-                waiter.fail(Error::storage("ledger outcome does not match its operation"));
+                waiter.fail(Error::storage(
+                    "ledger outcome does not match its operation",
+                ));
             }
         }
     }
@@ -348,7 +350,10 @@ impl PostgresLedger {
     {
         let pool = self.reads.clone();
         Box::pin(async move {
-            let client = pool.get().await.map_err(|e| Failure::from(e).into_error())?;
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| Failure::from(e).into_error())?;
             work(client).await
         })
     }
@@ -394,9 +399,10 @@ fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Res
 }
 
 async fn migrate_database(config: &tokio_postgres::Config) -> anyhow::Result<()> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|error| {
-        anyhow::anyhow!("cannot connect to the PostgreSQL store: {error}")
-    })?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot connect to the PostgreSQL store: {error}"))?;
     let connection = tokio::spawn(connection);
     for (name, sql) in MIGRATIONS {
         // Instances starting together may race on CREATE … IF NOT EXISTS, which
@@ -607,7 +613,10 @@ impl Ledger for PostgresLedger {
                 .await
                 .map_err(read_error)?;
             let rows = client.query(&statement, &[]).await.map_err(read_error)?;
-            let mut all = rows.iter().map(voucher_status).collect::<Result<Vec<_>>>()?;
+            let mut all = rows
+                .iter()
+                .map(voucher_status)
+                .collect::<Result<Vec<_>>>()?;
             // Byte order of the codes, like the embedded ledger, whatever the
             // database's collation.
             all.sort_by(|a, b| a.voucher.code.cmp(&b.voucher.code));
@@ -984,9 +993,7 @@ impl Writer {
         let client = self.pool.get().await?;
         let row = match probe {
             Probe::Voucher { code, created_at } => {
-                client
-                    .query_opt(PROBE_VOUCHER, &[code, created_at])
-                    .await?
+                client.query_opt(PROBE_VOUCHER, &[code, created_at]).await?
             }
             Probe::Redemption {
                 code,
@@ -1559,12 +1566,9 @@ async fn apply_wallet_ops(
             Request::CreateProfile(profile) => {
                 Outcome::Wallet(open_profile(profile, &mut heads, &mut rows))
             }
-            Request::Transact(new) => Outcome::Transaction(apply_transaction(
-                new,
-                &mut heads,
-                &mut replays,
-                &mut rows,
-            )),
+            Request::Transact(new) => {
+                Outcome::Transaction(apply_transaction(new, &mut heads, &mut replays, &mut rows))
+            }
             Request::CreateVoucher(_) | Request::Claim(_) => {
                 return Err(Failure::permanent("a wave mixed up its operations"));
             }
