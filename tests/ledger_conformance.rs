@@ -132,8 +132,10 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|error| {
+            let cause = std::error::Error::source(&error)
+                .map_or_else(|| error.to_string(), |source| format!("{error}: {source}"));
             panic!(
-                "PostgreSQL is unreachable at {url} ({error}). The postgres conformance tests \
+                "PostgreSQL is unreachable at {url} ({cause}). The postgres conformance tests \
                  need a server: start one, or set VOUCHERD_TEST_POSTGRES to its URL."
             )
         });

@@ -367,8 +367,9 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
 
 fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
     // The URL may hold a password: the error says what is wrong, not the URL.
-    let mut config = tokio_postgres::Config::from_str(url)
-        .map_err(|error| anyhow::anyhow!("the PostgreSQL store URL is invalid: {error}"))?;
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|error| {
+        anyhow::anyhow!("the PostgreSQL store URL is invalid: {}", describe(&error))
+    })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
     }
@@ -399,10 +400,12 @@ fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Res
 }
 
 async fn migrate_database(config: &tokio_postgres::Config) -> anyhow::Result<()> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot connect to the PostgreSQL store: {error}"))?;
+    let (client, connection) = config.connect(NoTls).await.map_err(|error| {
+        anyhow::anyhow!(
+            "cannot connect to the PostgreSQL store: {}",
+            describe(&error)
+        )
+    })?;
     let connection = tokio::spawn(connection);
     for (name, sql) in MIGRATIONS {
         // Instances starting together may race on CREATE … IF NOT EXISTS, which
@@ -415,7 +418,9 @@ async fn migrate_database(config: &tokio_postgres::Config) -> anyhow::Result<()>
             .retry(backoff)
             .when(|error| Failure::from(error).is_transient())
             .await
-            .map_err(|error| anyhow::anyhow!("applying migration {name} failed: {error}"))?;
+            .map_err(|error| {
+                anyhow::anyhow!("applying migration {name} failed: {}", describe(&error))
+            })?;
         tracing::debug!(migration = name, "schema applied");
     }
     drop(client);
@@ -499,17 +504,28 @@ impl From<tokio_postgres::Error> for Failure {
     }
 }
 
+/// The error and its causes on one line: the driver's own message is only its
+/// kind ("db error"), the server's message is in the source.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl From<&tokio_postgres::Error> for Failure {
     fn from(error: &tokio_postgres::Error) -> Self {
-        let cause = error.to_string();
-        let io_failure = std::error::Error::source(error)
-            .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
-        if error.is_closed() || io_failure {
-            return Failure::connection(cause);
-        }
+        let cause = describe(error);
         let Some(state) = error.code() else {
-            // Encoding and decoding errors: the same statement fails again.
-            return Failure::permanent(cause);
+            // Without a SQLSTATE the driver reports a closed or broken
+            // connection, a timeout, or a protocol error, which a new connection
+            // may cure; the remaining kinds (a column type mismatch) fail again,
+            // and the retry is bounded.
+            return Failure::connection(cause);
         };
         let connection_lost = state.code().starts_with("08")
             || *state == SqlState::ADMIN_SHUTDOWN
