@@ -1122,7 +1122,7 @@ async fn apply_batch(
 #[derive(Debug, PartialEq, Eq, Hash)]
 enum Key<'a> {
     Voucher(&'a str),
-    UserKey(&'a str, u64),
+    User(&'a str, u64),
     Slot(&'a str, u32),
     Wallet(u64),
     TransactionId(Uuid),
@@ -1135,7 +1135,7 @@ fn keys(request: &Request) -> Vec<Key<'_>> {
             let code = claim.code.as_str();
             vec![
                 Key::Voucher(code),
-                Key::UserKey(code, claim.phone.stored()),
+                Key::User(code, claim.phone.stored()),
                 Key::Slot(code, claim.slot),
                 Key::Wallet(claim.phone.stored()),
             ]
@@ -1171,7 +1171,7 @@ fn plan_wave(requests: &[Request], pending: &[usize]) -> (Vec<usize>, Vec<usize>
             Request::CreateVoucher(voucher) => claimed_codes.contains(voucher.code.as_str()),
             Request::Claim(claim) => {
                 let code = claim.code.as_str();
-                claimed.contains(&Key::UserKey(code, claim.phone.stored()))
+                claimed.contains(&Key::User(code, claim.phone.stored()))
                     || claimed.contains(&Key::Slot(code, claim.slot))
                     || wallet_phones.contains(&claim.phone.stored())
             }
@@ -1187,7 +1187,7 @@ fn plan_wave(requests: &[Request], pending: &[usize]) -> (Vec<usize>, Vec<usize>
             Request::CreateVoucher(_) => {}
             Request::Claim(claim) => {
                 let code = claim.code.as_str();
-                claimed.insert(Key::UserKey(code, claim.phone.stored()));
+                claimed.insert(Key::User(code, claim.phone.stored()));
                 claimed.insert(Key::Slot(code, claim.slot));
                 claimed_codes.insert(code);
             }
