@@ -24,6 +24,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP service.
     Serve(ServeArgs),
+    /// Apply the SQL schema (`migrations/`) to a PostgreSQL/CockroachDB ledger and
+    /// exit. `serve` also applies it on start; this lets a deployment do it once,
+    /// before instances start.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The ledger to migrate: a `postgres://` URL.
+    #[arg(long, env = "VOUCHERD_STORE")]
+    pub store: StoreLocation,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -83,13 +94,44 @@ impl Settings {
     }
 }
 
-/// The `--store` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The `--store` value. Its `Debug` and `Display` hide a URL's password, so it
+/// can be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// A directory holding the embedded redb ledger.
     Embedded(PathBuf),
     /// A PostgreSQL or CockroachDB URL, `postgres://user@host:port/db`.
     Postgres(String),
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Embedded(path) => write!(f, "{}", path.display()),
+            StoreLocation::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) if credentials.contains(':') => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl StoreLocation {
@@ -116,5 +158,19 @@ impl FromStr for StoreLocation {
             ));
         }
         Ok(StoreLocation::Embedded(PathBuf::from(raw)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        let store: StoreLocation = "postgres://app:s3cret@db:5432/voucherd".parse().unwrap();
+        assert_eq!(store.to_string(), "postgres://app:***@db:5432/voucherd");
+        assert_eq!(format!("{store:?}"), "postgres://app:***@db:5432/voucherd");
+        let plain: StoreLocation = "postgres://app@db/voucherd".parse().unwrap();
+        assert_eq!(plain.to_string(), "postgres://app@db/voucherd");
     }
 }

@@ -244,8 +244,9 @@ pub struct ReportEntry {
 pub struct WalletTransaction {
     pub id: Uuid,
     pub phone: PhoneNumber,
-    /// Position in the ledger's history of all transactions, from 1; increases
-    /// along a wallet's history too.
+    /// Orders a wallet's transactions: a later one has a larger sequence. The
+    /// embedded ledger numbers all transactions globally, the SQL one per wallet;
+    /// either way it is the wallet listing's cursor.
     pub sequence: u64,
     pub amount: i64,
     pub reference: String,

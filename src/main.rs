@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use voucherd::config::{Cli, Command, ServeArgs};
+use voucherd::config::{Cli, Command, MigrateArgs, ServeArgs, StoreLocation};
 use voucherd::App;
 
 /// The ledger writer allocates and frees B-tree pages at a high rate; mimalloc
@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => migrate(args).await,
     }
 }
 
@@ -35,8 +36,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "voucherd listening on http://{address}")?;
     stdout.flush()?;
-    tracing::info!(%address, store = ?args.store, "serving");
+    tracing::info!(%address, store = %args.store, redis = args.redis.is_some(), "serving");
     app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    match &args.store {
+        StoreLocation::Postgres(url) => {
+            voucherd::store::postgres::migrate(url).await?;
+            tracing::info!(store = %args.store, "schema applied");
+            Ok(())
+        }
+        StoreLocation::Embedded(_) => {
+            anyhow::bail!("the embedded store needs no migration; give a postgres:// URL")
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
