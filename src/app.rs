@@ -21,7 +21,7 @@ use crate::actors::voucher::VoucherShardArgs;
 use crate::actors::wallet::WalletArgs;
 use crate::actors::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::config::Settings;
-use crate::limits::SHUTDOWN_GRACE_MS;
+use crate::limits::{DRAIN_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS};
 use crate::metrics::Metrics;
 use crate::service::Service;
 use crate::slots::local::LocalSlots;
@@ -119,16 +119,37 @@ impl App {
         };
         let server = warp::serve(crate::http::routes(self.service.clone()))
             .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(self.listener), signal);
-        let grace = async move {
-            if signal_seen.await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
-            } else {
-                std::future::pending::<()>().await;
+        // The server ends by itself once every connection is closed, but a client
+        // may hold a connection open without sending a request; so after the
+        // signal, stop as soon as no request has been in flight for two checks in
+        // a row, or when the grace period is over.
+        let service = self.service.clone();
+        let drained = async move {
+            if signal_seen.await.is_err() {
+                return std::future::pending::<bool>().await;
             }
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
+            let mut idle_checks = 0;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(DRAIN_CHECK_INTERVAL_MS)).await;
+                idle_checks = if service.requests_in_flight() == 0 {
+                    idle_checks + 1
+                } else {
+                    0
+                };
+                if idle_checks >= 2 {
+                    return true;
+                }
+            }
+            false
         };
         tokio::select! {
             () = server => {}
-            () = grace => tracing::warn!("grace period over; dropping unfinished requests"),
+            idle = drained => {
+                if !idle {
+                    tracing::warn!("grace period over; dropping unfinished requests");
+                }
+            }
         }
         self.ledger
             .shutdown()

@@ -97,9 +97,13 @@ pub const MAX_LEDGER_QUEUE_OPS: usize = 65_536;
 /// server stops waiting for them.
 pub const SHUTDOWN_GRACE_MS: u64 = 15_000;
 
+/// How often shutdown checks whether requests are still in flight.
+pub const DRAIN_CHECK_INTERVAL_MS: u64 = 50;
+
 /// Default number of voucher shard actors and of wallet actors.
 pub const DEFAULT_SHARDS: usize = 8;
 
+const _: () = assert!(DRAIN_CHECK_INTERVAL_MS * 10 <= SHUTDOWN_GRACE_MS);
 const _: () = assert!(LEASE_RENEW_INTERVAL_MS * 3 <= LEASE_TTL_MS);
 const _: () = assert!(REDIS_LEASE_BATCH_SLOTS <= LOCAL_LEASE_BATCH_SLOTS);
 const _: () = assert!(DEFAULT_PAGE_LIMIT <= MAX_PAGE_LIMIT);

@@ -5,7 +5,7 @@
 //! before any admission permit, actor round trip or ledger read. Only requests
 //! that can still win go on to their voucher shard.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -30,6 +30,15 @@ use crate::limits::{
 };
 use crate::metrics::{Metrics, RedemptionOutcome};
 use crate::store::{Ledger, NewProfile, NewTransaction};
+
+/// Marks one HTTP request in flight while it lives.
+pub struct RequestGuard(Arc<AtomicUsize>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A wallet transaction request as the client sent it.
 #[derive(Debug, Clone)]
@@ -56,6 +65,8 @@ pub struct Service {
     redemption_permits: Semaphore,
     wallet_permits: Semaphore,
     ready: AtomicBool,
+    /// HTTP requests being handled now; shutdown waits for this to reach zero.
+    requests_in_flight: Arc<AtomicUsize>,
     /// True when other instances write the same ledger: a code missing from the
     /// catalog may exist there.
     shared_ledger: bool,
@@ -80,6 +91,7 @@ impl Service {
             redemption_permits: Semaphore::new(MAX_REDEMPTIONS_IN_FLIGHT),
             wallet_permits: Semaphore::new(MAX_WALLET_WRITES_IN_FLIGHT),
             ready: AtomicBool::new(true),
+            requests_in_flight: Arc::default(),
             shared_ledger,
             unknown_codes: parking_lot::Mutex::default(),
         }
@@ -95,6 +107,17 @@ impl Service {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped (also
+    /// when the request's future is dropped because its client went away).
+    pub fn track_request(&self) -> RequestGuard {
+        self.requests_in_flight.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(self.requests_in_flight.clone())
+    }
+
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests_in_flight.load(Ordering::Acquire)
     }
 
     /// Marks the instance as stopping, so load balancers drain it.

@@ -18,7 +18,7 @@ use warp::{Filter, Reply};
 
 use crate::limits::MAX_BODY_BYTES;
 use crate::metrics::Route;
-use crate::service::Service;
+use crate::service::{RequestGuard, Service};
 use dto::StatusResponse;
 use error::ApiError;
 
@@ -28,6 +28,7 @@ type Query = HashMap<String, String>;
 /// Every route of the service, with request metrics and JSON errors.
 pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
     let metrics_service = service.clone();
+    let tracker = service.clone();
     let observe = warp::log::custom(move |info| {
         let route = Route::classify(info.method().as_str(), info.path());
         metrics_service
@@ -172,7 +173,11 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         })
         .boxed();
 
-    create_voucher
+    let tracked = {
+        let service = tracker.clone();
+        warp::any().map(move || service.track_request())
+    };
+    let routes = create_voucher
         .or(voucher_by_query)
         .unify()
         .or(redeem)
@@ -198,7 +203,15 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .or(fallback())
         .unify()
         .recover(error::recover)
-        .unify()
+        .unify();
+    // The guard lives as long as the request's future: shutdown knows when
+    // nothing is in flight any more.
+    tracked
+        .and(routes)
+        .map(|guard: RequestGuard, response: Response| {
+            drop(guard);
+            response
+        })
         .with(observe)
         .map(Reply::into_response)
         .boxed()
