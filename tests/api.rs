@@ -257,7 +257,7 @@ async fn voucher_validation_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn body_limit_media_type_method_and_unknown_path() {
-    // Goal: 413 over 16 KiB, 415 for non-JSON bodies, 405 for wrong methods, 404 not_found as JSON.
+    // Goal: 413 over 16 KiB, any Content-Type with a JSON body accepted, 405 for wrong methods, 404 not_found as JSON.
     let server = TestServer::start().await;
     let padding = "x".repeat(17 * 1024);
     let big = json!({"code": "BIG", "amount": 1, "limit": 1, "pad": padding}).to_string();
@@ -282,7 +282,9 @@ async fn body_limit_media_type_method_and_unknown_path() {
             .body(r#"{"code": "TXT", "amount": 1, "limit": 1}"#),
     )
     .await;
-    resp.expect_error(415, "unsupported_media_type");
+    // The Content-Type is not checked (docs/API.md): `curl -d` sends a form
+    // type, and a JSON body is what counts.
+    resp.expect_status(201);
 
     for (method, path) in [
         (Method::DELETE, "/api/vouchers"),
@@ -321,8 +323,7 @@ async fn body_limit_media_type_method_and_unknown_path() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redeem_success_retry_exhaustion_and_lookup() {
-    // Goal: redeem credits the wallet once (200 body, balance), then 409 already_redeemed,
-    // 410 voucher_exhausted, 404 voucher_not_found; GET redemption 200/404 (I2, I3).
+    // Goal: redeem credits once (I2, I3); then 409, 410, 404; redemption lookups 200/404.
     let server = TestServer::start().await;
     server.create_voucher("REDEEM", 2000, 2).await;
     let alice = "+989371209055";
@@ -424,8 +425,7 @@ async fn redeem_success_retry_exhaustion_and_lookup() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redemption_id_is_deterministic_across_retries_and_instances() {
-    // Goal: redemption_id is UUIDv5 of (code, phone): the same on every retry, in the wallet,
-    // and on a second server with a different store.
+    // Goal: redemption_id = UUIDv5(code, phone): same on retries, in wallet, on other instances.
     let first_server = TestServer::start().await;
     first_server.create_voucher("SAME", 10, 10).await;
     let user = phone(42);
@@ -622,8 +622,7 @@ async fn phone_number_validation() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn report_paging_by_offset_and_cursor() {
-    // Goal: the report lists redemptions in winning order, paged by limit/offset and by
-    // next_cursor until null, also when the fields come as a JSON body on the GET.
+    // Goal: the report pages in winning order by limit/offset, next_cursor and a JSON body.
     let server = TestServer::start().await;
     server.create_voucher("REPORT", 10, 25).await;
     let mut expected = Vec::new();
@@ -790,8 +789,7 @@ async fn report_paging_by_offset_and_cursor() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn profiles_create_duplicate_and_opening_balance() {
-    // Goal: POST /api/profiles is 201, a second is 409 profile_exists, a non-zero opening
-    // balance is a transaction with reference opening_balance (I5), a negative one is 400.
+    // Goal: profile 201 then 409 profile_exists; an opening balance is a transaction (I5).
     let server = TestServer::start().await;
     let user = phone(500);
     let created = server
@@ -887,7 +885,7 @@ async fn profiles_create_duplicate_and_opening_balance() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn profile_transactions_page_newest_first() {
-    // Goal: GET /api/profiles/{phone} lists transactions newest first, paged by limit/offset/cursor.
+    // Goal: GET /api/profiles/{phone} pages transactions newest first (limit/offset/cursor).
     let server = TestServer::start().await;
     let user = phone(600);
     server
@@ -982,8 +980,7 @@ async fn profile_transactions_page_newest_first() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transactions_credit_debit_and_insufficient_funds() {
-    // Goal: a credit creates the wallet, a debit below zero is 409 insufficient_funds and changes
-    // nothing (I5), amount 0 or fractional is invalid_amount.
+    // Goal: a credit creates the wallet; a debit below zero is 409 and changes nothing (I5).
     let server = TestServer::start().await;
     let user = phone(700);
     let credit = transaction(
@@ -1070,8 +1067,7 @@ async fn transactions_credit_debit_and_insufficient_funds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transactions_idempotency_key() {
-    // Goal: a replayed Idempotency-Key returns the identical body and moves money once; the same
-    // key with a different body is 409 idempotency_key_reused; empty / >255-byte keys are 400.
+    // Goal: an Idempotency-Key replay returns the first answer once; reuse is 409.
     let server = TestServer::start().await;
     let user = phone(800);
     let body = json!({"phone_number": user, "amount": 100, "reference": "order-1"});
@@ -1132,8 +1128,7 @@ async fn transactions_idempotency_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_ready_and_metrics() {
-    // Goal: /healthz, /readyz answer their JSON, and /metrics is Prometheus text with request
-    // counters by route and redemption outcomes.
+    // Goal: /healthz, /readyz answer JSON; /metrics counts requests by route and outcome.
     let server = TestServer::start().await;
     let health = server.get("/healthz").await;
     health.expect_status(200);
@@ -1247,8 +1242,7 @@ fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_panic_on_garbage() {
-    // Goal: hundreds of malformed inputs on every route get a JSON answer below 500, and the
-    // server is alive, healthy and has not panicked afterwards.
+    // Goal: hundreds of garbage inputs get JSON answers < 500; the server survives unpanicked.
     let mut server = TestServer::start().await;
     server.create_voucher("FUZZ", 1, 5).await;
     let mut rng = common::Rng::seeded(0x5eed_f022);

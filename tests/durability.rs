@@ -39,8 +39,7 @@ async fn snapshot(server: &TestServer, phones: &[String]) -> Vec<(String, Value)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_restart_serves_the_same_state() {
-    // Goal: after SIGTERM (exit 0) and a restart on the same store, the same vouchers, report,
-    // redemptions and profiles are served, and uniqueness and idempotency still hold (I2, I4).
+    // Goal: after SIGTERM (exit 0) and a restart on the same store, the same state is served (I4).
     let mut server = TestServer::start().await;
     server.create_voucher("KEEP", 1_500, 3).await;
     server
@@ -142,9 +141,10 @@ async fn graceful_restart_serves_the_same_state() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_race_loses_nothing() {
-    // Goal: SIGKILL while 256 redeems are in flight; after a restart every redemption answered
-    // 200 is there (I4), I1/I2/I3/I5 hold, and new users fill the voucher to exactly its limit.
-    const LIMIT: usize = 300;
+    // Goal: SIGKILL mid-race, restart: acknowledged wins survive (I4), I1-I5 hold, no slot is lost.
+    // The limit leaves room after the kill (a group commit can acknowledge a few hundred
+    // wins at once), so the fresh wave really has lost-or-free slots to find.
+    const LIMIT: usize = 1_000;
     const AMOUNT: i64 = 1_000;
     const USERS: u64 = 3_000;
     const IN_FLIGHT: usize = 256;
@@ -264,7 +264,7 @@ async fn sigkill_mid_race_loses_nothing() {
     );
 
     // A fresh wave of new users takes exactly the slots that are left: none was lost.
-    let fresh: Vec<u64> = (USERS..USERS + 1_000).collect();
+    let fresh: Vec<u64> = (USERS..USERS + 1_500).collect();
     let wave = futures::stream::iter(fresh)
         .map(|user| {
             let (client, base_url) = (client.clone(), base_url.clone());

@@ -54,8 +54,7 @@ async fn crowd(server: &TestServer, code: &str, users: Vec<u64>) -> (Vec<(u64, R
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flash_crowd_limit_100() {
-    // Goal: 2,000 users plus 500 repeats, 256 in flight, on a limit-100 voucher give exactly 100
-    // winners, each credited once with its redemption id (I1, I2, I3, I5).
+    // Goal: 2,000 users + 500 repeats, 256 in flight, limit 100 -> 100 winners (I1, I2, I3, I5).
     const LIMIT: usize = 100;
     const AMOUNT: i64 = 50_000;
     const USERS: u64 = 2_000;
