@@ -368,6 +368,9 @@ impl SlotSource for RedisSlots {
         let code = code.clone();
         Box::pin(async move {
             inner.fallback.reset(&code).await?;
+            // What this instance held changes now, so reconciliation is due at
+            // once rather than after the usual interval.
+            inner.last_reconcile.lock().remove(&code);
             let held = Keys::new(&code, &inner.instance).held;
             // What this instance held is free again unless the ledger has it;
             // dropping the held set lets reconciliation return it.
