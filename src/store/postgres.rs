@@ -98,6 +98,10 @@ const MAX_BATCH_RETRIES: usize = 3;
 const RETRY_MIN_DELAY_MS: u64 = 10;
 /// Longest delay between two attempts at a batch.
 const RETRY_MAX_DELAY_MS: u64 = 400;
+/// Attempts to find out whether a batch whose COMMIT reply was lost committed.
+/// With the delays above they span about three seconds: long enough to ride out
+/// a database restart, short enough to answer within a caller's wait.
+const MAX_RESOLVE_ATTEMPTS: usize = 10;
 /// Attempts at applying the schema when instances migrate one database at once.
 const MAX_MIGRATION_RETRIES: usize = 5;
 
@@ -493,7 +497,12 @@ impl Failure {
         match self {
             // Nothing was written: the caller may try again later.
             Failure::Transient { cause, .. } => Error::unavailable(cause),
-            Failure::Permanent { cause } | Failure::Unresolved { cause } => Error::storage(cause),
+            // Whether it was written is unknown, but every write of the ledger is
+            // safe to repeat: a redemption has a stable id and key (a retry is
+            // answered `AlreadyRedeemed` if it did commit), and so does a
+            // transaction sent with an Idempotency-Key. So: retry later (503).
+            Failure::Unresolved { cause } => Error::unavailable(cause),
+            Failure::Permanent { cause } => Error::storage(cause),
         }
     }
 }
@@ -988,7 +997,7 @@ impl Writer {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(RETRY_MIN_DELAY_MS))
             .with_max_delay(Duration::from_millis(RETRY_MAX_DELAY_MS))
-            .with_max_times(MAX_BATCH_RETRIES);
+            .with_max_times(MAX_RESOLVE_ATTEMPTS);
         let committed = (|| self.probe(&probe))
             .retry(backoff)
             .when(Failure::is_transient)

@@ -1,0 +1,257 @@
+//! Real `voucherd serve` processes sharing one ledger and one Redis (or Sentinel group).
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long the binary may take from spawn to printing its "listening" line.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful stop (SIGTERM) may take before the test fails.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The prefix of the single line the binary prints to stdout once it accepts connections.
+const LISTENING_PREFIX: &str = "voucherd listening on ";
+
+/// One running `voucherd serve`; killed (SIGKILL) on Drop.
+pub struct Instance {
+    pub name: String,
+    child: Option<Child>,
+    base_url: String,
+    log: PathBuf,
+}
+
+impl Instance {
+    /// Starts `voucherd serve --listen 127.0.0.1:0 --store STORE --redis REDIS`, logging
+    /// stderr to `log_dir/NAME.log`, and waits for its listening line.
+    pub async fn start(
+        name: &str,
+        store: &str,
+        redis: &str,
+        log_dir: &std::path::Path,
+    ) -> Instance {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open voucherd log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_voucherd"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                store,
+                "--redis",
+                redis,
+            ])
+            .env_remove("VOUCHERD_LISTEN")
+            .env_remove("VOUCHERD_STORE")
+            .env_remove("VOUCHERD_REDIS")
+            .env_remove("VOUCHERD_VOUCHER_SHARDS")
+            .env_remove("VOUCHERD_WALLET_ACTORS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the voucherd binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let found = tokio::time::timeout(STARTUP_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.ok().flatten() {
+                if let Some(url) = line.trim().strip_prefix(LISTENING_PREFIX) {
+                    return Some(url.to_owned());
+                }
+            }
+            None
+        })
+        .await;
+        let log_text = || super::process::log_tail(&log, 60);
+        let url = match found {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                let status = child.wait().await;
+                panic!(
+                    "voucherd {name} exited ({status:?}) before printing its listening line; stderr:\n{}",
+                    log_text()
+                );
+            }
+            Err(_) => panic!(
+                "voucherd {name} did not print `{LISTENING_PREFIX}http://ADDR` within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                log_text()
+            ),
+        };
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "listening line names an unexpected address: {url}"
+        );
+        // Keep draining stdout so the child can never block on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Instance {
+            name: name.to_owned(),
+            child: Some(child),
+            base_url: url.trim_end_matches('/').to_owned(),
+            log,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Everything the instance wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        super::process::log_tail(&self.log, lines)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL and reap: a crash with no chance to give anything back.
+    pub async fn kill_hard(&mut self) {
+        let mut child = self.child.take().expect("instance is not running");
+        child.start_kill().expect("send SIGKILL");
+        let _ = child.wait().await;
+    }
+
+    /// SIGTERM and the exit status (bounded).
+    async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("instance is not running");
+        let pid = child.id().expect("child has a pid") as i32;
+        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("send SIGTERM");
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait()).await {
+            Ok(status) => status.expect("wait for voucherd"),
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                panic!(
+                    "voucherd {} did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                    self.name,
+                    self.log_tail(60)
+                );
+            }
+        }
+    }
+
+    /// Graceful stop: SIGTERM, and the process must exit with code 0.
+    pub async fn stop(&mut self) {
+        let status = self.terminate().await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM must end voucherd {} with exit code 0, got {status:?}; stderr:\n{}",
+            self.name,
+            self.log_tail(60)
+        );
+    }
+}
+
+/// Several instances on one store and one Redis target, with their logs in one tempdir.
+pub struct Cluster {
+    pub instances: Vec<Instance>,
+    log_dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts `count` instances at once (they migrate the shared database concurrently).
+    pub async fn start(count: usize, store: &str, redis: &str) -> Cluster {
+        // CLUSTER_LOG_DIR=dir keeps the instances' logs there after the test.
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("cluster-voucherd-");
+        let log_dir = match std::env::var_os("CLUSTER_LOG_DIR") {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).expect("create CLUSTER_LOG_DIR");
+                builder.disable_cleanup(true).tempdir_in(dir)
+            }
+            None => builder.tempdir(),
+        }
+        .expect("create voucherd log dir");
+        let path = log_dir.path().to_owned();
+        let names: Vec<String> = (0..count).map(|i| format!("v{i}")).collect();
+        let instances = futures::future::join_all(
+            names
+                .iter()
+                .map(|name| Instance::start(name, store, redis, &path)),
+        )
+        .await;
+        Cluster { instances, log_dir }
+    }
+
+    /// Base URLs of every instance, live or not, by index.
+    pub fn urls(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .map(|i| i.base_url().to_owned())
+            .collect()
+    }
+
+    /// Base URLs of the instances still running.
+    pub fn live_urls(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .filter(|i| i.is_running())
+            .map(|i| i.base_url().to_owned())
+            .collect()
+    }
+
+    /// Fails the test if any instance's log shows a panic.
+    pub fn assert_no_panic(&self) {
+        for instance in &self.instances {
+            let log = instance.log();
+            assert!(
+                !log.contains("panicked"),
+                "voucherd {} logged a panic:\n{}",
+                instance.name,
+                instance.log_tail(80)
+            );
+        }
+    }
+
+    /// SIGTERM every running instance; each must exit 0.
+    pub async fn stop_all(&mut self) {
+        for instance in &mut self.instances {
+            if instance.is_running() {
+                let started = std::time::Instant::now();
+                instance.stop().await;
+                eprintln!(
+                    "voucherd {} stopped (exit 0) in {:.1?}",
+                    instance.name,
+                    started.elapsed()
+                );
+            }
+        }
+    }
+
+    /// Log tails of every instance, for failure messages.
+    pub fn logs(&self, lines: usize) -> String {
+        self.instances
+            .iter()
+            .map(|i| format!("---- voucherd {} ----\n{}\n", i.name, i.log_tail(lines)))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs(40));
+        }
+        for instance in &mut self.instances {
+            if let Some(child) = instance.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+    }
+}
