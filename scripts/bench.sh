@@ -58,7 +58,7 @@ for scenario in "${scenarios[@]}"; do
     flash)
         # One voucher, limit 1,000; 10M requests from a 40M user space, 10% repeats,
         # closed loop at full speed, after a GET /healthz baseline of 20 s.
-        run_stress flash --max --concurrency "$CONNECTIONS" --requests "$FLASH_REQUESTS" \
+        run_stress flash --max --concurrency "$CONNECTIONS" --requests "$FLASH_REQUESTS" --duration 3600s \
             --users 40000000 --repeat-share 0.1 --limit 1000 --baseline --baseline-secs 20
         ;;
     half)
@@ -74,7 +74,7 @@ for scenario in "${scenarios[@]}"; do
         ;;
     users40m)
         # 40M distinct users, one each, against a limit-1,000 voucher; peak RSS of voucherd.
-        run_stress users40m --max --concurrency "$CONNECTIONS" --requests "$USERS_40M" \
+        run_stress users40m --max --concurrency "$CONNECTIONS" --requests "$USERS_40M" --duration 3600s \
             --users 40000000 --repeat-share 0 --limit 1000
         ;;
     *)
