@@ -170,6 +170,12 @@ impl Voucher {
         })
     }
 
+    /// True when the voucher has a start or an end (only then does
+    /// [`Voucher::is_active_at`] need the time).
+    pub fn has_window(&self) -> bool {
+        self.starts_at.is_some() || self.expires_at.is_some()
+    }
+
     pub fn is_active_at(&self, now: Timestamp) -> bool {
         self.starts_at.is_none_or(|start| now >= start)
             && self.expires_at.is_none_or(|end| now < end)

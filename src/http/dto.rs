@@ -3,7 +3,6 @@
 //! Numbers arrive as raw JSON numbers so that a fractional amount or an
 //! out-of-range limit gets its own error code instead of a generic type error.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
@@ -20,7 +19,7 @@ use crate::service::Report;
 /// serde stops at the first problem, which may be a type error before a syntax
 /// error further on; only on failure is the body re-read for syntax alone, so the
 /// common path parses once.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|error| {
         match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             Err(broken) => Error::invalid(
@@ -75,11 +74,15 @@ impl CreateVoucherBody {
     }
 }
 
+/// Borrows from the request body: the redeem path is the hottest, and these
+/// strings need no copy (they are copied only if they contain escapes).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedeemBody {
-    pub phone_number: String,
-    pub code: String,
+pub struct RedeemBody<'a> {
+    #[serde(borrow)]
+    pub phone_number: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub code: std::borrow::Cow<'a, str>,
 }
 
 /// The seed's report request, sent as a JSON body on GET.

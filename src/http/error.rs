@@ -2,6 +2,7 @@
 //! `{"error": code, "message": text}`. 5xx bodies are opaque; their cause goes
 //! to the log.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 
 use serde::Serialize;
@@ -29,13 +30,14 @@ impl From<Error> for ApiError {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
-    message: String,
+    message: Cow<'a, str>,
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, String) {
+    fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
         use Error as E;
-        let opaque = |status, code: &'static str, text: &str| (status, code, text.to_owned());
+        let opaque =
+            |status, code: &'static str, text: &'static str| (status, code, Cow::Borrowed(text));
         match self {
             ApiError::PayloadTooLarge => opaque(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -51,7 +53,11 @@ impl ApiError {
             ApiError::Domain(error) => {
                 let status = match error {
                     E::Invalid { code, message } => {
-                        return (StatusCode::BAD_REQUEST, code, message.clone())
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            code,
+                            Cow::Borrowed(message.as_str()),
+                        )
                     }
                     E::VoucherNotFound => (StatusCode::NOT_FOUND, "voucher_not_found"),
                     E::RedemptionNotFound => (StatusCode::NOT_FOUND, "redemption_not_found"),
@@ -85,7 +91,7 @@ impl ApiError {
                         )
                     }
                 };
-                (status.0, status.1, error.to_string())
+                (status.0, status.1, Cow::Owned(error.to_string()))
             }
         }
     }

@@ -264,24 +264,34 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let mut body = BytesMut::new();
+    let unreadable = || {
+        ApiError::Domain(crate::error::Error::invalid(
+            "invalid_request",
+            "the body could not be read",
+        ))
+    };
     let mut stream = std::pin::pin!(stream);
-    while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|_| {
-            ApiError::Domain(crate::error::Error::invalid(
-                "invalid_request",
-                "the body could not be read",
-            ))
-        })?;
+    // Bodies this small almost always arrive as one chunk: take it without copying.
+    let Some(first) = stream.next().await else {
+        return Ok(Bytes::new());
+    };
+    let mut first = first.map_err(|_| unreadable())?;
+    if first.remaining() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let Some(second) = stream.next().await else {
+        return Ok(first.copy_to_bytes(first.remaining()));
+    };
+    let mut body = BytesMut::with_capacity(MAX_BODY_BYTES.min(2 * first.remaining()));
+    body.put(&mut first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
+        let mut chunk = chunk.map_err(|_| unreadable())?;
         if body.len() + chunk.remaining() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge);
         }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            let length = part.len();
-            body.put_slice(part);
-            chunk.advance(length);
-        }
+        body.put(&mut chunk);
+        next = stream.next().await;
     }
     Ok(body.freeze())
 }
