@@ -48,11 +48,81 @@ run_stress() {
         --out "$OUT/$name.json" --html "$OUT/$name.html" "$@" | tee "$OUT/$name.txt"
 }
 
+# ---- SQL ledger and cluster scenarios (issue: many instances) ----
+# PostgreSQL at $BENCH_POSTGRES (a fresh database is created per scenario) and Redis
+# at $BENCH_REDIS. pg-hot: one instance on PostgreSQL; cluster-flash / cluster-hot:
+# three instances sharing PostgreSQL and Redis, driven round-robin.
+BENCH_POSTGRES=${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
+BENCH_REDIS=${BENCH_REDIS:-redis://127.0.0.1:6379}
+cluster_pids=()
+cluster_urls=()
+start_sql_instances() {
+    local count=$1 redis=$2 database
+    database="voucherd_bench_$(date +%s)_$$"
+    psql "$BENCH_POSTGRES/postgres" -qc "CREATE DATABASE $database" >/dev/null
+    local store="$BENCH_POSTGRES/$database"
+    "$VOUCHERD" migrate --store "$store" 2>/dev/null
+    cluster_pids=()
+    cluster_urls=()
+    for i in $(seq 1 "$count"); do
+        local extra=()
+        [ "$redis" = yes ] && extra=(--redis "$BENCH_REDIS")
+        "$VOUCHERD" serve --listen 127.0.0.1:0 --store "$store" "${extra[@]}" \
+            >"$OUT/instance-$i.out" 2>"$OUT/instance-$i.err" &
+        cluster_pids+=($!)
+    done
+    for i in $(seq 1 "$count"); do
+        for _ in $(seq 1 100); do
+            grep -q "listening on" "$OUT/instance-$i.out" 2>/dev/null && break
+            sleep 0.1
+        done
+        cluster_urls+=(--url "$(sed -n 's/^voucherd listening on //p' "$OUT/instance-$i.out")")
+    done
+}
+stop_sql_instances() {
+    for pid in "${cluster_pids[@]}"; do kill -TERM "$pid"; done
+    for pid in "${cluster_pids[@]}"; do wait "$pid"; done
+}
+run_cluster_stress() {
+    local name=$1
+    shift
+    local pids=()
+    for pid in "${cluster_pids[@]}"; do pids+=(--server-pid "$pid"); done
+    "$STRESS" flash "${cluster_urls[@]}" "${pids[@]}" --quiet \
+        --out "$OUT/$name.json" --html "$OUT/$name.html" "$@" | tee "$OUT/$name.txt"
+}
+
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(flash half hot users40m)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(flash half hot users40m pg-hot cluster-flash cluster-hot)
 
 for scenario in "${scenarios[@]}"; do
     echo "=== $scenario"
+    case "$scenario" in
+    pg-hot)
+        # Hot wins with the ledger on PostgreSQL: one instance, no Redis.
+        start_sql_instances 1 no
+        run_cluster_stress pg-hot --max --concurrency "$CONNECTIONS" --duration "${HOT_SECONDS}s" \
+            --users 40000000 --repeat-share 0 --limit 1000000 --baseline --baseline-secs 10
+        stop_sql_instances
+        continue
+        ;;
+    cluster-flash)
+        # Three instances sharing PostgreSQL and Redis: the flash crowd over all three.
+        start_sql_instances 3 yes
+        run_cluster_stress cluster-flash --max --concurrency 96 --connections 96 --duration 20s \
+            --users 40000000 --repeat-share 0.1 --limit 1000 --baseline --baseline-secs 10
+        stop_sql_instances
+        continue
+        ;;
+    cluster-hot)
+        # Three instances sharing PostgreSQL and Redis: hot wins over all three.
+        start_sql_instances 3 yes
+        run_cluster_stress cluster-hot --max --concurrency 96 --connections 96 --duration "${HOT_SECONDS}s" \
+            --users 40000000 --repeat-share 0 --limit 1000000 --baseline --baseline-secs 10
+        stop_sql_instances
+        continue
+        ;;
+    esac
     start_server
     case "$scenario" in
     flash)

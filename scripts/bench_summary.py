@@ -7,7 +7,7 @@ import sys
 out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
 print("| scenario | requests | achieved req/s | × /healthz | 200s per s | p50 ms | p99 ms | p99.9 ms | dropped | errors other than 409/410 | verify | voucherd VmHWM |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for name in ["flash", "half", "hot", "users40m"]:
+for name in ["flash", "half", "hot", "users40m", "pg-hot", "cluster-flash", "cluster-hot"]:
     path = out / f"{name}.json"
     if not path.exists():
         continue
