@@ -24,6 +24,7 @@ use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::queue::{Queued, WriteQueue};
 use super::{Claim, Ledger, LedgerFuture, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, Page, PageRequest, PhoneNumber, Redemption, ReportEntry,
@@ -31,7 +32,7 @@ use crate::domain::{
     OPENING_BALANCE_REFERENCE,
 };
 use crate::error::{Error, Result};
-use crate::limits::{MAX_COMMIT_BATCH_OPS, MAX_LEDGER_QUEUE_OPS};
+use crate::limits::MAX_COMMIT_BATCH_OPS;
 use crate::metrics::Metrics;
 
 /// (amount, limit, starts_at, expires_at, created_at), times in µs.
@@ -70,13 +71,12 @@ enum WriteOp {
     Claim(Claim, Reply<Redemption>),
     CreateProfile(NewProfile, Reply<Wallet>),
     Transact(NewTransaction, Reply<WalletTransaction>),
-    Shutdown(oneshot::Sender<()>),
 }
 
 /// The redb-backed ledger. Cheap to share: it is a queue sender and a database handle.
 pub struct EmbeddedLedger {
     db: Arc<Database>,
-    writes: mpsc::Sender<WriteOp>,
+    writes: WriteQueue<WriteOp>,
 }
 
 impl EmbeddedLedger {
@@ -85,7 +85,7 @@ impl EmbeddedLedger {
         std::fs::create_dir_all(path)?;
         let db = Arc::new(Database::create(path.join(DATABASE_FILE))?);
         let last_sequence = create_tables(&db)?;
-        let (writes, queue) = mpsc::channel(MAX_LEDGER_QUEUE_OPS);
+        let (writes, queue) = WriteQueue::bounded();
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name("ledger-writer".into())
@@ -95,20 +95,7 @@ impl EmbeddedLedger {
 
     fn submit<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> WriteOp) -> LedgerFuture<T> {
         let (reply, answer) = oneshot::channel();
-        // try_send keeps the submission synchronous (so call order is apply order)
-        // and bounded: a full queue is an immediate, explicit overload.
-        let submitted = self.writes.try_send(make(reply));
-        Box::pin(async move {
-            match submitted {
-                Ok(()) => answer
-                    .await
-                    .unwrap_or_else(|_| Err(Error::unavailable("ledger writer stopped"))),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    Err(Error::unavailable("ledger is shut down"))
-                }
-            }
-        })
+        self.writes.submit(make(reply), answer)
     }
 
     fn read<T: Send + 'static>(
@@ -336,17 +323,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn shutdown(&self) -> LedgerFuture<()> {
-        let (done, finished) = oneshot::channel();
-        // The queue may be full; wait for room rather than skip the flush.
-        let writes = self.writes.clone();
-        Box::pin(async move {
-            if writes.send(WriteOp::Shutdown(done)).await.is_err() {
-                return Ok(()); // Already shut down.
-            }
-            finished
-                .await
-                .map_err(|_| Error::unavailable("ledger writer stopped before flushing"))
-        })
+        self.writes.shutdown()
     }
 }
 
@@ -679,7 +656,7 @@ impl Applied {
 
 fn run_writer(
     db: &Database,
-    mut queue: mpsc::Receiver<WriteOp>,
+    mut queue: mpsc::Receiver<Queued<WriteOp>>,
     mut last_sequence: u64,
     metrics: &Metrics,
 ) {
@@ -713,7 +690,7 @@ fn run_writer(
 /// it are still in the batch and are applied first).
 fn commit_batch(
     db: &Database,
-    batch: &mut Vec<WriteOp>,
+    batch: &mut Vec<Queued<WriteOp>>,
     last_sequence: &mut u64,
 ) -> Option<oneshot::Sender<()>> {
     let mut shutdown = None;
@@ -726,15 +703,19 @@ fn commit_batch(
             let mut tables = Tables::open(&txn, *last_sequence)?;
             for op in batch.drain(..) {
                 let done = match op {
-                    WriteOp::CreateVoucher(v, reply) => {
+                    Queued::Write(WriteOp::CreateVoucher(v, reply)) => {
                         Applied::Voucher(reply, tables.create_voucher(v))
                     }
-                    WriteOp::Claim(c, reply) => Applied::Redemption(reply, tables.claim(c)),
-                    WriteOp::CreateProfile(p, reply) => {
+                    Queued::Write(WriteOp::Claim(c, reply)) => {
+                        Applied::Redemption(reply, tables.claim(c))
+                    }
+                    Queued::Write(WriteOp::CreateProfile(p, reply)) => {
                         Applied::Wallet(reply, tables.create_profile(p))
                     }
-                    WriteOp::Transact(t, reply) => Applied::Transaction(reply, tables.transact(t)),
-                    WriteOp::Shutdown(done) => {
+                    Queued::Write(WriteOp::Transact(t, reply)) => {
+                        Applied::Transaction(reply, tables.transact(t))
+                    }
+                    Queued::Shutdown(done) => {
                         shutdown = Some(done);
                         continue;
                     }

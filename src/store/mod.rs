@@ -15,6 +15,7 @@
 
 pub mod embedded;
 pub mod postgres;
+mod queue;
 
 use futures::future::BoxFuture;
 use uuid::Uuid;

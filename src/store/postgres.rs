@@ -60,6 +60,7 @@ use tokio_postgres::types::FromSql;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
+use super::queue::{Queued, WriteQueue};
 use super::{Claim, Ledger, LedgerFuture, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, Page, PageRequest, PhoneNumber, Redemption, ReportEntry,
@@ -67,7 +68,7 @@ use crate::domain::{
     OPENING_BALANCE_REFERENCE,
 };
 use crate::error::{Error, Result};
-use crate::limits::{ACTOR_CALL_TIMEOUT_MS, MAX_COMMIT_BATCH_OPS, MAX_LEDGER_QUEUE_OPS};
+use crate::limits::{ACTOR_CALL_TIMEOUT_MS, MAX_COMMIT_BATCH_OPS};
 use crate::metrics::Metrics;
 
 /// The schema, applied in order at every open; each file is idempotent.
@@ -249,11 +250,6 @@ enum Outcome {
     Transaction(Result<WalletTransaction>),
 }
 
-enum WriteOp {
-    Write(Request, Waiter),
-    Shutdown(oneshot::Sender<()>),
-}
-
 impl Outcome {
     /// The outcome of `request` when its batch failed as a whole.
     fn failed(request: &Request, error: Error) -> Self {
@@ -305,7 +301,7 @@ impl Waiter {
 /// The PostgreSQL/CockroachDB ledger. Cheap to share: a queue sender and a pool.
 pub struct PostgresLedger {
     reads: Pool,
-    writes: mpsc::Sender<WriteOp>,
+    writes: WriteQueue<(Request, Waiter)>,
 }
 
 impl PostgresLedger {
@@ -319,7 +315,7 @@ impl PostgresLedger {
             pool: build_pool(config, WRITE_POOL_CONNECTIONS)?,
             metrics,
         };
-        let (writes, queue) = mpsc::channel(MAX_LEDGER_QUEUE_OPS);
+        let (writes, queue) = WriteQueue::bounded();
         tokio::spawn(writer.run(queue));
         Ok(Self { reads, writes })
     }
@@ -330,20 +326,7 @@ impl PostgresLedger {
         waiter: fn(Reply<T>) -> Waiter,
     ) -> LedgerFuture<T> {
         let (reply, answer) = oneshot::channel();
-        // try_send keeps the submission synchronous (so call order is apply order)
-        // and bounded: a full queue is an immediate, explicit overload.
-        let submitted = self.writes.try_send(WriteOp::Write(request, waiter(reply)));
-        Box::pin(async move {
-            match submitted {
-                Ok(()) => answer
-                    .await
-                    .unwrap_or_else(|_| Err(Error::unavailable("ledger writer stopped"))),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    Err(Error::unavailable("ledger is shut down"))
-                }
-            }
-        })
+        self.writes.submit((request, waiter(reply)), answer)
     }
 
     /// Runs `work` on a pooled connection.
@@ -849,17 +832,7 @@ impl Ledger for PostgresLedger {
     }
 
     fn shutdown(&self) -> LedgerFuture<()> {
-        let (done, finished) = oneshot::channel();
-        // The queue may be full; wait for room rather than skip the flush.
-        let writes = self.writes.clone();
-        Box::pin(async move {
-            if writes.send(WriteOp::Shutdown(done)).await.is_err() {
-                return Ok(()); // Already shut down.
-            }
-            finished
-                .await
-                .map_err(|_| Error::unavailable("ledger writer stopped before flushing"))
-        })
+        self.writes.shutdown()
     }
 }
 
@@ -887,7 +860,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut queue: mpsc::Receiver<WriteOp>) {
+    async fn run(self, mut queue: mpsc::Receiver<Queued<(Request, Waiter)>>) {
         let mut requests = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut waiters = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut shutdowns = Vec::new();
@@ -895,11 +868,11 @@ impl Writer {
             let mut next = Some(first);
             while let Some(op) = next.take() {
                 match op {
-                    WriteOp::Write(request, waiter) => {
+                    Queued::Write((request, waiter)) => {
                         requests.push(request);
                         waiters.push(waiter);
                     }
-                    WriteOp::Shutdown(done) => {
+                    Queued::Shutdown(done) => {
                         // Refuse new writes; those already queued are still
                         // applied, since recv drains a closed queue.
                         shutdowns.push(done);
