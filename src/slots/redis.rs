@@ -181,18 +181,16 @@ impl Link {
             RedisTarget::Direct(url) => redis::Client::open(url.as_str())?,
             RedisTarget::Sentinel { nodes, master } => {
                 let mut sentinel = self.sentinel.lock().await;
-                if sentinel.is_none() {
-                    *sentinel = Some(SentinelClient::build(
+                let client = match sentinel.as_mut() {
+                    Some(client) => client,
+                    None => sentinel.insert(SentinelClient::build(
                         nodes.clone(),
                         master.clone(),
                         None,
                         SentinelServerType::Master,
-                    )?);
-                }
-                match sentinel.as_mut() {
-                    Some(client) => client.async_get_client().await?,
-                    None => unreachable!("the sentinel client was just built"),
-                }
+                    )?),
+                };
+                client.async_get_client().await?
             }
         };
         client.get_multiplexed_async_connection().await
