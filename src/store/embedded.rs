@@ -24,7 +24,7 @@ use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::queue::{Queued, WriteQueue};
+use super::queue::{stop_process_after_writer_panic, Queued, WriteQueue};
 use super::{Claim, Ledger, LedgerFuture, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, Page, PageRequest, PhoneNumber, Redemption, ReportEntry,
@@ -89,7 +89,12 @@ impl EmbeddedLedger {
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run_writer(&writer_db, queue, last_sequence, &metrics))?;
+            .spawn(move || {
+                let run = || run_writer(&writer_db, queue, last_sequence, &metrics);
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                    stop_process_after_writer_panic();
+                }
+            })?;
         Ok(Self { db, writes })
     }
 

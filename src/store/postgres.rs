@@ -60,7 +60,7 @@ use tokio_postgres::types::FromSql;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
-use super::queue::{Queued, WriteQueue};
+use super::queue::{stop_process_after_writer_panic, Queued, WriteQueue};
 use super::{Claim, Ledger, LedgerFuture, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, Page, PageRequest, PhoneNumber, Redemption, ReportEntry,
@@ -316,7 +316,12 @@ impl PostgresLedger {
             metrics,
         };
         let (writes, queue) = WriteQueue::bounded();
-        tokio::spawn(writer.run(queue));
+        tokio::spawn(async move {
+            let run = std::panic::AssertUnwindSafe(writer.run(queue));
+            if futures::FutureExt::catch_unwind(run).await.is_err() {
+                stop_process_after_writer_panic();
+            }
+        });
         Ok(Self { reads, writes })
     }
 

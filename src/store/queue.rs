@@ -67,3 +67,12 @@ impl<Op: Send + 'static> WriteQueue<Op> {
         })
     }
 }
+
+/// Ends the process when a ledger writer panics. A panic there means an invariant
+/// assertion failed (the ledger would otherwise have been written wrong); carrying
+/// on would leave an instance that looks ready but can never write. Stopping lets
+/// the supervisor (systemd, Kubernetes) restart it on the last durable state.
+pub fn stop_process_after_writer_panic() -> ! {
+    tracing::error!("the ledger writer panicked: an invariant broke; stopping the process");
+    std::process::abort()
+}
