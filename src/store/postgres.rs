@@ -51,12 +51,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::FromSql;
+use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
@@ -564,6 +565,29 @@ fn read_error(error: tokio_postgres::Error) -> Error {
     Failure::from(error).into_error()
 }
 
+/// Runs a read statement (prepared once per connection) and returns its rows.
+async fn read_rows(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(read_error)?;
+    client.query(&statement, params).await.map_err(read_error)
+}
+
+/// Runs a read statement that finds at most one row.
+async fn read_row(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(read_error)?;
+    client
+        .query_opt(&statement, params)
+        .await
+        .map_err(read_error)
+}
+
 /// A column of a row, without the panic of `Row::get` on a type mismatch.
 fn column<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> Result<T> {
     row.try_get(index).map_err(read_error)
@@ -607,25 +631,14 @@ impl Ledger for PostgresLedger {
 
     fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>> {
         self.read(move |client| async move {
-            let statement = client
-                .prepare_cached(SELECT_VOUCHER)
-                .await
-                .map_err(read_error)?;
-            let row = client
-                .query_opt(&statement, &[&code.as_str()])
-                .await
-                .map_err(read_error)?;
+            let row = read_row(&client, SELECT_VOUCHER, &[&code.as_str()]).await?;
             row.as_ref().map(voucher_status).transpose()
         })
     }
 
     fn vouchers(&self) -> LedgerFuture<Vec<VoucherStatus>> {
         self.read(move |client| async move {
-            let statement = client
-                .prepare_cached(SELECT_VOUCHERS)
-                .await
-                .map_err(read_error)?;
-            let rows = client.query(&statement, &[]).await.map_err(read_error)?;
+            let rows = read_rows(&client, SELECT_VOUCHERS, &[]).await?;
             let mut all = rows
                 .iter()
                 .map(voucher_status)
@@ -643,14 +656,12 @@ impl Ledger for PostgresLedger {
         phone: PhoneNumber,
     ) -> LedgerFuture<Option<Redemption>> {
         self.read(move |client| async move {
-            let statement = client
-                .prepare_cached(SELECT_REDEMPTION)
-                .await
-                .map_err(read_error)?;
-            let row = client
-                .query_opt(&statement, &[&code.as_str(), &phone_column(phone)])
-                .await
-                .map_err(read_error)?;
+            let row = read_row(
+                &client,
+                SELECT_REDEMPTION,
+                &[&code.as_str(), &phone_column(phone)],
+            )
+            .await?;
             let Some(row) = row else {
                 return Ok(None);
             };
@@ -708,14 +719,7 @@ impl Ledger for PostgresLedger {
 
     fn winners(&self, code: VoucherCode) -> LedgerFuture<Vec<PhoneNumber>> {
         self.read(move |client| async move {
-            let statement = client
-                .prepare_cached(SELECT_WINNERS)
-                .await
-                .map_err(read_error)?;
-            let rows = client
-                .query(&statement, &[&code.as_str()])
-                .await
-                .map_err(read_error)?;
+            let rows = read_rows(&client, SELECT_WINNERS, &[&code.as_str()]).await?;
             rows.iter()
                 .map(|row| stored_phone(column(row, 0)?))
                 .collect()
@@ -724,14 +728,7 @@ impl Ledger for PostgresLedger {
 
     fn slot_usage(&self, code: VoucherCode) -> LedgerFuture<SlotUsage> {
         self.read(move |client| async move {
-            let statement = client
-                .prepare_cached(SELECT_SLOT_GAPS)
-                .await
-                .map_err(read_error)?;
-            let rows = client
-                .query(&statement, &[&code.as_str()])
-                .await
-                .map_err(read_error)?;
+            let rows = read_rows(&client, SELECT_SLOT_GAPS, &[&code.as_str()]).await?;
             let mut usage = SlotUsage::default();
             for row in &rows {
                 let first = stored_u32(column(row, 0)?, "slot")?;
