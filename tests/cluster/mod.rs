@@ -8,6 +8,8 @@
 //! own services. Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+#[path = "../support/binary.rs"]
+pub mod binary;
 pub mod crowd;
 pub mod http;
 pub mod pg;

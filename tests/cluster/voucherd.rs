@@ -8,15 +8,10 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// How long the binary may take from spawn to printing its "listening" line.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop (SIGTERM) may take before the test fails.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// The prefix of the single line the binary prints to stdout once it accepts connections.
-const LISTENING_PREFIX: &str = "voucherd listening on ";
 
 /// One running `voucherd serve`; killed (SIGKILL) on Drop.
 pub struct Instance {
@@ -41,7 +36,8 @@ impl Instance {
             .append(true)
             .open(&log)
             .expect("open voucherd log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_voucherd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_voucherd"));
+        command
             .args([
                 "serve",
                 "--listen",
@@ -59,45 +55,15 @@ impl Instance {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(file))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the voucherd binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let found = tokio::time::timeout(STARTUP_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await.ok().flatten() {
-                if let Some(url) = line.trim().strip_prefix(LISTENING_PREFIX) {
-                    return Some(url.to_owned());
-                }
-            }
-            None
+            .kill_on_drop(true);
+        let (child, url) = super::binary::start(&mut command, &format!("voucherd {name}"), || {
+            super::process::log_tail(&log, 60)
         })
         .await;
-        let log_text = || super::process::log_tail(&log, 60);
-        let url = match found {
-            Ok(Some(url)) => url,
-            Ok(None) => {
-                let status = child.wait().await;
-                panic!(
-                    "voucherd {name} exited ({status:?}) before printing its listening line; stderr:\n{}",
-                    log_text()
-                );
-            }
-            Err(_) => panic!(
-                "voucherd {name} did not print `{LISTENING_PREFIX}http://ADDR` within {STARTUP_TIMEOUT:?}; stderr:\n{}",
-                log_text()
-            ),
-        };
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "listening line names an unexpected address: {url}"
-        );
-        // Keep draining stdout so the child can never block on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Instance {
             name: name.to_owned(),
             child: Some(child),
-            base_url: url.trim_end_matches('/').to_owned(),
+            base_url: url,
             log,
         }
     }

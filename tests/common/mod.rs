@@ -14,17 +14,16 @@ use nix::unistd::Pid;
 use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// How long the binary may take from spawn to printing its "listening" line.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+#[path = "../support/binary.rs"]
+mod binary;
+pub use binary::STARTUP_TIMEOUT;
+
 /// How long a graceful stop (SIGTERM) may take before the test fails.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound on one HTTP request, so that a hung server fails the test instead of hanging it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The prefix of the single line the binary prints to stdout once it accepts connections.
-const LISTENING_PREFIX: &str = "voucherd listening on ";
 
 /// A running `voucherd serve` child process with its own store directory.
 pub struct TestServer {
@@ -108,7 +107,8 @@ impl TestServer {
             .append(true)
             .open(self.log_path())
             .expect("open stderr log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_voucherd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_voucherd"));
+        command
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -119,41 +119,9 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn voucherd binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let found = tokio::time::timeout(STARTUP_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await.ok().flatten() {
-                if let Some(url) = line.trim().strip_prefix(LISTENING_PREFIX) {
-                    return Some(url.to_string());
-                }
-            }
-            None
-        })
-        .await;
-        let url = match found {
-            Ok(Some(url)) => url,
-            Ok(None) => {
-                let status = child.wait().await;
-                panic!(
-                    "voucherd exited ({status:?}) before printing its listening line; stderr:\n{}",
-                    self.log()
-                );
-            }
-            Err(_) => panic!(
-                "voucherd did not print `{LISTENING_PREFIX}http://ADDR` within {STARTUP_TIMEOUT:?}; stderr:\n{}",
-                self.log()
-            ),
-        };
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "listening line names an unexpected address: {url}"
-        );
-        // Keep draining stdout so the child can never block on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.base_url = url.trim_end_matches('/').to_string();
+            .kill_on_drop(true);
+        let (child, url) = binary::start(&mut command, "voucherd", || self.log()).await;
+        self.base_url = url;
         self.child = Some(child);
     }
 
