@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
+use redb::{AccessGuard, Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -296,16 +296,16 @@ impl Ledger for EmbeddedLedger {
             let mut next = match page.cursor {
                 None => last_sequence,
                 Some(cursor) => {
-                    let after = read_transaction(&transactions, cursor)
+                    let (_, previous) = read_transaction_and_previous(&transactions, cursor)
                         .ok()
-                        .filter(|t| t.phone == phone)
+                        .filter(|(after, _)| after.phone == phone)
                         .ok_or_else(|| {
                             Error::invalid(
                                 "invalid_cursor",
                                 "cursor must be a next_cursor this service returned",
                             )
                         })?;
-                    previous_of(&transactions, after.sequence)?
+                    previous
                 }
             };
             for _ in 0..page.offset {
@@ -316,8 +316,8 @@ impl Ledger for EmbeddedLedger {
             }
             let mut items = Vec::new();
             while next != 0 && items.len() < page.limit as usize {
-                let transaction = read_transaction(&transactions, next)?;
-                next = previous_of(&transactions, next)?;
+                let (transaction, previous) = read_transaction_and_previous(&transactions, next)?;
+                next = previous;
                 items.push(transaction);
             }
             let next_cursor = (next != 0)
@@ -358,18 +358,27 @@ fn read_voucher(
     }))
 }
 
-fn read_transaction(
-    transactions: &impl ReadableTable<u64, TransactionRow<'static>>,
+/// The stored row of transaction `sequence`, which something in the ledger
+/// refers to (a wallet head, a redemption, an idempotency key, a back-link).
+fn transaction_row<'a>(
+    transactions: &'a impl ReadableTable<u64, TransactionRow<'static>>,
     sequence: u64,
-) -> Result<WalletTransaction> {
-    let row = transactions
+) -> Result<AccessGuard<'a, TransactionRow<'static>>> {
+    transactions
         .get(sequence)
         .map_err(Error::storage)?
-        .ok_or_else(|| {
-            Error::storage(format!("transaction {sequence} is referenced but missing"))
-        })?;
-    let (phone, id, amount, reference, created_at, balance_after, _) = row.value();
-    Ok(WalletTransaction {
+        .ok_or_else(|| Error::storage(format!("transaction {sequence} is referenced but missing")))
+}
+
+/// Transaction `sequence` and the sequence of its wallet's previous transaction
+/// (0 if it is the first).
+fn read_transaction_and_previous(
+    transactions: &impl ReadableTable<u64, TransactionRow<'static>>,
+    sequence: u64,
+) -> Result<(WalletTransaction, u64)> {
+    let row = transaction_row(transactions, sequence)?;
+    let (phone, id, amount, reference, created_at, balance_after, previous) = row.value();
+    let transaction = WalletTransaction {
         id: Uuid::from_u128(id),
         phone: PhoneNumber::from_stored(phone),
         sequence,
@@ -377,7 +386,15 @@ fn read_transaction(
         reference: reference.to_owned(),
         created_at: Timestamp(created_at),
         balance_after,
-    })
+    };
+    Ok((transaction, previous))
+}
+
+fn read_transaction(
+    transactions: &impl ReadableTable<u64, TransactionRow<'static>>,
+    sequence: u64,
+) -> Result<WalletTransaction> {
+    Ok(read_transaction_and_previous(transactions, sequence)?.0)
 }
 
 /// The sequence of the wallet's transaction before `sequence`, or 0.
@@ -385,13 +402,7 @@ fn previous_of(
     transactions: &impl ReadableTable<u64, TransactionRow<'static>>,
     sequence: u64,
 ) -> Result<u64> {
-    let row = transactions
-        .get(sequence)
-        .map_err(Error::storage)?
-        .ok_or_else(|| {
-            Error::storage(format!("transaction {sequence} is referenced but missing"))
-        })?;
-    Ok(row.value().6)
+    Ok(transaction_row(transactions, sequence)?.value().6)
 }
 
 /// The tables of one write transaction, opened once per batch, and the sequence
