@@ -14,15 +14,17 @@ use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::actors::catalog::{Catalog, VoucherView};
 use crate::actors::voucher::VoucherShardArgs;
 use crate::actors::wallet::WalletArgs;
 use crate::actors::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::config::Settings;
+use crate::http::server::{self, EdgeLimits};
+use crate::http::RouteOptions;
 use crate::limits::{DRAIN_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS};
 use crate::metrics::Metrics;
+use crate::rate_limit::PhoneRateLimiter;
 use crate::service::Service;
 use crate::slots::local::LocalSlots;
 use crate::slots::redis::RedisSlots;
@@ -31,6 +33,9 @@ use crate::store::{self, Ledger};
 
 pub struct App {
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    routes: RouteOptions,
+    edge: EdgeLimits,
     service: Arc<Service>,
     ledger: Arc<dyn Ledger>,
     supervisor: ActorRef<SupervisorMsg>,
@@ -38,10 +43,23 @@ pub struct App {
 }
 
 impl App {
+    /// Builds the app on an already-bound `listener`. Refuses an open access
+    /// policy (no token) on a non-loopback address unless `insecure_no_auth`.
     pub async fn build(
         settings: Settings,
         listener: std::net::TcpListener,
     ) -> anyhow::Result<Self> {
+        let address = listener.local_addr()?;
+        check_exposure(&settings, address)?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(metrics_address) => {
+                let bound = std::net::TcpListener::bind(metrics_address)
+                    .with_context(|| format!("binding the metrics address {metrics_address}"))?;
+                bound.set_nonblocking(true)?;
+                Some(tokio::net::TcpListener::from_std(bound)?)
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let ledger = store::open(&settings.store, metrics.clone())
             .await
@@ -78,17 +96,30 @@ impl App {
             .context("starting the actors")?;
         let directory = ractor::call!(supervisor, SupervisorMsg::Directory)
             .map_err(|e| anyhow::anyhow!("reading the actor directory: {e}"))?;
-        let service = Arc::new(Service::new(
-            catalog,
-            directory,
-            ledger.clone(),
-            metrics,
-            settings.store.is_shared(),
-        ));
+        let phone_rate = PhoneRateLimiter::new(settings.phone_rate);
+        if let Some(limiter) = &phone_rate {
+            limiter.spawn_sweeper();
+        }
+        let service = Arc::new(
+            Service::new(
+                catalog,
+                directory,
+                ledger.clone(),
+                metrics,
+                settings.store.is_shared(),
+            )
+            .with_phone_rate_limit(phone_rate),
+        );
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         Ok(Self {
             listener,
+            metrics_listener,
+            routes: RouteOptions {
+                access: Arc::new(settings.access),
+                body_read_timeout: settings.edge.body_read_timeout,
+            },
+            edge: settings.edge,
             service,
             ledger,
             supervisor,
@@ -98,6 +129,13 @@ impl App {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address serving `/metrics` without a token, if one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The domain service, for embedding and in-process tests.
@@ -117,8 +155,20 @@ impl App {
             service.set_not_ready();
             let _ = signalled.send(());
         };
-        let server = warp::serve(crate::http::routes(self.service.clone()))
-            .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(self.listener), signal);
+        let metrics = self.service.metrics_handle();
+        let routes = crate::http::routes(self.service.clone(), self.routes.clone());
+        let server = server::serve(self.listener, routes, self.edge, metrics.clone(), signal);
+        if let Some(listener) = self.metrics_listener {
+            let routes = crate::http::metrics_routes(self.service.clone());
+            // Lives until the process ends: Prometheus may scrape until the last moment.
+            tokio::spawn(server::serve(
+                listener,
+                routes,
+                self.edge,
+                metrics,
+                std::future::pending(),
+            ));
+        }
         // The server ends by itself once every connection is closed, but a client
         // may hold a connection open without sending a request; so after the
         // signal, stop as soon as no request has been in flight for two checks in
@@ -160,6 +210,24 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// An open access policy lets anyone who reaches the address move money, so it
+/// is allowed only where nobody else can reach it, unless the operator insists.
+fn check_exposure(settings: &Settings, address: SocketAddr) -> anyhow::Result<()> {
+    if !settings.access.is_open() || address.ip().is_loopback() {
+        return Ok(());
+    }
+    if settings.insecure_no_auth {
+        tracing::warn!(%address, "serving every route without a token (--insecure-no-auth)");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve on {address} without an admin token: anyone who reaches it could \
+         create vouchers and move money. Give --admin-token-file FILE (or set \
+         VOUCHERD_ADMIN_TOKEN), listen on a loopback address such as 127.0.0.1, or pass \
+         --insecure-no-auth if every client of this network is trusted"
+    )
 }
 
 async fn load_catalog(ledger: &dyn Ledger, metrics: &Metrics) -> anyhow::Result<Catalog> {

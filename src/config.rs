@@ -3,11 +3,24 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::limits::DEFAULT_SHARDS;
+use crate::http::auth::{AccessPolicy, Principal, Token};
+use crate::http::server::EdgeLimits;
+use crate::limits::{
+    BODY_READ_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, DEFAULT_REDEEM_BURST_PER_PHONE,
+    DEFAULT_REDEEM_RATE_PER_PHONE, DEFAULT_SHARDS, HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS,
+    RESERVED_FILE_DESCRIPTORS,
+};
+use crate::rate_limit::PhoneRate;
 pub use crate::slots::redis::RedisTarget;
+
+/// The environment variable that may hold the admin token itself (instead of
+/// `--admin-token-file`); never a command-line flag, which `ps` would show.
+pub const ADMIN_TOKEN_ENV: &str = "VOUCHERD_ADMIN_TOKEN";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,8 +29,20 @@ pub use crate::slots::redis::RedisTarget;
     about = "Flash-crowd voucher redemption with an exactly-once wallet credit"
 )]
 pub struct Cli {
+    /// Log line format on stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line, for log shippers).
+    #[arg(long, env = "VOUCHERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,18 +57,22 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
-    /// The ledger to migrate: a `postgres://` URL.
+    /// The ledger to migrate: `postgres://user:pass@host:port/db` (PostgreSQL or
+    /// CockroachDB).
     #[arg(long, env = "VOUCHERD_STORE")]
     pub store: StoreLocation,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port.
+    /// Address to listen on; port 0 picks a free port. Without an admin token only
+    /// a loopback address is allowed (see --insecure-no-auth).
     #[arg(long, env = "VOUCHERD_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
 
-    /// Where the ledger lives: a directory path for the embedded store.
+    /// Where the ledger lives: a directory for the embedded store (one instance),
+    /// or `postgres://user:pass@host:port/db` for PostgreSQL/CockroachDB (shared
+    /// by many instances).
     #[arg(long, env = "VOUCHERD_STORE", default_value = "./data")]
     pub store: StoreLocation,
 
@@ -60,26 +89,127 @@ pub struct ServeArgs {
     /// Number of wallet actors (wallets are spread over them by phone number).
     #[arg(long, env = "VOUCHERD_WALLET_ACTORS", default_value_t = DEFAULT_SHARDS as u16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub wallet_actors: u16,
+
+    /// A file holding the admin token (at least 16 printable characters; a
+    /// trailing newline is ignored). Or set VOUCHERD_ADMIN_TOKEN to the token
+    /// itself. Admin routes then need `Authorization: Bearer <token>`.
+    #[arg(long, env = "VOUCHERD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Serve every route without a token on a non-loopback address. Only for a
+    /// network where every client is trusted.
+    #[arg(long, env = "VOUCHERD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Serve `/metrics` (without a token) on this separate address too, e.g. an
+    /// internal interface that only Prometheus reaches. `/metrics` on the main
+    /// address needs the admin token whenever one is configured.
+    #[arg(long, env = "VOUCHERD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Client connections served at once; more are closed right after accept.
+    /// Default: 10000, lowered to fit the open-file limit (less 64 descriptors).
+    #[arg(long, env = "VOUCHERD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
+
+    /// Seconds a client may take to send a request's head once it started it.
+    #[arg(long, env = "VOUCHERD_HEADER_TIMEOUT_SECS", default_value_t = HEADER_READ_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a client may take to send a request's body (408 after that).
+    #[arg(long, env = "VOUCHERD_BODY_TIMEOUT_SECS", default_value_t = BODY_READ_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub body_timeout_secs: u64,
+
+    /// Seconds a connection may stay open without a request (new or keep-alive).
+    #[arg(long, env = "VOUCHERD_IDLE_TIMEOUT_SECS", default_value_t = IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_secs: u64,
+
+    /// Redemptions one phone number may make per second, sustained; 0 turns the
+    /// per-phone limit off. Past it: 429 `rate_limited` with Retry-After.
+    #[arg(long, env = "VOUCHERD_REDEEM_RATE_PER_PHONE", default_value_t = DEFAULT_REDEEM_RATE_PER_PHONE)]
+    pub redeem_rate_per_phone: u32,
+
+    /// Redemptions one phone number may make in a burst.
+    #[arg(long, env = "VOUCHERD_REDEEM_BURST_PER_PHONE", default_value_t = DEFAULT_REDEEM_BURST_PER_PHONE, value_parser = clap::value_parser!(u32).range(1..))]
+    pub redeem_burst_per_phone: u32,
 }
 
 impl ServeArgs {
-    pub fn settings(&self) -> Settings {
-        Settings {
+    /// The settings these arguments name; reads the admin token (file or
+    /// environment) and the open-file limit.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let mut access = AccessPolicy::open();
+        if let Some(token) = self.admin_token()? {
+            access = access.with_token(Principal::Admin, token);
+        }
+        Ok(Settings {
             store: self.store.clone(),
             redis: self.redis.clone(),
             voucher_shards: usize::from(self.voucher_shards),
             wallet_actors: usize::from(self.wallet_actors),
+            access,
+            insecure_no_auth: self.insecure_no_auth,
+            metrics_listen: self.metrics_listen,
+            edge: EdgeLimits {
+                max_connections: self.max_connections(),
+                header_read_timeout: Duration::from_secs(self.header_timeout_secs),
+                body_read_timeout: Duration::from_secs(self.body_timeout_secs),
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            },
+            phone_rate: PhoneRate {
+                per_second: self.redeem_rate_per_phone,
+                burst: self.redeem_burst_per_phone,
+            },
+        })
+    }
+
+    fn admin_token(&self) -> anyhow::Result<Option<Token>> {
+        let from_env = std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let text = match (&self.admin_token_file, from_env) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "the admin token is given twice: use --admin-token-file or {ADMIN_TOKEN_ENV}, not both"
+            ),
+            (Some(path), None) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the admin token file {}", path.display()))?,
+            (None, Some(token)) => token,
+            (None, None) => return Ok(None),
+        };
+        let token = Token::new(&text)
+            .map_err(|reason| anyhow::anyhow!("the admin token is not usable: {reason}"))?;
+        Ok(Some(token))
+    }
+
+    /// The configured cap, or the default lowered to what the open-file limit
+    /// leaves for client connections.
+    fn max_connections(&self) -> usize {
+        if let Some(configured) = self.max_connections {
+            return configured as usize;
         }
+        let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(u64::MAX);
+        let fitting = open_files.saturating_sub(RESERVED_FILE_DESCRIPTORS).max(1);
+        DEFAULT_MAX_CONNECTIONS.min(usize::try_from(fitting).unwrap_or(usize::MAX))
     }
 }
 
-/// What the application is built from (the listener is passed separately).
+/// What the application is built from (the listeners are passed separately).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub store: StoreLocation,
     pub redis: Option<RedisTarget>,
     pub voucher_shards: usize,
     pub wallet_actors: usize,
+    /// Which tokens grant which routes; open when none is configured.
+    pub access: AccessPolicy,
+    /// Allow an open policy on a non-loopback address.
+    pub insecure_no_auth: bool,
+    /// A separate address serving `/metrics` without a token.
+    pub metrics_listen: Option<SocketAddr>,
+    pub edge: EdgeLimits,
+    pub phone_rate: PhoneRate,
 }
 
 impl Settings {
@@ -90,6 +220,19 @@ impl Settings {
             redis: None,
             voucher_shards: DEFAULT_SHARDS,
             wallet_actors: DEFAULT_SHARDS,
+            access: AccessPolicy::open(),
+            insecure_no_auth: false,
+            metrics_listen: None,
+            edge: EdgeLimits {
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                header_read_timeout: Duration::from_secs(HEADER_READ_TIMEOUT_SECS),
+                body_read_timeout: Duration::from_secs(BODY_READ_TIMEOUT_SECS),
+                idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),
+            },
+            phone_rate: PhoneRate {
+                per_second: DEFAULT_REDEEM_RATE_PER_PHONE,
+                burst: DEFAULT_REDEEM_BURST_PER_PHONE,
+            },
         }
     }
 }

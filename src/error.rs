@@ -39,6 +39,12 @@ pub enum Error {
     /// shard retries with another slot and never shows this to a client.
     #[error("slot already taken")]
     SlotTaken,
+    /// The phone number made more redemption attempts than its rate allows.
+    #[error("rate limited")]
+    RateLimited {
+        /// Whole seconds until the next attempt is allowed (at least 1).
+        retry_after_secs: u64,
+    },
     /// An admission limit was reached; the client should retry later.
     #[error("overloaded")]
     Overloaded,

@@ -1,7 +1,9 @@
 //! voucherd: lets a crowd race for a limited voucher without ever over-redeeming,
 //! double-crediting or losing an acknowledged redemption.
 //!
-//! - [`http`]: warp routes, DTOs, and the one error → HTTP mapping.
+//! - [`http`]: the server loop (connection cap, timeouts), warp routes with their
+//!   access rule, DTOs, and the one error → HTTP mapping.
+//! - [`rate_limit`]: the per-phone redemption rate.
 //! - [`service`]: one function per use case; the in-memory fast path for rejections.
 //! - [`actors`]: voucher shard actors (own slots, hand them to contenders), wallet
 //!   actors (serialise a user's writes), and their supervisor.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod rate_limit;
 pub mod service;
 pub mod slots;
 pub mod store;

@@ -103,6 +103,68 @@ pub const DRAIN_CHECK_INTERVAL_MS: u64 = 50;
 /// Default number of voucher shard actors and of wallet actors.
 pub const DEFAULT_SHARDS: usize = 8;
 
+// The HTTP edge: connections, timeouts, request heads, access.
+
+/// Client connections served at once when `--max-connections` is not given (it is
+/// also lowered to fit the open-file limit, see [`RESERVED_FILE_DESCRIPTORS`]). A
+/// connection past the cap is closed at once, so a flood of idle sockets cannot
+/// take the descriptors the ledger and the pools need.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// File descriptors left for everything but client connections (ledger files,
+/// database and Redis pools, the metrics listener, logs, accept itself) when the
+/// default connection cap is derived from the open-file limit.
+pub const RESERVED_FILE_DESCRIPTORS: u64 = 64;
+
+/// Longest time from the first byte of a request's head to its last. A client
+/// that trickles headers (slowloris) loses its connection after this.
+pub const HEADER_READ_TIMEOUT_SECS: u64 = 5;
+
+/// Longest time to receive a request body (at most [`MAX_BODY_BYTES`]) once its
+/// head arrived; a stalled body gets 408.
+pub const BODY_READ_TIMEOUT_SECS: u64 = 10;
+
+/// Longest time a connection may sit with no request: a fresh connection that
+/// sends nothing, or a keep-alive connection between requests. Load balancers
+/// that pool connections should use a shorter idle timeout than this.
+pub const IDLE_TIMEOUT_SECS: u64 = 15;
+
+/// First pause after a failed `accept` (descriptors exhausted, aborted
+/// handshakes); it doubles per consecutive failure up to [`ACCEPT_BACKOFF_MAX_MS`],
+/// so the accept loop never spins on a persistent error.
+pub const ACCEPT_BACKOFF_MIN_MS: u64 = 5;
+/// See [`ACCEPT_BACKOFF_MIN_MS`].
+pub const ACCEPT_BACKOFF_MAX_MS: u64 = 500;
+
+/// Least time between two log lines about the same kind of edge event (accept
+/// errors, refused connections); the lines carry how many were suppressed.
+pub const EDGE_LOG_INTERVAL_MS: u64 = 1_000;
+
+/// Longest request target (path and query) answered with JSON; longer ones get
+/// 414. Every route's target is far shorter.
+pub const MAX_URI_BYTES: usize = 2_048;
+/// Largest header section answered with JSON (names, values and separators);
+/// larger ones get 431.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Most header fields answered with JSON; more get 431.
+pub const MAX_HEADER_COUNT: usize = 64;
+/// The HTTP parser's own bounds, above ours so that most oversized heads still
+/// reach the JSON answers above; a head beyond these is refused by the parser
+/// itself with an empty body (it cannot be parsed into a request to answer).
+pub const PARSER_MAX_HEAD_BYTES: usize = 64 * 1024;
+/// See [`PARSER_MAX_HEAD_BYTES`].
+pub const PARSER_MAX_HEADERS: usize = 256;
+
+/// Redemptions one phone number may make per second, sustained, by default
+/// (`--redeem-rate-per-phone`); a person retrying a timed-out request stays far
+/// below it, a script hammering for one phone gets 429.
+pub const DEFAULT_REDEEM_RATE_PER_PHONE: u32 = 5;
+/// Redemptions one phone number may make in a burst by default (`--redeem-burst-per-phone`).
+pub const DEFAULT_REDEEM_BURST_PER_PHONE: u32 = 10;
+/// How often phones that are back to a full allowance are forgotten by the rate
+/// limiter, which keeps its memory proportional to recent hammering phones.
+pub const RATE_LIMIT_SWEEP_INTERVAL_MS: u64 = 1_000;
+
 const _: () = assert!(DRAIN_CHECK_INTERVAL_MS * 10 <= SHUTDOWN_GRACE_MS);
 const _: () = assert!(LEASE_RENEW_INTERVAL_MS * 3 <= LEASE_TTL_MS);
 const _: () = assert!(REDIS_LEASE_BATCH_SLOTS <= LOCAL_LEASE_BATCH_SLOTS);
@@ -113,3 +175,9 @@ const _: () =
 const _: () = assert!(MIN_PHONE_DIGITS <= MAX_PHONE_DIGITS);
 // A phone of MAX_PHONE_DIGITS digits must fit the u64 the ledger keys it by.
 const _: () = assert!(MAX_PHONE_DIGITS <= 19);
+const _: () = assert!(ACCEPT_BACKOFF_MIN_MS <= ACCEPT_BACKOFF_MAX_MS);
+const _: () = assert!(HEADER_READ_TIMEOUT_SECS <= IDLE_TIMEOUT_SECS);
+const _: () = assert!(MAX_URI_BYTES + MAX_HEADER_BYTES < PARSER_MAX_HEAD_BYTES);
+const _: () = assert!(MAX_HEADER_COUNT < PARSER_MAX_HEADERS);
+// The body timeout must outlast the time a full body takes at a modest rate.
+const _: () = assert!(BODY_READ_TIMEOUT_SECS >= HEADER_READ_TIMEOUT_SECS);

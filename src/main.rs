@@ -1,11 +1,11 @@
 //! The `voucherd` binary: parses the command line and runs the app.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use voucherd::config::{Cli, Command, MigrateArgs, ServeArgs, StoreLocation};
+use voucherd::config::{Cli, Command, LogFormat, MigrateArgs, ServeArgs, StoreLocation};
 use voucherd::App;
 
 /// The ledger writer allocates and frees B-tree pages at a high rate; mimalloc
@@ -13,30 +13,61 @@ use voucherd::App;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exits non-zero whenever the service stops without being asked to (an error
+/// from `serve`), so a restart-on-failure supervisor restarts it.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
     }
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        // Colour codes only for a person at a terminal, never in files or journals.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Client connections are bounded by the open-file limit: use all the kernel allows.
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "could not raise the open-file limit");
+    }
+    let settings = args.settings()?;
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
-    let app = App::build(args.settings(), listener).await?;
+    let edge = settings.edge;
+    let app = App::build(settings, listener).await?;
     let address = app.local_addr()?;
-    // The one line on stdout: scripts and tests wait for it.
+    // The listening line on stdout: scripts and tests wait for it.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "voucherd listening on http://{address}")?;
+    if let Some(metrics_address) = app.metrics_addr() {
+        writeln!(
+            stdout,
+            "voucherd metrics on http://{metrics_address}/metrics"
+        )?;
+    }
     stdout.flush()?;
-    tracing::info!(%address, store = %args.store, redis = args.redis.is_some(), "serving");
+    tracing::info!(
+        %address,
+        store = %args.store,
+        redis = args.redis.is_some(),
+        max_connections = edge.max_connections,
+        header_timeout_secs = edge.header_read_timeout.as_secs(),
+        body_timeout_secs = edge.body_read_timeout.as_secs(),
+        idle_timeout_secs = edge.idle_timeout.as_secs(),
+        "serving"
+    );
     app.run_until_stopped(shutdown_signal()).await
 }
 

@@ -88,6 +88,8 @@ pub enum RedemptionOutcome {
     not_active,
     /// Turned away by admission control (429).
     overloaded,
+    /// The phone number exceeded its redemption rate (429).
+    rate_limited,
     /// A bounded wait ran out or the ledger failed (503/500).
     failed,
 }
@@ -133,6 +135,8 @@ pub struct Metrics {
     slots_returned: Counter,
     slots_reclaimed: Counter,
     slot_source_degraded: Gauge,
+    /// Connections, accept errors and timeouts at the HTTP edge.
+    pub edge: EdgeMetrics,
 }
 
 impl Default for Metrics {
@@ -230,8 +234,10 @@ impl Metrics {
             "1 while Redis is unreachable and slots come from the ledger directly",
             slot_source_degraded.clone(),
         );
+        let edge = EdgeMetrics::register(&mut registry);
         Self {
             registry,
+            edge,
             leases,
             slots_leased,
             lease_duration,
@@ -309,6 +315,103 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// Why the HTTP edge closed or refused a connection, as a bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ConnectionEnd {
+    /// Past the connection cap: closed right after accept.
+    refused_over_cap,
+    /// No request for the idle timeout.
+    idle_timeout,
+    /// A request head not complete within the header timeout.
+    header_timeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectionEndLabels {
+    reason: ConnectionEnd,
+}
+
+/// What failed in `accept`, as a bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AcceptFailure {
+    /// EMFILE or ENFILE: no file descriptor left.
+    descriptors_exhausted,
+    /// ECONNABORTED and the like: the peer left before accept.
+    connection_aborted,
+    other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AcceptFailureLabels {
+    kind: AcceptFailure,
+}
+
+/// Metrics of the HTTP edge (connections and their limits).
+pub struct EdgeMetrics {
+    open: Gauge,
+    accepted: Counter,
+    ended: Family<ConnectionEndLabels, Counter>,
+    accept_errors: Family<AcceptFailureLabels, Counter>,
+}
+
+impl EdgeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Client connections open now",
+            open.clone(),
+        );
+        let accepted = Counter::default();
+        registry.register(
+            "http_connections_accepted",
+            "Client connections accepted (including those refused over the cap)",
+            accepted.clone(),
+        );
+        let ended = Family::<ConnectionEndLabels, Counter>::default();
+        registry.register(
+            "http_connections_closed_by_server",
+            "Connections the server refused or closed on a limit, by reason",
+            ended.clone(),
+        );
+        let accept_errors = Family::<AcceptFailureLabels, Counter>::default();
+        registry.register(
+            "http_accept_errors",
+            "Failed accept calls, by kind; the server backs off and keeps accepting",
+            accept_errors.clone(),
+        );
+        Self {
+            open,
+            accepted,
+            ended,
+            accept_errors,
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.accepted.inc();
+        self.open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.open.dec();
+    }
+
+    pub fn count_connection_end(&self, reason: ConnectionEnd) {
+        self.ended
+            .get_or_create(&ConnectionEndLabels { reason })
+            .inc();
+    }
+
+    pub fn count_accept_error(&self, kind: AcceptFailure) {
+        self.accept_errors
+            .get_or_create(&AcceptFailureLabels { kind })
+            .inc();
     }
 }
 

@@ -29,6 +29,7 @@ use crate::limits::{
     MAX_WALLET_WRITES_IN_FLIGHT, UNKNOWN_VOUCHER_CACHE_MS,
 };
 use crate::metrics::{Metrics, RedemptionOutcome};
+use crate::rate_limit::PhoneRateLimiter;
 use crate::store::{Ledger, NewProfile, NewTransaction};
 
 /// Marks one HTTP request in flight while it lives.
@@ -73,6 +74,8 @@ pub struct Service {
     /// Codes recently found in no ledger, with when; keeps floods of unknown
     /// codes in memory when the ledger is shared.
     unknown_codes: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// The per-phone redemption rate, when one is configured.
+    phone_rate: Option<Arc<PhoneRateLimiter>>,
 }
 
 impl Service {
@@ -94,11 +97,23 @@ impl Service {
             requests_in_flight: Arc::default(),
             shared_ledger,
             unknown_codes: parking_lot::Mutex::default(),
+            phone_rate: None,
         }
+    }
+
+    /// Limits redemptions per phone number (429 with `Retry-After` past it).
+    pub fn with_phone_rate_limit(mut self, limiter: Option<Arc<PhoneRateLimiter>>) -> Self {
+        self.phone_rate = limiter;
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// A shared handle to the metrics (for the server loop).
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     pub fn directory(&self) -> &Directory {
@@ -144,7 +159,14 @@ impl Service {
     }
 
     pub async fn redeem(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
-        let result = self.try_redeem(code, phone).await;
+        let admitted = match &self.phone_rate {
+            Some(limiter) => limiter.check(phone),
+            None => Ok(()),
+        };
+        let result = match admitted {
+            Ok(()) => self.try_redeem(code, phone).await,
+            Err(refused) => Err(refused),
+        };
         self.metrics.count_redemption(match &result {
             Ok(_) => RedemptionOutcome::redeemed,
             Err(Error::AlreadyRedeemed) => RedemptionOutcome::already_redeemed,
@@ -152,6 +174,7 @@ impl Service {
             Err(Error::VoucherNotFound) => RedemptionOutcome::not_found,
             Err(Error::VoucherNotActive) => RedemptionOutcome::not_active,
             Err(Error::Overloaded) => RedemptionOutcome::overloaded,
+            Err(Error::RateLimited { .. }) => RedemptionOutcome::rate_limited,
             Err(_) => RedemptionOutcome::failed,
         });
         result

@@ -19,6 +19,16 @@ pub enum ApiError {
     PayloadTooLarge,
     NotFound,
     MethodNotAllowed,
+    /// No credential, or not one that grants this route.
+    Unauthorized,
+    /// The body did not arrive within the body timeout.
+    BodyTimeout,
+    /// The request target is longer than the edge accepts.
+    UriTooLong,
+    /// Too many header fields, or too many header bytes.
+    HeadersTooLarge,
+    /// Content-Length and Transfer-Encoding in one request (request smuggling).
+    AmbiguousFraming,
 }
 
 impl From<Error> for ApiError {
@@ -45,6 +55,31 @@ impl ApiError {
                 "the request body is larger than 16 KiB",
             ),
             ApiError::NotFound => opaque(StatusCode::NOT_FOUND, "not_found", "no such route"),
+            ApiError::Unauthorized => opaque(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this route needs a valid token: Authorization: Bearer <token>",
+            ),
+            ApiError::BodyTimeout => opaque(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            ),
+            ApiError::UriTooLong => opaque(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "the request target is too long",
+            ),
+            ApiError::HeadersTooLarge => opaque(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "the request has too many or too large header fields",
+            ),
+            ApiError::AmbiguousFraming => opaque(
+                StatusCode::BAD_REQUEST,
+                "ambiguous_framing",
+                "Content-Length and Transfer-Encoding must not be sent together",
+            ),
             ApiError::MethodNotAllowed => opaque(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -69,6 +104,13 @@ impl ApiError {
                     E::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
                     E::VoucherExhausted => (StatusCode::GONE, "voucher_exhausted"),
                     E::VoucherNotActive => (StatusCode::FORBIDDEN, "voucher_not_active"),
+                    E::RateLimited { .. } => {
+                        return opaque(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            "too many redemptions for this phone number; retry after the time in Retry-After",
+                        )
+                    }
                     E::Overloaded => {
                         return opaque(
                             StatusCode::TOO_MANY_REQUESTS,
@@ -115,10 +157,20 @@ impl Reply for ApiError {
         };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), status).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Domain(Error::RateLimited { retry_after_secs }) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ if status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }

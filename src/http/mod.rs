@@ -1,12 +1,17 @@
-//! The HTTP edge: warp filters that only wire routes to [`handlers`], the bounded
-//! body reader, request metrics, and the one error mapping in [`error`].
+//! The HTTP edge: the server loop in [`server`] (connection cap, timeouts, head
+//! checks), warp filters that only wire routes to [`handlers`] behind their
+//! [`auth`] rule, the bounded body reader, request metrics, and the one error
+//! mapping in [`error`].
 
+pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod handlers;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -19,14 +24,24 @@ use warp::{Filter, Reply};
 use crate::limits::MAX_BODY_BYTES;
 use crate::metrics::Route;
 use crate::service::{RequestGuard, Service};
+use auth::{Access, AccessPolicy, ADMIN};
 use dto::StatusResponse;
 use error::ApiError;
 
 type Body = Result<Bytes, ApiError>;
 type Query = HashMap<String, String>;
+/// Whether the request may use its route: checked before its body is read.
+type Gate = Result<(), ApiError>;
 
-/// Every route of the service, with request metrics and JSON errors.
-pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+/// What the routes need besides the service.
+#[derive(Debug, Clone)]
+pub struct RouteOptions {
+    pub access: Arc<AccessPolicy>,
+    pub body_read_timeout: Duration,
+}
+
+/// Every route of the service, with its access rule, request metrics and JSON errors.
+pub fn routes(service: Arc<Service>, options: RouteOptions) -> BoxedFilter<(Response,)> {
     let metrics_service = service.clone();
     let tracker = service.clone();
     let observe = warp::log::custom(move |info| {
@@ -39,10 +54,17 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         let service = service.clone();
         warp::any().map(move || service.clone())
     };
+    let policy = options.access.clone();
+    let gate = move |access: Access| access_gate(policy.clone(), access);
+    let timeout = options.body_read_timeout;
+    let body = {
+        let gate = gate.clone();
+        move |access: Access| bounded_body(gate(access), timeout)
+    };
 
     let create_voucher = warp::post()
         .and(warp::path!("api" / "vouchers"))
-        .and(bounded_body())
+        .and(body(ADMIN))
         .and(with())
         .then(|body: Body, s: Arc<Service>| async move {
             respond(
@@ -64,7 +86,7 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .boxed();
     let redeem = warp::post()
         .and(warp::path!("api" / "vouchers" / "redeem"))
-        .and(bounded_body())
+        .and(body(Access::Public))
         .and(with())
         .then(|body: Body, s: Arc<Service>| async move {
             respond(
@@ -76,7 +98,7 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
     let report = warp::get()
         .and(warp::path!("api" / "vouchers" / "report"))
         .and(warp::query::<Query>())
-        .and(bounded_body())
+        .and(body(ADMIN))
         .and(with())
         .then(|query: Query, body: Body, s: Arc<Service>| async move {
             respond(
@@ -106,7 +128,7 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .boxed();
     let create_profile = warp::post()
         .and(warp::path!("api" / "profiles"))
-        .and(bounded_body())
+        .and(body(ADMIN))
         .and(with())
         .then(|body: Body, s: Arc<Service>| async move {
             respond(
@@ -118,18 +140,25 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
     let profile = warp::get()
         .and(warp::path!("api" / "profiles" / String))
         .and(warp::query::<Query>())
+        .and(gate(ADMIN))
         .and(with())
-        .then(|phone: String, query: Query, s: Arc<Service>| async move {
-            respond(
-                StatusCode::OK,
-                handlers::get_profile(&s, &phone, &query).await,
-            )
-        })
+        .then(
+            |phone: String, query: Query, gate: Gate, s: Arc<Service>| async move {
+                respond(
+                    StatusCode::OK,
+                    async {
+                        gate?;
+                        handlers::get_profile(&s, &phone, &query).await
+                    }
+                    .await,
+                )
+            },
+        )
         .boxed();
     let transaction = warp::post()
         .and(warp::path!("api" / "transactions"))
         .and(warp::header::optional::<String>("idempotency-key"))
-        .and(bounded_body())
+        .and(body(ADMIN))
         .and(with())
         .then(
             |key: Option<String>, body: Body, s: Arc<Service>| async move {
@@ -162,14 +191,11 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .boxed();
     let metrics = warp::get()
         .and(warp::path!("metrics"))
+        .and(gate(ADMIN))
         .and(with())
-        .map(|s: Arc<Service>| {
-            warp::reply::with_header(
-                s.metrics().encode(),
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-            .into_response()
+        .map(|gate: Gate, s: Arc<Service>| match gate {
+            Ok(()) => metrics_text(&s),
+            Err(refused) => refused.into_response(),
         })
         .boxed();
 
@@ -217,6 +243,36 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// The routes of the separate metrics address: `/metrics` without a token (the
+/// address is meant for an internal network), 404 for everything else.
+pub fn metrics_routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::get()
+        .and(warp::path!("metrics"))
+        .map(move || metrics_text(&service))
+        .or(warp::any().map(|| ApiError::NotFound.into_response()))
+        .unify()
+        .boxed()
+}
+
+fn metrics_text(service: &Service) -> Response {
+    warp::reply::with_header(
+        service.metrics().encode(),
+        "content-type",
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )
+    .into_response()
+}
+
+/// Whether the request's `Authorization` grants `access`; never rejects, so the
+/// route answers 401 itself instead of falling through to other routes.
+fn access_gate(
+    policy: Arc<AccessPolicy>,
+    access: Access,
+) -> impl Filter<Extract = (Gate,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .map(move |authorization: Option<String>| policy.check(access, authorization.as_deref()))
+}
+
 /// Answers what no route took: 404 for an unknown path, 405 for a known path
 /// with another method, 400 when a route matched but its query or headers did not parse.
 fn fallback() -> BoxedFilter<(Response,)> {
@@ -246,17 +302,27 @@ fn respond<T: Serialize>(status: StatusCode, outcome: Result<T, ApiError>) -> Re
     }
 }
 
-/// The request body, read up to [`MAX_BODY_BYTES`]: a declared or actual larger
-/// body is refused without reading it all. Never rejects; errors travel as values.
-fn bounded_body() -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
+/// The request body, once `gate` lets the request through (a refused request's
+/// body is never read), read up to [`MAX_BODY_BYTES`] within `timeout`: a
+/// declared or actual larger body is refused without reading it all, a stalled
+/// one gets 408. Never rejects; errors travel as values.
+fn bounded_body(
+    gate: impl Filter<Extract = (Gate,), Error = warp::Rejection> + Clone,
+    timeout: Duration,
+) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    gate.and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .then(|declared: Option<u64>, stream| async move {
-            if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-                return Err(ApiError::PayloadTooLarge);
-            }
-            collect_bounded(stream).await
-        })
+        .then(
+            move |gate: Gate, declared: Option<u64>, stream| async move {
+                gate?;
+                if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                tokio::time::timeout(timeout, collect_bounded(stream))
+                    .await
+                    .unwrap_or(Err(ApiError::BodyTimeout))
+            },
+        )
 }
 
 async fn collect_bounded<S, B>(stream: S) -> Body

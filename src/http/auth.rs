@@ -1,0 +1,187 @@
+//! Who may call which route: bearer tokens, compared in constant time.
+//!
+//! Each route declares an [`Access`]: public, or the principals whose token it
+//! accepts. Today there is one principal, the operator's admin token; the wallet
+//! service will add a second kind (the token the voucher service presents to it)
+//! as another [`Principal`] with its own routes, without changing this shape.
+//!
+//! Tokens are kept only as SHA-256 digests, so comparing fixed-size digests with
+//! `subtle` leaks neither content nor length, and no token text stays in memory
+//! to be logged by accident. With no token configured the policy is open: the app
+//! allows that only on a loopback address (see `App::build`).
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+
+/// Shortest token accepted: a token is a shared secret, not a password to type.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// A kind of caller that holds a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// The operator: creates vouchers, reads reports and wallets, moves money.
+    Admin,
+}
+
+/// What a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: redeem, voucher reads, redemption status, health.
+    Public,
+    /// A token of one of these principals.
+    Only(&'static [Principal]),
+}
+
+/// Routes only the operator may call.
+pub const ADMIN: Access = Access::Only(&[Principal::Admin]);
+
+/// A secret token, held as its digest. `Debug` never shows it.
+#[derive(Clone)]
+pub struct Token {
+    digest: [u8; 32],
+}
+
+impl Token {
+    /// A token from its text; surrounding whitespace (a file's trailing newline)
+    /// is not part of it.
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let secret = secret.trim();
+        if secret.len() < MIN_TOKEN_BYTES {
+            return Err(format!(
+                "a token must be at least {MIN_TOKEN_BYTES} bytes long (after trimming whitespace)"
+            ));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a token must be printable ASCII without spaces".into());
+        }
+        Ok(Self {
+            digest: digest(secret.as_bytes()),
+        })
+    }
+
+    fn matches(&self, presented: &[u8; 32]) -> bool {
+        self.digest.ct_eq(presented).into()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// The tokens this instance accepts, by principal.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    tokens: Vec<(Principal, Token)>,
+}
+
+impl AccessPolicy {
+    /// No token configured: every route is open (loopback only, see `App::build`).
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    pub fn with_token(mut self, principal: Principal, token: Token) -> Self {
+        self.tokens.push((principal, token));
+        self
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Whether a request with this `Authorization` header may use a route of `access`.
+    pub fn check(&self, access: Access, authorization: Option<&str>) -> Result<(), ApiError> {
+        let Access::Only(principals) = access else {
+            return Ok(());
+        };
+        if self.is_open() {
+            return Ok(());
+        }
+        let presented = authorization
+            .and_then(bearer_token)
+            .map(|token| digest(token.as_bytes()))
+            .ok_or(ApiError::Unauthorized)?;
+        // Compare with every configured token, so timing does not tell which matched.
+        let mut granted = false;
+        for (principal, token) in &self.tokens {
+            granted |= token.matches(&presented) && principals.contains(principal);
+        }
+        if granted {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is
+/// case-insensitive, as RFC 9110 says).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case("bearer ") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "s3cret-token-0123456789";
+
+    fn admin_only() -> AccessPolicy {
+        AccessPolicy::open().with_token(Principal::Admin, Token::new(SECRET).unwrap())
+    }
+
+    #[test]
+    fn admin_routes_need_the_admin_token() {
+        let policy = admin_only();
+        assert!(policy
+            .check(ADMIN, Some(format!("Bearer {SECRET}").as_str()))
+            .is_ok());
+        assert!(policy
+            .check(ADMIN, Some(format!("bearer {SECRET}").as_str()))
+            .is_ok());
+        assert!(matches!(
+            policy.check(ADMIN, None),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            policy.check(ADMIN, Some("Bearer wrong-token-0123456789")),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            policy.check(ADMIN, Some(format!("Basic {SECRET}").as_str())),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            policy.check(ADMIN, Some("Bearer ")),
+            Err(ApiError::Unauthorized)
+        ));
+    }
+
+    #[test]
+    fn public_routes_and_an_open_policy_need_nothing() {
+        assert!(admin_only().check(Access::Public, None).is_ok());
+        assert!(AccessPolicy::open().check(ADMIN, None).is_ok());
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_and_tokens_never_print() {
+        assert!(Token::new("short").is_err());
+        assert!(Token::new("has a space in it, long enough").is_err());
+        let token = Token::new(&format!("{SECRET}\n")).unwrap();
+        assert_eq!(format!("{token:?}"), "Token(***)");
+        assert!(!format!("{:?}", admin_only()).contains(SECRET));
+    }
+}
