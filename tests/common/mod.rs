@@ -34,11 +34,37 @@ pub struct TestServer {
     /// Holds the stderr log (outside the store so that it never confuses the ledger).
     log_dir: TempDir,
     client: reqwest::Client,
+    options: StartOptions,
+}
+
+/// How to start the binary beyond the defaults (kept across restarts).
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Extra `serve` arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Soft and hard RLIMIT_NOFILE of the child.
+    pub open_files: Option<u64>,
+}
+
+impl StartOptions {
+    pub fn args(args: &[&str]) -> Self {
+        Self {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Self::default()
+        }
+    }
 }
 
 impl TestServer {
     /// Starts the binary on `127.0.0.1:0` with a fresh, empty store.
     pub async fn start() -> TestServer {
+        Self::start_with(StartOptions::default()).await
+    }
+
+    /// Like [`TestServer::start`], with extra arguments, environment or limits.
+    pub async fn start_with(options: StartOptions) -> TestServer {
         let store = tempfile::Builder::new()
             .prefix("voucherd-store-")
             .tempdir()
@@ -53,6 +79,7 @@ impl TestServer {
             store,
             log_dir,
             client: client(),
+            options,
         };
         server.spawn().await;
         server
@@ -114,12 +141,28 @@ impl TestServer {
             .arg("127.0.0.1:0")
             .arg("--store")
             .arg(self.store.path())
+            .args(&self.options.args)
             .env_remove("VOUCHERD_LISTEN")
             .env_remove("VOUCHERD_STORE")
+            .env_remove("VOUCHERD_ADMIN_TOKEN")
+            .envs(self.options.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        if let Some(limit) = self.options.open_files {
+            // SAFETY: only an async-signal-safe system call runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
         let (child, url) = binary::start(&mut command, "voucherd", || self.log()).await;
         self.base_url = url;
         self.child = Some(child);
@@ -286,6 +329,7 @@ pub struct Resp {
     /// The body parsed as JSON, or `Value::Null` when it is not JSON.
     pub json: Value,
     pub is_json: bool,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Resp {
@@ -377,6 +421,7 @@ pub async fn send(request: RequestBuilder) -> Resp {
 pub async fn try_send(request: RequestBuilder) -> Result<Resp, reqwest::Error> {
     let response = request.send().await?;
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let content_type = response
         .headers()
         .get("content-type")
@@ -391,6 +436,7 @@ pub async fn try_send(request: RequestBuilder) -> Result<Resp, reqwest::Error> {
         is_json: parsed.is_some(),
         json: parsed.unwrap_or(Value::Null),
         text,
+        headers,
     })
 }
 
