@@ -124,7 +124,8 @@ pub async fn open(
 ) -> anyhow::Result<std::sync::Arc<dyn Ledger>> {
     match store {
         crate::config::StoreLocation::Embedded(path) => {
-            let ledger = embedded::EmbeddedLedger::open(path, metrics)?;
+            let ledger = embedded::EmbeddedLedger::open(path, metrics)
+                .map_err(|error| explain_embedded_open_error(path, error))?;
             Ok(std::sync::Arc::new(ledger))
         }
         crate::config::StoreLocation::Postgres(url) => {
@@ -132,4 +133,25 @@ pub async fn open(
             Ok(std::sync::Arc::new(ledger))
         }
     }
+}
+
+/// Names the directory and the likely cause when the embedded store cannot be
+/// opened, instead of redb's bare "Database already open".
+fn explain_embedded_open_error(path: &std::path::Path, error: anyhow::Error) -> anyhow::Error {
+    let already_open = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<redb::DatabaseError>(),
+            Some(redb::DatabaseError::DatabaseAlreadyOpen)
+        )
+    });
+    if already_open {
+        return anyhow::anyhow!(
+            "the embedded store in {} is already open in another process (another voucherd \
+             with the same --store?). The embedded store serves one instance: stop the other \
+             one, give this one its own --store directory, or share a postgres:// ledger \
+             between instances",
+            path.display()
+        );
+    }
+    error.context(format!("opening the embedded store in {}", path.display()))
 }
