@@ -42,6 +42,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(%error, "could not raise the open-file limit");
     }
+    let stop_requested = shutdown_signal()?;
     let settings = args.settings()?;
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
@@ -68,7 +69,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout_secs = edge.idle_timeout.as_secs(),
         "serving"
     );
-    app.run_until_stopped(shutdown_signal()).await
+    app.run_until_stopped(stop_requested).await
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -84,28 +85,17 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+/// Installs the SIGTERM and SIGINT handlers now, and returns the future that
+/// resolves on either. Installed before the listening line is printed, so a
+/// supervisor's SIGTERM right after start is a clean stop, never a kill.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => {}
             _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
+    })
 }

@@ -85,3 +85,13 @@ async fn a_second_instance_on_one_embedded_store_is_told_why() {
     first.wait_ready().await;
     first.stop().await;
 }
+
+/// Goal: a SIGTERM right after the listening line (a supervisor that stops what it
+/// just started) is a clean stop with exit code 0, never a kill by the signal.
+#[tokio::test]
+async fn sigterm_right_after_start_is_a_clean_stop() {
+    for _ in 0..5 {
+        let mut server = TestServer::start().await;
+        server.stop().await;
+    }
+}
