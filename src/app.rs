@@ -3,7 +3,9 @@
 //! The app takes an already-bound listener (tests bind port 0) and a shutdown
 //! future. On shutdown it stops accepting, lets in-flight requests finish (up to
 //! [`SHUTDOWN_GRACE_MS`]), then flushes the ledger, so every acknowledged write is
-//! durable before the process exits.
+//! durable before the process exits. When the actors cannot be restored (the
+//! supervisor spent its restart budget, or stopped) it stops the same way and
+//! returns an error, so the process exits non-zero and is restarted.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -23,6 +25,7 @@ use crate::actors::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::config::Settings;
 use crate::limits::{DRAIN_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS};
 use crate::metrics::Metrics;
+use crate::readiness::{NotReadyReason, Readiness};
 use crate::service::Service;
 use crate::slots::local::LocalSlots;
 use crate::slots::redis::RedisSlots;
@@ -35,6 +38,9 @@ pub struct App {
     ledger: Arc<dyn Ledger>,
     supervisor: ActorRef<SupervisorMsg>,
     supervisor_task: JoinHandle<()>,
+    /// Set by the supervisor when the actors cannot be restored; closed when
+    /// the supervisor stops.
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl App {
@@ -58,6 +64,8 @@ impl App {
             None if settings.store.is_shared() => Arc::new(LocalSlots::shared(ledger.clone())),
             None => Arc::new(LocalSlots::new(ledger.clone())),
         };
+        let readiness = Arc::new(Readiness::default());
+        let (fatal_sender, fatal) = watch::channel(None);
         let arguments = SupervisorArgs {
             voucher_args: VoucherShardArgs {
                 index: 0,
@@ -72,6 +80,9 @@ impl App {
             },
             wallet_actors: settings.wallet_actors,
             metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            restart_budget: Duration::from_millis(settings.actor_restart_budget_ms),
+            fatal: fatal_sender,
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, Supervisor, arguments)
             .await
@@ -84,6 +95,7 @@ impl App {
             ledger.clone(),
             metrics,
             settings.store.is_shared(),
+            readiness,
         ));
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -93,6 +105,7 @@ impl App {
             ledger,
             supervisor,
             supervisor_task,
+            fatal,
         })
     }
 
@@ -110,10 +123,20 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (signalled, signal_seen) = oneshot::channel();
+        let (failed, failure) = oneshot::channel();
         let service = self.service.clone();
+        let mut fatal = self.fatal.clone();
         let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            tokio::select! {
+                () = shutdown => {
+                    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+                }
+                reason = supervision_lost(&mut fatal) => {
+                    tracing::error!(%reason, "stopping: the actors cannot be restored");
+                    service.readiness().raise(NotReadyReason::SupervisorFailed);
+                    let _ = failed.send(reason);
+                }
+            }
             service.set_not_ready();
             let _ = signalled.send(());
         };
@@ -157,8 +180,20 @@ impl App {
             .context("flushing the ledger")?;
         self.supervisor.stop(None);
         let _ = self.supervisor_task.await;
+        if let Ok(reason) = failure.await {
+            anyhow::bail!("the actors could not be restored: {reason}");
+        }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Resolves when the actors cannot be restored: the supervisor says why, or it
+/// stopped (its end of the channel closed) for any other reason.
+async fn supervision_lost(fatal: &mut watch::Receiver<Option<String>>) -> String {
+    match fatal.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        Err(_) => "the actor supervisor stopped".to_owned(),
     }
 }
 

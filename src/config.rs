@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::limits::DEFAULT_SHARDS;
+use crate::limits::{ACTOR_RESTART_BUDGET_MS, DEFAULT_SHARDS};
 pub use crate::slots::redis::RedisTarget;
 
 #[derive(Debug, Parser)]
@@ -69,6 +69,7 @@ impl ServeArgs {
             redis: self.redis.clone(),
             voucher_shards: usize::from(self.voucher_shards),
             wallet_actors: usize::from(self.wallet_actors),
+            actor_restart_budget_ms: ACTOR_RESTART_BUDGET_MS,
         }
     }
 }
@@ -80,6 +81,9 @@ pub struct Settings {
     pub redis: Option<RedisTarget>,
     pub voucher_shards: usize,
     pub wallet_actors: usize,
+    /// How long a failed actor may stay down before the app stops with an error
+    /// ([`ACTOR_RESTART_BUDGET_MS`]; tests shorten it).
+    pub actor_restart_budget_ms: u64,
 }
 
 impl Settings {
@@ -90,6 +94,7 @@ impl Settings {
             redis: None,
             voucher_shards: DEFAULT_SHARDS,
             wallet_actors: DEFAULT_SHARDS,
+            actor_restart_budget_ms: ACTOR_RESTART_BUDGET_MS,
         }
     }
 }
