@@ -16,8 +16,9 @@
 //! handle (redb's repair falls back to the last durable commit), and probes it
 //! with a small write, with backoff, until one succeeds; no restart is needed.
 //! A batch whose commit failed is answered only once the fresh handle says
-//! whether it reached the disk, so no write is acknowledged that is not durable
-//! and none is refused that is.
+//! whether it reached the disk: its own answers if it did, `NotWritten` if not,
+//! `Unavailable` if that cannot be told. So no write is acknowledged that is not
+//! durable, and none refused as `NotWritten` was applied.
 //!
 //! The layout keeps the pages one claim dirties few, because page writes bound a
 //! B-tree's commit rate: a user's wallet head and redemption markers share one
@@ -613,9 +614,7 @@ impl<'txn> Tables<'txn> {
                 (i64::from(claim.slot), credit.sequence, claim.at.0),
             )
             .map_err(db_error)?;
-        self.redeemed
-            .insert(code, redeemed + 1)
-            .map_err(db_error)?;
+        self.redeemed.insert(code, redeemed + 1).map_err(db_error)?;
         Ok(Redemption {
             id: credit.id,
             code: claim.code,
@@ -706,9 +705,7 @@ impl<'txn> Tables<'txn> {
             new_balance,
             previous,
         );
-        self.transactions
-            .insert(sequence, row)
-            .map_err(db_error)?;
+        self.transactions.insert(sequence, row).map_err(db_error)?;
         if transaction.replayable {
             self.transaction_ids
                 .insert(id, sequence)
@@ -821,11 +818,13 @@ impl Unresolved {
     /// its commit reached the disk, `NotWritten` if it did not.
     fn resolve(self, db: &Database) {
         match self.landed(db) {
-            Ok(Some(true)) | Ok(None) => {
-                tracing::warn!(
-                    operations = self.applied.len(),
-                    "a failed ledger commit reached the disk; its answers stand"
-                );
+            Ok(landed @ (Some(true) | None)) => {
+                if landed.is_some() {
+                    tracing::warn!(
+                        operations = self.applied.len(),
+                        "a failed ledger commit reached the disk; its answers stand"
+                    );
+                }
                 for done in self.applied {
                     done.answer(None);
                 }
@@ -1179,9 +1178,8 @@ impl Writer {
     /// Checks that the disk has room, then writes a probe row; returns the last
     /// transaction sequence, read in the same write transaction.
     fn probe(&self) -> Result<u64, Probe> {
-        has_room(&self.database.directory).map_err(|error| {
-            Probe::NoRoom(Error::unavailable(format!("space probe: {error}")))
-        })?;
+        has_room(&self.database.directory)
+            .map_err(|error| Probe::NoRoom(Error::unavailable(format!("space probe: {error}"))))?;
         let db = self
             .db
             .as_ref()
