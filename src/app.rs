@@ -206,3 +206,25 @@ async fn load_catalog(ledger: &dyn Ledger, metrics: &Metrics) -> anyhow::Result<
     }
     Ok(catalog)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lost_supervisor_is_noticed_with_its_reason_or_by_its_silence() {
+        let (sender, mut fatal) = watch::channel(None);
+        sender.send_replace(Some("VoucherShard(3) could not be restarted".to_owned()));
+        assert_eq!(
+            supervision_lost(&mut fatal).await,
+            "VoucherShard(3) could not be restarted"
+        );
+
+        let (sender, mut fatal) = watch::channel::<Option<String>>(None);
+        drop(sender); // The supervisor stopped, for whatever reason.
+        assert_eq!(
+            supervision_lost(&mut fatal).await,
+            "the actor supervisor stopped"
+        );
+    }
+}

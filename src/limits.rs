@@ -149,7 +149,8 @@ pub const DATABASE_PROBE_TIMEOUT_MS: u64 = 1_000;
 // a recovering writer looks at its queue more often than it probes; a database
 // probe ends before the next one starts.
 const _: () = assert!(ACTOR_RESTART_MIN_DELAY_MS <= ACTOR_RESTART_MAX_DELAY_MS);
-const _: () = assert!(ACTOR_RESTART_MAX_DELAY_MS + ACTOR_START_TIMEOUT_MS < ACTOR_RESTART_BUDGET_MS);
+const _: () =
+    assert!(ACTOR_RESTART_MAX_DELAY_MS + ACTOR_START_TIMEOUT_MS < ACTOR_RESTART_BUDGET_MS);
 const _: () = assert!(LEDGER_RECOVERY_MIN_DELAY_MS <= LEDGER_RECOVERY_MAX_DELAY_MS);
 const _: () = assert!(LEDGER_RECOVERY_POLL_MS <= LEDGER_RECOVERY_MIN_DELAY_MS);
 const _: () = assert!(DATABASE_PROBE_TIMEOUT_MS <= DATABASE_PROBE_INTERVAL_MS);

@@ -22,7 +22,9 @@ use parking_lot::RwLock;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
-use crate::limits::{ACTOR_RESTART_MAX_DELAY_MS, ACTOR_RESTART_MIN_DELAY_MS, ACTOR_START_TIMEOUT_MS};
+use crate::limits::{
+    ACTOR_RESTART_MAX_DELAY_MS, ACTOR_RESTART_MIN_DELAY_MS, ACTOR_START_TIMEOUT_MS,
+};
 use crate::metrics::Metrics;
 use crate::readiness::{NotReadyReason, Readiness};
 use voucher::{VoucherShard, VoucherShardArgs, VoucherShardMsg};

@@ -36,6 +36,11 @@
 //! otherwise it is retried, and if the database cannot be asked the batch is
 //! answered `Storage` rather than risk applying a transaction twice.
 //!
+//! A task asks the database `SELECT 1` every second on a connection of its
+//! own; while it gets no answer, the ledger reports itself unreachable and
+//! readiness says `database_unreachable`, so load balancers send the traffic
+//! elsewhere until the database is back.
+//!
 //! The SQL sticks to what CockroachDB also accepts: no advisory locks, no
 //! PL/pgSQL; `INSERT … ON CONFLICT … RETURNING`, multi-array `unnest` and
 //! `SELECT … FOR UPDATE` carry the claim path.
