@@ -3,7 +3,9 @@
 //! The app takes an already-bound listener (tests bind port 0) and a shutdown
 //! future. On shutdown it stops accepting, lets in-flight requests finish (up to
 //! [`SHUTDOWN_GRACE_MS`]), then flushes the ledger, so every acknowledged write is
-//! durable before the process exits.
+//! durable before the process exits. When the actors cannot be restored (the
+//! supervisor spent its restart budget, or stopped) it stops the same way and
+//! returns an error, so the process exits non-zero and is restarted.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::actors::catalog::{Catalog, VoucherView};
@@ -25,6 +27,7 @@ use crate::http::RouteOptions;
 use crate::limits::{DRAIN_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS};
 use crate::metrics::Metrics;
 use crate::rate_limit::PhoneRateLimiter;
+use crate::readiness::{NotReadyReason, Readiness};
 use crate::service::Service;
 use crate::slots::local::LocalSlots;
 use crate::slots::redis::RedisSlots;
@@ -40,6 +43,9 @@ pub struct App {
     ledger: Arc<dyn Ledger>,
     supervisor: ActorRef<SupervisorMsg>,
     supervisor_task: JoinHandle<()>,
+    /// Set by the supervisor when the actors cannot be restored; closed when
+    /// the supervisor stops.
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl App {
@@ -76,6 +82,8 @@ impl App {
             None if settings.store.is_shared() => Arc::new(LocalSlots::shared(ledger.clone())),
             None => Arc::new(LocalSlots::new(ledger.clone())),
         };
+        let readiness = Arc::new(Readiness::default());
+        let (fatal_sender, fatal) = watch::channel(None);
         let arguments = SupervisorArgs {
             voucher_args: VoucherShardArgs {
                 index: 0,
@@ -90,6 +98,9 @@ impl App {
             },
             wallet_actors: settings.wallet_actors,
             metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            restart_budget: Duration::from_millis(settings.actor_restart_budget_ms),
+            fatal: fatal_sender,
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, Supervisor, arguments)
             .await
@@ -107,6 +118,7 @@ impl App {
                 ledger.clone(),
                 metrics,
                 settings.store.is_shared(),
+                readiness,
             )
             .with_phone_rate_limit(phone_rate),
         );
@@ -124,6 +136,7 @@ impl App {
             ledger,
             supervisor,
             supervisor_task,
+            fatal,
         })
     }
 
@@ -148,10 +161,20 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (signalled, signal_seen) = oneshot::channel();
+        let (failed, failure) = oneshot::channel();
         let service = self.service.clone();
+        let mut fatal = self.fatal.clone();
         let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            tokio::select! {
+                () = shutdown => {
+                    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+                }
+                reason = supervision_lost(&mut fatal) => {
+                    tracing::error!(%reason, "stopping: the actors cannot be restored");
+                    service.readiness().raise(NotReadyReason::SupervisorFailed);
+                    let _ = failed.send(reason);
+                }
+            }
             service.set_not_ready();
             let _ = signalled.send(());
         };
@@ -207,6 +230,9 @@ impl App {
             .context("flushing the ledger")?;
         self.supervisor.stop(None);
         let _ = self.supervisor_task.await;
+        if let Ok(reason) = failure.await {
+            anyhow::bail!("the actors could not be restored: {reason}");
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -230,6 +256,15 @@ fn check_exposure(settings: &Settings, address: SocketAddr) -> anyhow::Result<()
     )
 }
 
+/// Resolves when the actors cannot be restored: the supervisor says why, or it
+/// stopped (its end of the channel closed) for any other reason.
+async fn supervision_lost(fatal: &mut watch::Receiver<Option<String>>) -> String {
+    match fatal.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        Err(_) => "the actor supervisor stopped".to_owned(),
+    }
+}
+
 async fn load_catalog(ledger: &dyn Ledger, metrics: &Metrics) -> anyhow::Result<Catalog> {
     let catalog = Catalog::default();
     for status in ledger.vouchers().await? {
@@ -238,4 +273,26 @@ async fn load_catalog(ledger: &dyn Ledger, metrics: &Metrics) -> anyhow::Result<
         metrics.set_remaining_slots(view.voucher.code.as_str(), view.remaining());
     }
     Ok(catalog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lost_supervisor_is_noticed_with_its_reason_or_by_its_silence() {
+        let (sender, mut fatal) = watch::channel(None);
+        sender.send_replace(Some("VoucherShard(3) could not be restarted".to_owned()));
+        assert_eq!(
+            supervision_lost(&mut fatal).await,
+            "VoucherShard(3) could not be restarted"
+        );
+
+        let (sender, mut fatal) = watch::channel::<Option<String>>(None);
+        drop(sender); // The supervisor stopped, for whatever reason.
+        assert_eq!(
+            supervision_lost(&mut fatal).await,
+            "the actor supervisor stopped"
+        );
+    }
 }

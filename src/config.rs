@@ -11,9 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::http::auth::{AccessPolicy, Principal, Token};
 use crate::http::server::EdgeLimits;
 use crate::limits::{
-    BODY_READ_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, DEFAULT_REDEEM_BURST_PER_PHONE,
-    DEFAULT_REDEEM_RATE_PER_PHONE, DEFAULT_SHARDS, HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS,
-    RESERVED_FILE_DESCRIPTORS,
+    ACTOR_RESTART_BUDGET_MS, BODY_READ_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REDEEM_BURST_PER_PHONE, DEFAULT_REDEEM_RATE_PER_PHONE, DEFAULT_SHARDS,
+    HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, RESERVED_FILE_DESCRIPTORS,
 };
 use crate::rate_limit::PhoneRate;
 pub use crate::slots::redis::RedisTarget;
@@ -147,6 +147,7 @@ impl ServeArgs {
             redis: self.redis.clone(),
             voucher_shards: usize::from(self.voucher_shards),
             wallet_actors: usize::from(self.wallet_actors),
+            actor_restart_budget_ms: ACTOR_RESTART_BUDGET_MS,
             access,
             insecure_no_auth: self.insecure_no_auth,
             metrics_listen: self.metrics_listen,
@@ -210,6 +211,9 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub edge: EdgeLimits,
     pub phone_rate: PhoneRate,
+    /// How long a failed actor may stay down before the app stops with an error
+    /// ([`ACTOR_RESTART_BUDGET_MS`]; tests shorten it).
+    pub actor_restart_budget_ms: u64,
 }
 
 impl Settings {
@@ -233,6 +237,7 @@ impl Settings {
                 per_second: DEFAULT_REDEEM_RATE_PER_PHONE,
                 burst: DEFAULT_REDEEM_BURST_PER_PHONE,
             },
+            actor_restart_budget_ms: ACTOR_RESTART_BUDGET_MS,
         }
     }
 }

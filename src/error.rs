@@ -51,6 +51,10 @@ pub enum Error {
     /// A bounded wait ran out or a component is restarting; retry later.
     #[error("temporarily unavailable: {cause}")]
     Unavailable { cause: String },
+    /// The ledger cannot write now (a full disk, an I/O error) and applied
+    /// nothing of this write; it recovers by itself, so retry later.
+    #[error("not written: {cause}")]
+    NotWritten { cause: String },
     /// The ledger failed; the outcome of a write is unknown to the caller.
     #[error("storage failure: {cause}")]
     Storage { cause: String },
@@ -66,6 +70,12 @@ impl Error {
 
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         Error::Unavailable {
+            cause: cause.to_string(),
+        }
+    }
+
+    pub fn not_written(cause: impl std::fmt::Display) -> Self {
+        Error::NotWritten {
             cause: cause.to_string(),
         }
     }

@@ -11,6 +11,7 @@
 //! - [`store`]: the [`store::Ledger`] seam, the durable truth; embedded redb by default.
 //! - [`domain`], [`error`]: validated values and the closed error enum.
 //! - [`metrics`], [`config`], [`limits`]: observability, configuration, every bound.
+//! - [`readiness`]: why the instance should not get traffic (`/readyz`).
 //!
 //! Invariants (see DESIGN.md): I1 limit, I2 unique, I3 credited, I4 durable, I5 balance.
 
@@ -23,6 +24,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod rate_limit;
+pub mod readiness;
 pub mod service;
 pub mod slots;
 pub mod store;

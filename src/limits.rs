@@ -164,6 +164,57 @@ pub const DEFAULT_REDEEM_BURST_PER_PHONE: u32 = 10;
 /// How often phones that are back to a full allowance are forgotten by the rate
 /// limiter, which keeps its memory proportional to recent hammering phones.
 pub const RATE_LIMIT_SWEEP_INTERVAL_MS: u64 = 1_000;
+// Storage faults and recovery.
+
+/// Longest a voucher shard or wallet actor may stay down while its restarts keep
+/// failing (a shard's start reads the ledger, which may be unreachable) before the
+/// process gives up and exits non-zero for its own supervisor (systemd,
+/// Kubernetes) to restart it. Longer than a managed PostgreSQL failover
+/// (typically 20-40 s), so that a failover never costs a process restart.
+pub const ACTOR_RESTART_BUDGET_MS: u64 = 60_000;
+/// First delay before a failed actor restart is tried again; it doubles up to the maximum.
+pub const ACTOR_RESTART_MIN_DELAY_MS: u64 = 50;
+/// Longest delay between two restart attempts of one actor: how long an actor
+/// stays down at most once the cause of its failed restarts is gone.
+pub const ACTOR_RESTART_MAX_DELAY_MS: u64 = 1_000;
+/// How long one restart attempt (the actor's start, which reads the ledger) may
+/// take before it counts as failed; bounds how long the supervisor is busy with it.
+pub const ACTOR_START_TIMEOUT_MS: u64 = 5_000;
+
+/// First delay before the embedded ledger's writer, after an I/O error (a full
+/// disk), reopens its database and probes it with a small write; it doubles up
+/// to the maximum.
+pub const LEDGER_RECOVERY_MIN_DELAY_MS: u64 = 50;
+/// Longest delay between two recovery probes: how long writes stay refused at
+/// most once the disk has room again.
+pub const LEDGER_RECOVERY_MAX_DELAY_MS: u64 = 1_000;
+/// How often the recovering writer answers queued writes (503) and checks
+/// whether it is time for the next probe.
+pub const LEDGER_RECOVERY_POLL_MS: u64 = 10;
+/// Size of the scratch file the recovering writer writes (and removes) to see
+/// whether the disk has room again before it probes the database: a failed
+/// write on the database costs a reopen, whose repair reads the whole file.
+/// About what one full commit batch adds to the file.
+pub const LEDGER_SPACE_PROBE_BYTES: usize = 1024 * 1024;
+/// Least time between two log lines about repeated ledger I/O errors (a full
+/// disk fails every probe); the ones in between are counted, not logged.
+pub const LEDGER_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// How often the PostgreSQL ledger checks that its database answers a
+/// `SELECT 1`; the answer feeds readiness.
+pub const DATABASE_PROBE_INTERVAL_MS: u64 = 1_000;
+/// Longest wait for one such check (connecting included); a database slower
+/// than this counts as unreachable.
+pub const DATABASE_PROBE_TIMEOUT_MS: u64 = 1_000;
+// At least one full restart attempt, with the wait before it, fits in the budget;
+// a recovering writer looks at its queue more often than it probes; a database
+// probe ends before the next one starts.
+const _: () = assert!(ACTOR_RESTART_MIN_DELAY_MS <= ACTOR_RESTART_MAX_DELAY_MS);
+const _: () =
+    assert!(ACTOR_RESTART_MAX_DELAY_MS + ACTOR_START_TIMEOUT_MS < ACTOR_RESTART_BUDGET_MS);
+const _: () = assert!(LEDGER_RECOVERY_MIN_DELAY_MS <= LEDGER_RECOVERY_MAX_DELAY_MS);
+const _: () = assert!(LEDGER_RECOVERY_POLL_MS <= LEDGER_RECOVERY_MIN_DELAY_MS);
+const _: () = assert!(DATABASE_PROBE_TIMEOUT_MS <= DATABASE_PROBE_INTERVAL_MS);
 
 const _: () = assert!(DRAIN_CHECK_INTERVAL_MS * 10 <= SHUTDOWN_GRACE_MS);
 const _: () = assert!(LEASE_RENEW_INTERVAL_MS * 3 <= LEASE_TTL_MS);

@@ -128,6 +128,7 @@ pub struct Metrics {
     remaining_slots: Family<VoucherLabels, Gauge>,
     commit_batch_operations: Histogram,
     commit_duration: Histogram,
+    ledger_write_errors: Counter,
     shard_restarts: Counter,
     leases: Family<SourceLabels, Counter>,
     slots_leased: Family<SourceLabels, Counter>,
@@ -188,6 +189,12 @@ impl Metrics {
             "Time to apply and durably commit one ledger batch",
             Unit::Seconds,
             commit_duration.clone(),
+        );
+        let ledger_write_errors = Counter::default();
+        registry.register(
+            "ledger_write_errors",
+            "Ledger writes (commits, recovery probes, reopens) that failed with an I/O error",
+            ledger_write_errors.clone(),
         );
         let shard_restarts = Counter::default();
         registry.register(
@@ -250,6 +257,7 @@ impl Metrics {
             remaining_slots,
             commit_batch_operations,
             commit_duration,
+            ledger_write_errors,
             shard_restarts,
         }
     }
@@ -280,6 +288,10 @@ impl Metrics {
     pub fn observe_ledger_commit(&self, operations: usize, elapsed: Duration) {
         self.commit_batch_operations.observe(operations as f64);
         self.commit_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_ledger_write_error(&self) {
+        self.ledger_write_errors.inc();
     }
 
     pub fn count_actor_restart(&self) {

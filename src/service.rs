@@ -5,7 +5,7 @@
 //! before any admission permit, actor round trip or ledger read. Only requests
 //! that can still win go on to their voucher shard.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -30,6 +30,7 @@ use crate::limits::{
 };
 use crate::metrics::{Metrics, RedemptionOutcome};
 use crate::rate_limit::PhoneRateLimiter;
+use crate::readiness::{NotReadyReason, Readiness};
 use crate::store::{Ledger, NewProfile, NewTransaction};
 
 /// Marks one HTTP request in flight while it lives.
@@ -65,7 +66,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     redemption_permits: Semaphore,
     wallet_permits: Semaphore,
-    ready: AtomicBool,
+    /// Why the instance should not get traffic, as raised by its parts.
+    readiness: Arc<Readiness>,
     /// HTTP requests being handled now; shutdown waits for this to reach zero.
     requests_in_flight: Arc<AtomicUsize>,
     /// True when other instances write the same ledger: a code missing from the
@@ -85,6 +87,7 @@ impl Service {
         ledger: Arc<dyn Ledger>,
         metrics: Arc<Metrics>,
         shared_ledger: bool,
+        readiness: Arc<Readiness>,
     ) -> Self {
         Self {
             catalog,
@@ -93,7 +96,7 @@ impl Service {
             metrics,
             redemption_permits: Semaphore::new(MAX_REDEMPTIONS_IN_FLIGHT),
             wallet_permits: Semaphore::new(MAX_WALLET_WRITES_IN_FLIGHT),
-            ready: AtomicBool::new(true),
+            readiness,
             requests_in_flight: Arc::default(),
             shared_ledger,
             unknown_codes: parking_lot::Mutex::default(),
@@ -121,7 +124,17 @@ impl Service {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.not_ready_reasons().is_empty()
+    }
+
+    /// Every reason this instance should not get traffic now; empty when ready.
+    pub fn not_ready_reasons(&self) -> Vec<NotReadyReason> {
+        self.readiness.reasons(self.ledger.health())
+    }
+
+    /// The reasons the instance's parts raise and clear.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     /// Counts a request as in flight until the returned guard is dropped (also
@@ -137,7 +150,7 @@ impl Service {
 
     /// Marks the instance as stopping, so load balancers drain it.
     pub fn set_not_ready(&self) {
-        self.ready.store(false, Ordering::Release);
+        self.readiness.raise(NotReadyReason::ShuttingDown);
     }
 
     pub async fn create_voucher(&self, voucher: Voucher) -> Result<VoucherStatus> {

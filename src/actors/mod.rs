@@ -4,19 +4,29 @@
 //! Shards are found by a stable hash (FNV-1a 64 of the key's bytes, modulo the
 //! shard count), so the same code or phone always lands on the same actor for a
 //! given configuration. The [`Directory`] holds the current reference of each
-//! actor; the supervisor swaps in a fresh one when an actor dies.
+//! actor; the supervisor swaps in a fresh one when a dead actor's restart
+//! succeeds (until then the entry is the dead actor, which callers find
+//! unreachable at once: 503, never a hang).
 
 pub mod catalog;
 pub mod voucher;
 pub mod wallet;
 
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use parking_lot::RwLock;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::watch;
 
+use crate::limits::{
+    ACTOR_RESTART_MAX_DELAY_MS, ACTOR_RESTART_MIN_DELAY_MS, ACTOR_START_TIMEOUT_MS,
+};
 use crate::metrics::Metrics;
+use crate::readiness::{NotReadyReason, Readiness};
 use voucher::{VoucherShard, VoucherShardArgs, VoucherShardMsg};
 use wallet::{WalletActor, WalletArgs, WalletMsg};
 
@@ -56,6 +66,15 @@ impl Directory {
 }
 
 /// The supervisor of every shard and wallet actor.
+///
+/// An actor that fails is restarted at once; when its restart fails too (a
+/// shard's start reads the ledger, which may be unreachable), it is tried again
+/// with backoff, and meanwhile readiness says `actor_restarting` and requests
+/// for it get 503 at once (its directory entry is the dead actor). An actor
+/// still down after the restart budget means recovery is not coming: the
+/// supervisor raises `supervisor_failed` and sets the fatal signal, on which the
+/// app stops with an error (crash-only: the process supervisor restarts it).
+/// The supervisor itself never fails because of a child.
 pub struct Supervisor;
 
 pub struct SupervisorArgs {
@@ -63,16 +82,41 @@ pub struct SupervisorArgs {
     pub wallet_args: WalletArgs,
     pub wallet_actors: usize,
     pub metrics: Arc<Metrics>,
+    /// Where `actor_restarting` and `supervisor_failed` are raised.
+    pub readiness: Arc<Readiness>,
+    /// How long an actor may stay down before recovery counts as impossible.
+    pub restart_budget: Duration,
+    /// Set to the reason once recovery is impossible. The supervisor holds the
+    /// only sender, so it closes when the supervisor stops for any reason.
+    pub fatal: watch::Sender<Option<String>>,
 }
 
 pub struct SupervisorState {
     args: SupervisorArgs,
     directory: Arc<Directory>,
+    /// Actors that failed and do not run again yet.
+    down: HashMap<Child, Down>,
+}
+
+/// One supervised actor: its kind and its index in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Child {
+    VoucherShard(usize),
+    Wallet(usize),
+}
+
+/// An actor that failed and whose restart has not succeeded yet.
+struct Down {
+    since: Instant,
+    failed_attempts: u32,
+    delays: ExponentialBackoff,
 }
 
 pub enum SupervisorMsg {
     /// Answers the directory once every child runs.
     Directory(ractor::RpcReplyPort<Arc<Directory>>),
+    /// Tries again to start an actor whose restart failed (sent by a timer).
+    Restart(Child),
 }
 
 impl Actor for Supervisor {
@@ -97,12 +141,16 @@ impl Actor for Supervisor {
             vouchers: RwLock::new(vouchers),
             wallets: RwLock::new(wallets),
         });
-        Ok(SupervisorState { args, directory })
+        Ok(SupervisorState {
+            args,
+            directory,
+            down: HashMap::new(),
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -110,6 +158,7 @@ impl Actor for Supervisor {
             SupervisorMsg::Directory(reply) => {
                 let _ = reply.send(state.directory.clone());
             }
+            SupervisorMsg::Restart(child) => state.restart(&myself, child).await,
         }
         Ok(())
     }
@@ -124,21 +173,106 @@ impl Actor for Supervisor {
             return Ok(());
         };
         state.args.metrics.count_actor_restart();
-        let voucher_index = position_of(&state.directory.vouchers.read(), &dead);
-        if let Some(index) = voucher_index {
-            tracing::error!(shard = index, %error, "voucher shard failed; restarting it");
-            let fresh = spawn_shard(&myself, &state.args, index).await?;
-            state.directory.vouchers.write()[index] = fresh;
+        let Some(child) = state.child_of(&dead) else {
             return Ok(());
-        }
-        let wallet_index = position_of(&state.directory.wallets.read(), &dead);
-        if let Some(index) = wallet_index {
-            tracing::error!(wallet = index, %error, "wallet actor failed; restarting it");
-            let fresh = spawn_wallet(&myself, &state.args).await?;
-            state.directory.wallets.write()[index] = fresh;
-        }
+        };
+        tracing::error!(?child, %error, "actor failed; restarting it");
+        state.down.entry(child).or_insert_with(|| Down {
+            since: Instant::now(),
+            failed_attempts: 0,
+            delays: restart_delays(),
+        });
+        state.args.readiness.raise(NotReadyReason::ActorRestarting);
+        state.restart(&myself, child).await;
         Ok(())
     }
+}
+
+impl SupervisorState {
+    /// Which child `dead` is, if it is the current actor of an entry.
+    fn child_of(&self, dead: &ActorCell) -> Option<Child> {
+        if let Some(index) = position_of(&self.directory.vouchers.read(), dead) {
+            return Some(Child::VoucherShard(index));
+        }
+        position_of(&self.directory.wallets.read(), dead).map(Child::Wallet)
+    }
+
+    /// Starts `child` again (bounded by [`ACTOR_START_TIMEOUT_MS`]); on failure
+    /// schedules the next attempt, or gives up once the budget is spent.
+    async fn restart(&mut self, myself: &ActorRef<SupervisorMsg>, child: Child) {
+        if !self.down.contains_key(&child) {
+            return; // Running again already.
+        }
+        let attempt = async {
+            match child {
+                Child::VoucherShard(index) => {
+                    let fresh = spawn_shard(myself, &self.args, index).await?;
+                    self.directory.vouchers.write()[index] = fresh;
+                }
+                Child::Wallet(index) => {
+                    let fresh = spawn_wallet(myself, &self.args).await?;
+                    self.directory.wallets.write()[index] = fresh;
+                }
+            }
+            Ok::<(), ActorProcessingErr>(())
+        };
+        let limit = Duration::from_millis(ACTOR_START_TIMEOUT_MS);
+        let error = match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(())) => {
+                if let Some(down) = self.down.remove(&child) {
+                    tracing::info!(
+                        ?child,
+                        down_ms = down.since.elapsed().as_millis() as u64,
+                        "actor restarted"
+                    );
+                }
+                if self.down.is_empty() {
+                    self.args.readiness.clear(NotReadyReason::ActorRestarting);
+                }
+                return;
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("its start took longer than {ACTOR_START_TIMEOUT_MS} ms"),
+        };
+        let Some(down) = self.down.get_mut(&child) else {
+            return;
+        };
+        down.failed_attempts += 1;
+        if down.since.elapsed() >= self.args.restart_budget {
+            let reason = format!(
+                "{child:?} could not be restarted within {} ms ({} attempts): {error}",
+                self.args.restart_budget.as_millis(),
+                down.failed_attempts
+            );
+            tracing::error!(%reason, "actor recovery is impossible; stopping the process");
+            self.args.readiness.raise(NotReadyReason::SupervisorFailed);
+            self.args.fatal.send_replace(Some(reason));
+            return;
+        }
+        let delay = down
+            .delays
+            .next()
+            .unwrap_or(Duration::from_millis(ACTOR_RESTART_MAX_DELAY_MS));
+        tracing::warn!(
+            ?child,
+            %error,
+            attempt = down.failed_attempts,
+            delay_ms = delay.as_millis() as u64,
+            "actor restart failed; trying again"
+        );
+        myself.send_after(delay, move || SupervisorMsg::Restart(child));
+    }
+}
+
+/// The waits between restart attempts of one actor, with jitter so that actors
+/// that failed together do not retry in lockstep.
+fn restart_delays() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(ACTOR_RESTART_MIN_DELAY_MS))
+        .with_max_delay(Duration::from_millis(ACTOR_RESTART_MAX_DELAY_MS))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 fn position_of<M>(actors: &[ActorRef<M>], dead: &ActorCell) -> Option<usize> {

@@ -118,7 +118,7 @@ impl ApiError {
                             "too many requests in flight; retry shortly",
                         )
                     }
-                    E::SlotTaken | E::Unavailable { .. } => {
+                    E::SlotTaken | E::Unavailable { .. } | E::NotWritten { .. } => {
                         return opaque(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "unavailable",

@@ -177,13 +177,12 @@ pub fn routes(service: Arc<Service>, options: RouteOptions) -> BoxedFilter<(Resp
         .and(warp::path!("readyz"))
         .and(with())
         .map(|s: Arc<Service>| {
-            if s.is_ready() {
+            let reasons = s.not_ready_reasons();
+            if reasons.is_empty() {
                 respond(StatusCode::OK, Ok(StatusResponse { status: "ready" }))
             } else {
-                let mut response = warp::reply::json(&StatusResponse {
-                    status: "not_ready",
-                })
-                .into_response();
+                let body = serde_json::json!({"status": "not_ready", "reasons": reasons});
+                let mut response = warp::reply::json(&body).into_response();
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 response
             }

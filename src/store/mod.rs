@@ -71,6 +71,17 @@ pub struct SlotUsage {
     pub taken: u32,
 }
 
+/// Whether a ledger can take writes now, as its backend last found out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerHealth {
+    Healthy,
+    /// The embedded ledger failed to write (a full disk, an I/O error) and is
+    /// recovering by itself: writes get `NotWritten` meanwhile.
+    Unwritable,
+    /// The SQL ledger's database did not answer its last probe.
+    Unreachable,
+}
+
 /// The durable store of vouchers, redemptions and wallets.
 pub trait Ledger: Send + Sync + 'static {
     /// Stores a new voucher; `VoucherExists` if the code is taken.
@@ -114,7 +125,12 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>>;
 
     /// Finishes every write submitted so far, makes it durable, and refuses new ones.
+    /// Writes the ledger cannot apply (it is unwritable) are answered as failed;
+    /// the shutdown itself still succeeds, since nothing acknowledged is pending.
     fn shutdown(&self) -> LedgerFuture<()>;
+
+    /// Whether writes can succeed now; feeds readiness. Cheap: no I/O.
+    fn health(&self) -> LedgerHealth;
 }
 
 /// Opens the ledger a `--store` value names.

@@ -36,6 +36,11 @@
 //! otherwise it is retried, and if the database cannot be asked the batch is
 //! answered `Storage` rather than risk applying a transaction twice.
 //!
+//! A task asks the database `SELECT 1` every second on a connection of its
+//! own; while it gets no answer, the ledger reports itself unreachable and
+//! readiness says `database_unreachable`, so load balancers send the traffic
+//! elsewhere until the database is back.
+//!
 //! The SQL sticks to what CockroachDB also accepts: no advisory locks, no
 //! PL/pgSQL; `INSERT … ON CONFLICT … RETURNING`, multi-array `unnest` and
 //! `SELECT … FOR UPDATE` carry the claim path.
@@ -47,6 +52,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,14 +68,17 @@ use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
 use super::queue::{stop_process_after_writer_panic, Queued, WriteQueue};
-use super::{Claim, Ledger, LedgerFuture, NewProfile, NewTransaction, SlotUsage};
+use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, Page, PageRequest, PhoneNumber, Redemption, ReportEntry,
     Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
     OPENING_BALANCE_REFERENCE,
 };
 use crate::error::{Error, Result};
-use crate::limits::{ACTOR_CALL_TIMEOUT_MS, MAX_COMMIT_BATCH_OPS};
+use crate::limits::{
+    ACTOR_CALL_TIMEOUT_MS, DATABASE_PROBE_INTERVAL_MS, DATABASE_PROBE_TIMEOUT_MS,
+    MAX_COMMIT_BATCH_OPS,
+};
 use crate::metrics::Metrics;
 
 /// The schema, applied in order at every open; each file is idempotent.
@@ -303,6 +312,10 @@ impl Waiter {
 pub struct PostgresLedger {
     reads: Pool,
     writes: WriteQueue<(Request, Waiter)>,
+    /// Whether the database answered its last probe (see [`watch_database`]).
+    reachable: Arc<AtomicBool>,
+    /// Dropped with the ledger, which ends the probe task.
+    _stop_watching: oneshot::Sender<()>,
 }
 
 impl PostgresLedger {
@@ -311,6 +324,9 @@ impl PostgresLedger {
     pub async fn open(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let config = parse_url(url)?;
         migrate_database(&config).await?;
+        let reachable = Arc::new(AtomicBool::new(true));
+        let (stop_watching, stopped) = oneshot::channel();
+        tokio::spawn(watch_database(config.clone(), reachable.clone(), stopped));
         let reads = build_pool(config.clone(), READ_POOL_CONNECTIONS)?;
         let writer = Writer {
             pool: build_pool(config, WRITE_POOL_CONNECTIONS)?,
@@ -323,7 +339,12 @@ impl PostgresLedger {
                 stop_process_after_writer_panic();
             }
         });
-        Ok(Self { reads, writes })
+        Ok(Self {
+            reads,
+            writes,
+            reachable,
+            _stop_watching: stop_watching,
+        })
     }
 
     fn submit<T: Send + 'static>(
@@ -349,6 +370,83 @@ impl PostgresLedger {
                 .map_err(|e| Failure::from(e).into_error())?;
             work(client).await
         })
+    }
+}
+
+/// Checks every [`DATABASE_PROBE_INTERVAL_MS`] that the database answers
+/// `SELECT 1` and records the answer in `reachable`, which feeds readiness.
+/// The probe has a connection of its own, so a pool busy with writes never makes
+/// a healthy database look down; a connection broken by a database restart
+/// fails once, so a failed probe is tried again at once on a fresh connection
+/// before the database counts as unreachable. Ends when `stopped` resolves (the
+/// ledger was dropped).
+async fn watch_database(
+    config: tokio_postgres::Config,
+    reachable: Arc<AtomicBool>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut client = None;
+    let mut down_since: Option<Instant> = None;
+    let mut ticks = tokio::time::interval(Duration::from_millis(DATABASE_PROBE_INTERVAL_MS));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = ticks.tick() => {}
+        }
+        let mut answer = select_one(&config, &mut client).await;
+        if answer.is_err() {
+            answer = select_one(&config, &mut client).await;
+        }
+        match (answer, down_since) {
+            (Ok(()), Some(since)) => {
+                tracing::info!(
+                    unreachable_ms = since.elapsed().as_millis() as u64,
+                    "the ledger database answers again"
+                );
+                reachable.store(true, Ordering::Release);
+                down_since = None;
+            }
+            (Err(error), None) => {
+                tracing::warn!(%error, "the ledger database does not answer");
+                reachable.store(false, Ordering::Release);
+                down_since = Some(Instant::now());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One bounded `SELECT 1` on the probe's connection, connecting first if it
+/// has none or it closed; a failed probe drops the connection.
+async fn select_one(
+    config: &tokio_postgres::Config,
+    client: &mut Option<tokio_postgres::Client>,
+) -> Result<(), String> {
+    let open = client.take().filter(|current| !current.is_closed());
+    let attempt = async move {
+        let current = match open {
+            Some(current) => current,
+            None => {
+                let (fresh, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
+                tokio::spawn(connection);
+                fresh
+            }
+        };
+        current
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok::<_, String>(current)
+    };
+    let limit = Duration::from_millis(DATABASE_PROBE_TIMEOUT_MS);
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(current)) => {
+            *client = Some(current);
+            Ok(())
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(format!("no answer within {DATABASE_PROBE_TIMEOUT_MS} ms")),
     }
 }
 
@@ -835,6 +933,14 @@ impl Ledger for PostgresLedger {
 
     fn shutdown(&self) -> LedgerFuture<()> {
         self.writes.shutdown()
+    }
+
+    fn health(&self) -> LedgerHealth {
+        if self.reachable.load(Ordering::Acquire) {
+            LedgerHealth::Healthy
+        } else {
+            LedgerHealth::Unreachable
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 #[path = "../support/binary.rs"]
-mod binary;
+pub mod binary;
 pub use binary::STARTUP_TIMEOUT;
 
 /// How long a graceful stop (SIGTERM) may take before the test fails.
