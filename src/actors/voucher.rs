@@ -209,7 +209,9 @@ impl VoucherShardState {
                         "a lease of {code} holds slot 0"
                     );
                     assert!(
-                        batch.last().is_none_or(|highest| highest <= view.voucher.limit),
+                        batch
+                            .last()
+                            .is_none_or(|highest| highest <= view.voucher.limit),
                         "a lease of {code} holds a slot above its limit"
                     );
                     pool.free = batch;

@@ -191,7 +191,11 @@ mod tests {
     fn a_random_start_still_covers_the_range_once() {
         let mut p = pool(1, 10, 7, Vec::new());
         let first = p.take(2);
-        assert_eq!(slots(&first), vec![8, 9], "fresh slots start at the random point");
+        assert_eq!(
+            slots(&first),
+            vec![8, 9],
+            "fresh slots start at the random point"
+        );
         let rest = p.take(100);
         assert_eq!(rest.range_count(), 2, "the rest wraps around: two ranges");
         let mut all = slots(&first);
