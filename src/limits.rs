@@ -103,6 +103,14 @@ pub const DRAIN_CHECK_INTERVAL_MS: u64 = 50;
 /// Default number of voucher shard actors and of wallet actors.
 pub const DEFAULT_SHARDS: usize = 8;
 
+// Memory bounds.
+
+/// Vouchers exported one by one in `voucherd_voucher_remaining_slots`. Only
+/// vouchers with slots left have a series; beyond this many, further vouchers are
+/// not exported individually, so neither the registry's memory nor a scrape grows
+/// with the number of vouchers ever created.
+pub const MAX_VOUCHER_METRIC_SERIES: usize = 1_000;
+
 const _: () = assert!(DRAIN_CHECK_INTERVAL_MS * 10 <= SHUTDOWN_GRACE_MS);
 const _: () = assert!(LEASE_RENEW_INTERVAL_MS * 3 <= LEASE_TTL_MS);
 const _: () = assert!(REDIS_LEASE_BATCH_SLOTS <= LOCAL_LEASE_BATCH_SLOTS);
