@@ -205,20 +205,45 @@ pub fn transaction_id(phone: PhoneNumber, idempotency_key: Option<&str>) -> Uuid
     }
 }
 
+/// What every voucher credit's reference starts with.
+const VOUCHER_REFERENCE_PREFIX: &str = "voucher:";
+
 /// The reference a voucher credit carries in the wallet.
 pub fn voucher_reference(code: &VoucherCode) -> String {
-    format!("voucher:{code}")
+    format!("{VOUCHER_REFERENCE_PREFIX}{code}")
 }
 
 /// Reference of the transaction that records a profile's opening balance.
 pub const OPENING_BALANCE_REFERENCE: &str = "opening_balance";
 
-/// Validates a client-supplied transaction reference.
+/// True for a reference only the service writes: a voucher credit's
+/// (`voucher:<code>`) or an opening balance's. A client's transaction with one
+/// would pass for a credit no redemption backs, so look-alikes (other letter
+/// case, surrounding spaces) are reserved too.
+pub fn is_reserved_reference(reference: &str) -> bool {
+    let reference = reference.trim();
+    let voucher_like = reference
+        .get(..VOUCHER_REFERENCE_PREFIX.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(VOUCHER_REFERENCE_PREFIX));
+    voucher_like || reference.eq_ignore_ascii_case(OPENING_BALANCE_REFERENCE)
+}
+
+/// Validates a client-supplied transaction reference: bounded, printable, and
+/// not one the service reserves for itself.
 pub fn parse_reference(raw: &str) -> Result<String> {
     if raw.chars().count() > MAX_REFERENCE_CHARS || raw.chars().any(char::is_control) {
         return Err(Error::invalid(
             "invalid_body",
             format!("reference must be at most {MAX_REFERENCE_CHARS} printable characters"),
+        ));
+    }
+    if is_reserved_reference(raw) {
+        return Err(Error::invalid(
+            "reserved_reference",
+            format!(
+                "references starting with '{VOUCHER_REFERENCE_PREFIX}' and \
+                 '{OPENING_BALANCE_REFERENCE}' are written by the service only"
+            ),
         ));
     }
     Ok(raw.to_owned())
@@ -324,6 +349,35 @@ mod tests {
         let b = PhoneNumber::parse("+989371209056").unwrap();
         assert_eq!(redemption_id(&code, a), redemption_id(&code, a));
         assert_ne!(redemption_id(&code, a), redemption_id(&code, b));
+    }
+
+    #[test]
+    fn references_the_service_writes_are_reserved() {
+        let code = VoucherCode::parse("GOAL").unwrap();
+        for reserved in [
+            voucher_reference(&code).as_str(),
+            "voucher:",
+            "VOUCHER:GOAL",
+            " voucher:GOAL",
+            OPENING_BALANCE_REFERENCE,
+            "Opening_Balance ",
+        ] {
+            match parse_reference(reserved) {
+                Err(Error::Invalid { code, .. }) => {
+                    assert_eq!(code, "reserved_reference", "{reserved:?}")
+                }
+                other => panic!("{reserved:?} must be reserved, got {other:?}"),
+            }
+        }
+        for free in [
+            "",
+            "order-1",
+            "my voucher: refund",
+            "opening_balance_fix",
+            "vöucher:x",
+        ] {
+            assert_eq!(parse_reference(free), Ok(free.to_owned()));
+        }
     }
 
     #[test]
