@@ -17,8 +17,11 @@ use crate::limits::{
 
 /// Namespace of redemption ids: UUIDv5(namespace, "code\nphone").
 const REDEMPTION_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_9b1d_4c55_8e0a_51d3_7a2b_c0de);
-/// Namespace of ids of transactions sent with an Idempotency-Key.
-const TRANSACTION_NAMESPACE: Uuid = Uuid::from_u128(0x0b7e_5d19_3c2a_4f88_9d61_27ab_e4f0_1357);
+/// Namespace of ids of transactions sent with an Idempotency-Key: UUIDv5(namespace,
+/// key). Keys used to be scoped per phone (UUIDv5 of "phone\nkey" in
+/// 0x0b7e5d19-3c2a-4f88-9d61-27abe4f01357); a new namespace keeps the two kinds
+/// of id apart.
+const TRANSACTION_NAMESPACE: Uuid = Uuid::from_u128(0x5a2e_91c7_0d4b_4e6a_b3f8_6c1d_92e0_7a44);
 
 /// A voucher code: `[A-Za-z0-9_-]{1,64}`, case-sensitive.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -196,11 +199,14 @@ pub fn redemption_id(code: &VoucherCode, phone: PhoneNumber) -> Uuid {
     Uuid::new_v5(&REDEMPTION_NAMESPACE, name.as_bytes())
 }
 
-/// The id of a wallet transaction: derived from the Idempotency-Key when there is
-/// one (so a retry maps to the same id), random otherwise.
-pub fn transaction_id(phone: PhoneNumber, idempotency_key: Option<&str>) -> Uuid {
+/// The id of a wallet transaction: derived from the Idempotency-Key alone when
+/// there is one, random otherwise. A key names one request, whoever it is for:
+/// the same key always maps to the same id, so the ledger answers a retry with
+/// the first transaction and a different request under that key (another phone,
+/// amount or reference) with `IdempotencyKeyReused`.
+pub fn transaction_id(idempotency_key: Option<&str>) -> Uuid {
     match idempotency_key {
-        Some(key) => Uuid::new_v5(&TRANSACTION_NAMESPACE, format!("{phone}\n{key}").as_bytes()),
+        Some(key) => Uuid::new_v5(&TRANSACTION_NAMESPACE, key.as_bytes()),
         None => Uuid::new_v4(),
     }
 }
@@ -378,6 +384,13 @@ mod tests {
         ] {
             assert_eq!(parse_reference(free), Ok(free.to_owned()));
         }
+    }
+
+    #[test]
+    fn a_transaction_id_depends_on_the_key_only() {
+        assert_eq!(transaction_id(Some("k1")), transaction_id(Some("k1")));
+        assert_ne!(transaction_id(Some("k1")), transaction_id(Some("k2")));
+        assert_ne!(transaction_id(None), transaction_id(None));
     }
 
     #[test]
