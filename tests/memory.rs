@@ -8,6 +8,11 @@
 //! server is idle, which would drown a figure of a few hundred bytes per voucher.
 //! The figures are printed (`cargo test --test memory -- --nocapture`).
 
+// `common` keeps its copy of the start-up helper private, and the measured server
+// needs it with an environment of its own, so this test loads it a second time
+// (only its `start` function is used here, so the two copies never meet).
+#![allow(clippy::duplicate_mod)]
+
 #[path = "support/binary.rs"]
 mod binary;
 mod common;
