@@ -65,8 +65,9 @@ impl Pool {
         batch
     }
 
-    /// Slots below the fresh range that can be out at once: every slot in
-    /// `1..fresh_first` (the ledger's gaps and slots given back lie there).
+    /// How many slots other than fresh ones can be out at once: the ledger's
+    /// gaps, which all lie in `1..fresh_first` (a slot given back and taken
+    /// again was counted out once and back once).
     fn gaps_handed_bound(&self) -> u32 {
         self.fresh_first - 1
     }
