@@ -33,9 +33,13 @@ const VOUCHERS: usize = 2_000;
 const LIMIT: i64 = 1_000_000;
 /// Vouchers created and redeemed before the measurement starts, so that thread
 /// pools, connection buffers and allocator caches the redemption path needs exist.
-const WARM_UP_VOUCHERS: usize = 200;
-/// Requests in flight at once while creating and redeeming.
-const CONCURRENCY: usize = 16;
+const WARM_UP_VOUCHERS: usize = 400;
+/// Requests in flight at once while creating and redeeming the measured vouchers.
+const CONCURRENCY: usize = 8;
+/// Requests in flight at once during the warm-up: more than later, so the runtime's
+/// blocking pool (ledger reads) already has every thread the measured phase needs;
+/// a thread started during it would add its stack and allocator pages (~0.5 MiB).
+const WARM_UP_CONCURRENCY: usize = 32;
 /// What one redemption of a fresh voucher may add to the server's RSS, all in:
 /// the leased slots, the winner, its wallet, its ledger rows (2 KiB).
 const MAX_REDEMPTION_GROWTH_PER_VOUCHER_BYTES: u64 = 2 * 1024;
@@ -88,19 +92,20 @@ impl MeasuredServer {
 
     /// The server's resident set size, from VmRSS in /proc/PID/status.
     fn rss_bytes(&self) -> u64 {
+        self.status_field("VmRSS:") * 1024
+    }
+
+    /// A numeric field of /proc/PID/status of the server (VmRSS is in kB).
+    fn status_field(&self, name: &str) -> u64 {
         let pid = self.child.id().expect("the server is running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .expect("read /proc/PID/status of the server");
-        let line = status
+        status
             .lines()
-            .find(|line| line.starts_with("VmRSS:"))
-            .expect("a VmRSS line");
-        let kib: u64 = line
-            .split_whitespace()
-            .nth(1)
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
             .and_then(|value| value.parse().ok())
-            .expect("VmRSS in kB");
-        kib * 1024
+            .unwrap_or_else(|| panic!("a numeric {name} line in {status}"))
     }
 
     async fn settled_rss_bytes(&self) -> u64 {
@@ -108,9 +113,15 @@ impl MeasuredServer {
         self.rss_bytes()
     }
 
-    async fn create_vouchers(&self, codes: &[String], limit: i64) {
+    /// The server's thread count: a thread started during a measured phase adds
+    /// its stack and allocator pages, which the figures should be read with.
+    fn threads(&self) -> u64 {
+        self.status_field("Threads:")
+    }
+
+    async fn create_vouchers(&self, codes: &[String], limit: i64, concurrency: usize) {
         futures::stream::iter(codes)
-            .for_each_concurrent(CONCURRENCY, |code| async move {
+            .for_each_concurrent(concurrency, |code| async move {
                 let body = serde_json::json!({"code": code, "amount": 100, "limit": limit});
                 let request = self
                     .client
@@ -122,9 +133,9 @@ impl MeasuredServer {
     }
 
     /// Redeems every code once, user `first_user + i` for code `i`.
-    async fn redeem_each_once(&self, codes: &[String], first_user: u64) {
+    async fn redeem_each_once(&self, codes: &[String], first_user: u64, concurrency: usize) {
         futures::stream::iter(codes.iter().enumerate())
-            .for_each_concurrent(CONCURRENCY, |(i, code)| async move {
+            .for_each_concurrent(concurrency, |(i, code)| async move {
                 let user = phone(first_user + i as u64);
                 let (answer, _) = redeem_retrying(&self.client, &self.base_url, &user, code).await;
                 answer.expect("the server answers").expect_status(200);
@@ -180,16 +191,22 @@ async fn a_redeemed_voucher_costs_little_memory_whatever_its_limit() {
     let started = server.settled_rss_bytes().await;
 
     let warm_up: Vec<String> = (0..WARM_UP_VOUCHERS).map(|n| code(VOUCHERS + n)).collect();
-    server.create_vouchers(&warm_up, LIMIT).await;
-    server.redeem_each_once(&warm_up, 1_000_000).await;
+    server
+        .create_vouchers(&warm_up, LIMIT, WARM_UP_CONCURRENCY)
+        .await;
+    server
+        .redeem_each_once(&warm_up, 1_000_000, WARM_UP_CONCURRENCY)
+        .await;
     let warm = server.settled_rss_bytes().await;
 
     let codes: Vec<String> = (0..VOUCHERS).map(code).collect();
-    server.create_vouchers(&codes, LIMIT).await;
+    server.create_vouchers(&codes, LIMIT, CONCURRENCY).await;
     let created = server.settled_rss_bytes().await;
+    let threads_before = server.threads();
 
-    server.redeem_each_once(&codes, 0).await;
+    server.redeem_each_once(&codes, 0, CONCURRENCY).await;
     let redeemed = server.settled_rss_bytes().await;
+    let threads_after = server.threads();
 
     let vouchers = VOUCHERS as u64;
     let creation_per_voucher = created.saturating_sub(warm) / vouchers;
@@ -200,7 +217,8 @@ async fn a_redeemed_voucher_costs_little_memory_whatever_its_limit() {
         "RSS of the server: {:.1} MiB at start, {:.1} MiB after {WARM_UP_VOUCHERS} warm-up \
          vouchers, {:.1} MiB after creating {VOUCHERS} vouchers of limit {LIMIT} \
          ({:.2} KiB each), {:.1} MiB after one redemption each ({:.2} KiB each); \
-         {:.2} KiB per voucher in all, {:.1} MiB growth in all",
+         {:.2} KiB per voucher in all, {:.1} MiB growth in all; \
+         {threads_before} threads before the redemptions, {threads_after} after",
         mib(started),
         mib(warm),
         mib(created),
