@@ -17,8 +17,11 @@ use crate::limits::{
 
 /// Namespace of redemption ids: UUIDv5(namespace, "code\nphone").
 const REDEMPTION_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_9b1d_4c55_8e0a_51d3_7a2b_c0de);
-/// Namespace of ids of transactions sent with an Idempotency-Key.
-const TRANSACTION_NAMESPACE: Uuid = Uuid::from_u128(0x0b7e_5d19_3c2a_4f88_9d61_27ab_e4f0_1357);
+/// Namespace of ids of transactions sent with an Idempotency-Key: UUIDv5(namespace,
+/// key). Keys used to be scoped per phone (UUIDv5 of "phone\nkey" in
+/// 0x0b7e5d19-3c2a-4f88-9d61-27abe4f01357); a new namespace keeps the two kinds
+/// of id apart.
+const TRANSACTION_NAMESPACE: Uuid = Uuid::from_u128(0x5a2e_91c7_0d4b_4e6a_b3f8_6c1d_92e0_7a44);
 
 /// A voucher code: `[A-Za-z0-9_-]{1,64}`, case-sensitive.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -196,29 +199,57 @@ pub fn redemption_id(code: &VoucherCode, phone: PhoneNumber) -> Uuid {
     Uuid::new_v5(&REDEMPTION_NAMESPACE, name.as_bytes())
 }
 
-/// The id of a wallet transaction: derived from the Idempotency-Key when there is
-/// one (so a retry maps to the same id), random otherwise.
-pub fn transaction_id(phone: PhoneNumber, idempotency_key: Option<&str>) -> Uuid {
+/// The id of a wallet transaction: derived from the Idempotency-Key alone when
+/// there is one, random otherwise. A key names one request, whoever it is for:
+/// the same key always maps to the same id, so the ledger answers a retry with
+/// the first transaction and a different request under that key (another phone,
+/// amount or reference) with `IdempotencyKeyReused`.
+pub fn transaction_id(idempotency_key: Option<&str>) -> Uuid {
     match idempotency_key {
-        Some(key) => Uuid::new_v5(&TRANSACTION_NAMESPACE, format!("{phone}\n{key}").as_bytes()),
+        Some(key) => Uuid::new_v5(&TRANSACTION_NAMESPACE, key.as_bytes()),
         None => Uuid::new_v4(),
     }
 }
 
+/// What every voucher credit's reference starts with.
+const VOUCHER_REFERENCE_PREFIX: &str = "voucher:";
+
 /// The reference a voucher credit carries in the wallet.
 pub fn voucher_reference(code: &VoucherCode) -> String {
-    format!("voucher:{code}")
+    format!("{VOUCHER_REFERENCE_PREFIX}{code}")
 }
 
 /// Reference of the transaction that records a profile's opening balance.
 pub const OPENING_BALANCE_REFERENCE: &str = "opening_balance";
 
-/// Validates a client-supplied transaction reference.
+/// True for a reference only the service writes: a voucher credit's
+/// (`voucher:<code>`) or an opening balance's. A client's transaction with one
+/// would pass for a credit no redemption backs, so look-alikes (other letter
+/// case, surrounding spaces) are reserved too.
+pub fn is_reserved_reference(reference: &str) -> bool {
+    let reference = reference.trim();
+    let voucher_like = reference
+        .get(..VOUCHER_REFERENCE_PREFIX.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(VOUCHER_REFERENCE_PREFIX));
+    voucher_like || reference.eq_ignore_ascii_case(OPENING_BALANCE_REFERENCE)
+}
+
+/// Validates a client-supplied transaction reference: bounded, printable, and
+/// not one the service reserves for itself.
 pub fn parse_reference(raw: &str) -> Result<String> {
     if raw.chars().count() > MAX_REFERENCE_CHARS || raw.chars().any(char::is_control) {
         return Err(Error::invalid(
             "invalid_body",
             format!("reference must be at most {MAX_REFERENCE_CHARS} printable characters"),
+        ));
+    }
+    if is_reserved_reference(raw) {
+        return Err(Error::invalid(
+            "reserved_reference",
+            format!(
+                "references starting with '{VOUCHER_REFERENCE_PREFIX}' and \
+                 '{OPENING_BALANCE_REFERENCE}' are written by the service only"
+            ),
         ));
     }
     Ok(raw.to_owned())
@@ -324,6 +355,42 @@ mod tests {
         let b = PhoneNumber::parse("+989371209056").unwrap();
         assert_eq!(redemption_id(&code, a), redemption_id(&code, a));
         assert_ne!(redemption_id(&code, a), redemption_id(&code, b));
+    }
+
+    #[test]
+    fn references_the_service_writes_are_reserved() {
+        let code = VoucherCode::parse("GOAL").unwrap();
+        for reserved in [
+            voucher_reference(&code).as_str(),
+            "voucher:",
+            "VOUCHER:GOAL",
+            " voucher:GOAL",
+            OPENING_BALANCE_REFERENCE,
+            "Opening_Balance ",
+        ] {
+            match parse_reference(reserved) {
+                Err(Error::Invalid { code, .. }) => {
+                    assert_eq!(code, "reserved_reference", "{reserved:?}")
+                }
+                other => panic!("{reserved:?} must be reserved, got {other:?}"),
+            }
+        }
+        for free in [
+            "",
+            "order-1",
+            "my voucher: refund",
+            "opening_balance_fix",
+            "vöucher:x",
+        ] {
+            assert_eq!(parse_reference(free), Ok(free.to_owned()));
+        }
+    }
+
+    #[test]
+    fn a_transaction_id_depends_on_the_key_only() {
+        assert_eq!(transaction_id(Some("k1")), transaction_id(Some("k1")));
+        assert_ne!(transaction_id(Some("k1")), transaction_id(Some("k2")));
+        assert_ne!(transaction_id(None), transaction_id(None));
     }
 
     #[test]

@@ -164,6 +164,7 @@ pub const DEFAULT_REDEEM_BURST_PER_PHONE: u32 = 10;
 /// How often phones that are back to a full allowance are forgotten by the rate
 /// limiter, which keeps its memory proportional to recent hammering phones.
 pub const RATE_LIMIT_SWEEP_INTERVAL_MS: u64 = 1_000;
+
 // Storage faults and recovery.
 
 /// Longest a voucher shard or wallet actor may stay down while its restarts keep
@@ -215,6 +216,14 @@ const _: () =
 const _: () = assert!(LEDGER_RECOVERY_MIN_DELAY_MS <= LEDGER_RECOVERY_MAX_DELAY_MS);
 const _: () = assert!(LEDGER_RECOVERY_POLL_MS <= LEDGER_RECOVERY_MIN_DELAY_MS);
 const _: () = assert!(DATABASE_PROBE_TIMEOUT_MS <= DATABASE_PROBE_INTERVAL_MS);
+
+// Memory bounds.
+
+/// Vouchers exported one by one in `voucherd_voucher_remaining_slots`. Only
+/// vouchers with slots left have a series; beyond this many, further vouchers are
+/// not exported individually, so neither the registry's memory nor a scrape grows
+/// with the number of vouchers ever created.
+pub const MAX_VOUCHER_METRIC_SERIES: usize = 1_000;
 
 const _: () = assert!(DRAIN_CHECK_INTERVAL_MS * 10 <= SHUTDOWN_GRACE_MS);
 const _: () = assert!(LEASE_RENEW_INTERVAL_MS * 3 <= LEASE_TTL_MS);

@@ -1,17 +1,20 @@
 //! Every metric of voucherd, registered once, with typed, bounded label sets.
 //!
 //! Names get the `voucherd_` prefix; the library adds `_total` and unit suffixes.
-//! The per-voucher gauge is labelled by code: its cardinality is the number of
-//! vouchers, which operators create by hand.
+//! The per-voucher gauge is labelled by code: it has a series only for vouchers
+//! with slots left, and at most [`MAX_VOUCHER_METRIC_SERIES`] of them.
 
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::limits::MAX_VOUCHER_METRIC_SERIES;
 
 /// The routes of the HTTP API, as a bounded label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -126,6 +129,9 @@ pub struct Metrics {
     request_duration: Family<RouteLabels, Histogram>,
     redemptions: Family<OutcomeLabels, Counter>,
     remaining_slots: Family<VoucherLabels, Gauge>,
+    /// Number of series in `remaining_slots`; held while one is added or
+    /// removed, so the cap holds.
+    remaining_slots_series: Mutex<usize>,
     commit_batch_operations: Histogram,
     commit_duration: Histogram,
     ledger_write_errors: Counter,
@@ -174,7 +180,11 @@ impl Metrics {
         let remaining_slots = Family::<VoucherLabels, Gauge>::default();
         registry.register(
             "voucher_remaining_slots",
-            "Slots of a voucher not yet redeemed, as this instance last saw them",
+            format!(
+                "Slots of a voucher not yet redeemed, as this instance last saw them; \
+                 only vouchers with slots left, at most {MAX_VOUCHER_METRIC_SERIES} of them \
+                 (further vouchers are not exported individually)"
+            ),
             remaining_slots.clone(),
         );
         let commit_batch_operations = Histogram::new(exponential_buckets(1.0, 2.0, 13));
@@ -255,6 +265,7 @@ impl Metrics {
             request_duration,
             redemptions,
             remaining_slots,
+            remaining_slots_series: Mutex::new(0),
             commit_batch_operations,
             commit_duration,
             ledger_write_errors,
@@ -277,12 +288,33 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets a voucher's remaining slots. A sold-out voucher's series is removed;
+    /// a voucher without a series gets one only while fewer than
+    /// [`MAX_VOUCHER_METRIC_SERIES`] exist.
     pub fn set_remaining_slots(&self, code: &str, remaining: u32) {
-        self.remaining_slots
-            .get_or_create(&VoucherLabels {
-                code: code.to_owned(),
-            })
-            .set(i64::from(remaining));
+        let labels = VoucherLabels {
+            code: code.to_owned(),
+        };
+        if remaining > 0 {
+            if let Some(gauge) = self.remaining_slots.get(&labels) {
+                gauge.set(i64::from(remaining));
+                return;
+            }
+        }
+        let mut series = self.remaining_slots_series.lock();
+        if remaining == 0 {
+            if self.remaining_slots.remove(&labels) {
+                *series -= 1;
+            }
+        } else if *series < MAX_VOUCHER_METRIC_SERIES {
+            // Another call may have added it since the look-up above.
+            if self.remaining_slots.get(&labels).is_none() {
+                *series += 1;
+            }
+            self.remaining_slots
+                .get_or_create(&labels)
+                .set(i64::from(remaining));
+        }
     }
 
     pub fn observe_ledger_commit(&self, operations: usize, elapsed: Duration) {
@@ -451,5 +483,35 @@ mod tests {
             Route::get_redemption
         );
         assert_eq!(Route::classify("GET", "/wp-admin"), Route::other);
+    }
+
+    fn remaining_series(metrics: &Metrics) -> usize {
+        metrics
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with("voucherd_voucher_remaining_slots{"))
+            .count()
+    }
+
+    #[test]
+    fn remaining_slot_series_are_capped_and_sold_out_vouchers_leave() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_VOUCHER_METRIC_SERIES + 10 {
+            metrics.set_remaining_slots(&format!("V{n}"), 5);
+        }
+        assert_eq!(remaining_series(&metrics), MAX_VOUCHER_METRIC_SERIES);
+        metrics.set_remaining_slots("V0", 0);
+        assert_eq!(remaining_series(&metrics), MAX_VOUCHER_METRIC_SERIES - 1);
+        // The freed place goes to the next voucher that reports.
+        metrics.set_remaining_slots(&format!("V{MAX_VOUCHER_METRIC_SERIES}"), 4);
+        assert!(metrics.encode().contains(&format!(
+            "voucherd_voucher_remaining_slots{{code=\"V{MAX_VOUCHER_METRIC_SERIES}\"}} 4"
+        )));
+        // A voucher with a series keeps it while it has slots.
+        metrics.set_remaining_slots("V1", 3);
+        assert!(metrics
+            .encode()
+            .contains("voucherd_voucher_remaining_slots{code=\"V1\"} 3"));
+        assert_eq!(remaining_series(&metrics), MAX_VOUCHER_METRIC_SERIES);
     }
 }

@@ -301,7 +301,7 @@ impl Service {
             .try_acquire()
             .map_err(|_| Error::Overloaded)?;
         let transaction = NewTransaction {
-            id: transaction_id(request.phone, request.idempotency_key.as_deref()),
+            id: transaction_id(request.idempotency_key.as_deref()),
             replayable: request.idempotency_key.is_some(),
             phone: request.phone,
             amount: request.amount,

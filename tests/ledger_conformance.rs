@@ -15,8 +15,8 @@ use std::sync::Arc;
 use tempfile::TempDir;
 use uuid::Uuid;
 use voucherd::domain::{
-    redemption_id, voucher_reference, PageRequest, PhoneNumber, Timestamp, Voucher, VoucherCode,
-    WalletTransaction, OPENING_BALANCE_REFERENCE,
+    redemption_id, transaction_id, voucher_reference, PageRequest, PhoneNumber, Timestamp, Voucher,
+    VoucherCode, WalletTransaction, OPENING_BALANCE_REFERENCE,
 };
 use voucherd::error::Error;
 use voucherd::metrics::Metrics;
@@ -181,6 +181,7 @@ macro_rules! every_case {
             an_unknown_voucher_cannot_be_claimed,
             concurrent_claims_never_exceed_the_limit,
             replayed_transactions_answer_the_first,
+            an_idempotency_key_binds_the_phone_too,
             a_debit_below_zero_is_refused_and_changes_nothing,
             writes_apply_in_submission_order,
             a_profile_opens_once,
@@ -553,6 +554,46 @@ mod cases {
 
         assert_eq!(balance(ledger.as_ref(), 1).await, Some(350));
         assert_eq!(history(ledger.as_ref(), 1).await.len(), 2);
+        assert_balance_is_the_sum(ledger.as_ref(), 1).await;
+        ledger.shutdown().await.expect("shut down");
+    }
+
+    /// An Idempotency-Key names one request whoever it is for: its id does not
+    /// depend on the phone, so the same key for another phone is
+    /// `IdempotencyKeyReused` and touches neither wallet, also when both are
+    /// submitted together.
+    pub async fn an_idempotency_key_binds_the_phone_too(store: &Store) {
+        let ledger = store.open().await;
+        let keyed = |key: &str, phone_n: u64| NewTransaction {
+            id: transaction_id(Some(key)),
+            replayable: true,
+            ..credit(phone_n, 300, 1)
+        };
+        let first = ledger.transact(keyed("order-7", 1)).await.expect("credit");
+        assert_eq!(
+            ledger.transact(keyed("order-7", 2)).await,
+            Err(Error::IdempotencyKeyReused),
+            "the same key for another phone"
+        );
+        assert_eq!(balance(ledger.as_ref(), 2).await, None, "no wallet opened");
+        assert_eq!(
+            ledger.transact(keyed("order-7", 1)).await,
+            Ok(first),
+            "the same request still replays"
+        );
+
+        // Submitted together, the first in submission order wins the key.
+        let a = ledger.transact(keyed("order-8", 3));
+        let b = ledger.transact(keyed("order-8", 4));
+        let (a, b) = futures::join!(a, b);
+        let a = a.expect("credit");
+        assert_eq!(a.phone, phone(3));
+        assert_eq!(b, Err(Error::IdempotencyKeyReused));
+        assert_eq!(balance(ledger.as_ref(), 4).await, None, "no wallet opened");
+
+        assert_eq!(balance(ledger.as_ref(), 1).await, Some(300));
+        assert_eq!(balance(ledger.as_ref(), 3).await, Some(300));
+        assert_eq!(history(ledger.as_ref(), 1).await.len(), 1);
         assert_balance_is_the_sum(ledger.as_ref(), 1).await;
         ledger.shutdown().await.expect("shut down");
     }

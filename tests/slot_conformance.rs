@@ -12,7 +12,7 @@ use voucherd::domain::{PhoneNumber, Timestamp, Voucher, VoucherCode};
 use voucherd::metrics::Metrics;
 use voucherd::slots::local::LocalSlots;
 use voucherd::slots::redis::{RedisSlots, RedisTarget};
-use voucherd::slots::SlotSource;
+use voucherd::slots::{SlotBatch, SlotSource};
 use voucherd::store::embedded::EmbeddedLedger;
 use voucherd::store::{Claim, Ledger};
 
@@ -88,12 +88,26 @@ async fn lease_all(source: &dyn SlotSource, f: &Fixture, batch: u32) -> Vec<u32>
     let mut all = Vec::new();
     for _ in 0..(f.limit * 2 + 10) {
         let slots = source.lease(&f.code, f.limit, batch).await.expect("lease");
+        assert_batch_is_consistent(&slots, batch);
         if slots.is_empty() {
             return all;
         }
-        all.extend(slots);
+        all.extend(slots.iter());
     }
     panic!("the source never ran dry");
+}
+
+/// A batch is sorted, coalesced ranges whose slot count is its length, and no
+/// larger than asked for.
+fn assert_batch_is_consistent(batch: &SlotBatch, max: u32) {
+    assert!(batch.len() <= max as usize, "a lease exceeded its maximum");
+    let ranges: Vec<_> = batch.ranges().collect();
+    let counted: usize = ranges.iter().map(|r| r.clone().count()).sum();
+    assert_eq!(counted, batch.len(), "the length counts the ranges' slots");
+    assert!(
+        ranges.windows(2).all(|w| w[0].end() + 1 < *w[1].start()),
+        "ranges are sorted, disjoint and coalesced: {ranges:?}"
+    );
 }
 
 fn assert_distinct_in_range(slots: &[u32], limit: u32) {
@@ -120,7 +134,7 @@ async fn given_back_slots_are_leased_again(source: &dyn SlotSource, f: &Fixture)
     assert_eq!(first.len(), f.limit as usize);
     let back: Vec<u32> = first.iter().copied().take(5).collect();
     source
-        .give_back(&f.code, back.clone())
+        .give_back(&f.code, back.iter().copied().collect())
         .await
         .expect("give back");
     let again = lease_all(source, f, 16).await;
@@ -166,6 +180,18 @@ async fn after_a_reset_unclaimed_slots_come_back(source: &dyn SlotSource, f: &Fi
     );
 }
 
+async fn a_lease_of_fresh_slots_is_a_few_ranges(source: &dyn SlotSource, f: &Fixture) {
+    let batch = source.lease(&f.code, f.limit, 4_096).await.expect("lease");
+    assert_batch_is_consistent(&batch, 4_096);
+    assert!(!batch.is_empty(), "a fresh voucher has slots to lease");
+    assert!(
+        batch.range_count() <= 2,
+        "fresh slots come as at most two ranges (a random start may wrap), got {}",
+        batch.range_count()
+    );
+    assert_distinct_in_range(&batch.iter().collect::<Vec<_>>(), f.limit);
+}
+
 macro_rules! conformance {
     ($module:ident, $make:expr, $needs_redis:expr) => {
         mod $module {
@@ -198,6 +224,14 @@ macro_rules! conformance {
                 // Goal: a source built on a ledger with claims skips their slots.
                 let f = fixture(60).await;
                 super::slots_the_ledger_holds_are_never_leased(source(&f).await.as_ref(), &f).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_lease_of_fresh_slots_is_a_few_ranges() {
+                // Goal: a lease costs memory by its ranges, not its slots, so a
+                // voucher of a large limit in use stays small.
+                let f = fixture(1_000_000).await;
+                super::a_lease_of_fresh_slots_is_a_few_ranges(source(&f).await.as_ref(), &f).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +283,12 @@ async fn redis_losing_the_pool_costs_no_slot_and_no_double_claim() {
     assert_redis_reachable().await;
     let f = fixture(80).await;
     let source = redis_source(&f.ledger);
-    let first = source.lease(&f.code, f.limit, 64).await.expect("lease");
+    let first: Vec<u32> = source
+        .lease(&f.code, f.limit, 64)
+        .await
+        .expect("lease")
+        .iter()
+        .collect();
     for (i, slot) in first.iter().take(5).enumerate() {
         claim(&f, *slot, i as u64).await;
     }
@@ -314,7 +353,7 @@ async fn a_dead_instances_lease_expires_and_its_unclaimed_slots_return() {
         if batch.is_empty() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        recovered.extend(batch);
+        recovered.extend(batch.iter());
     }
     assert_distinct_in_range(&recovered, f.limit);
     assert!(

@@ -20,7 +20,8 @@ pub struct VoucherView {
     redeemed: AtomicU32,
     exhausted: AtomicBool,
     /// Users known to hold a redemption (as u64 digits: 8 bytes each, so even a
-    /// 10M-slot voucher stays in the low hundreds of MiB).
+    /// 10M-slot voucher stays in the low hundreds of MiB). Sized by its winners
+    /// only: empty it allocates nothing, so an unredeemed voucher costs no set.
     winners: RwLock<HashSet<u64>>,
 }
 
@@ -155,6 +156,21 @@ mod tests {
         assert!(
             view.is_exhausted(),
             "the voucher is sold out after `limit` wins"
+        );
+    }
+
+    #[test]
+    fn the_winner_set_grows_with_winners_not_with_the_limit() {
+        let view = view(10_000_000);
+        assert_eq!(
+            view.winners.read().capacity(),
+            0,
+            "no winner, no allocation"
+        );
+        view.record_win(PhoneNumber::parse("+4915100000001").unwrap());
+        assert!(
+            view.winners.read().capacity() <= 4,
+            "one winner takes the smallest table"
         );
     }
 

@@ -20,7 +20,7 @@ use crate::domain::{PhoneNumber, Redemption, Timestamp, VoucherCode};
 use crate::error::{Error, Result};
 use crate::limits::{LOCAL_LEASE_BATCH_SLOTS, MAX_CLAIM_ATTEMPTS, MAX_SLOT_WAITERS_PER_VOUCHER};
 use crate::metrics::Metrics;
-use crate::slots::SlotSource;
+use crate::slots::{SlotBatch, SlotSource};
 use crate::store::{Claim, Ledger};
 
 /// The behaviour of a voucher shard.
@@ -42,16 +42,25 @@ pub struct VoucherShardState {
     pools: HashMap<VoucherCode, ShardPool>,
 }
 
-/// A voucher's slots as this shard holds them.
+/// A voucher's slots as this shard holds them. A shard keeps one only while it
+/// holds slots, claims or waiters of the voucher (see `forget_idle_pool`), and
+/// none of its parts allocates before it is used, so an idle voucher costs the
+/// shard nothing and a busy one a few ranges whatever its limit.
 #[derive(Default)]
 struct ShardPool {
-    /// Leased slot numbers not yet handed out; popped from the end (lowest first).
-    free: Vec<u32>,
+    /// Leased slot numbers not yet handed out, as ranges; handed out lowest first.
+    free: SlotBatch,
     /// Slots handed to claims whose commit has not settled.
     in_flight: u32,
     /// Contenders waiting because the pool is empty while claims are in flight
     /// (a failed claim gives its slot back).
     waiters: VecDeque<Contender>,
+}
+
+impl ShardPool {
+    fn is_idle(&self) -> bool {
+        self.free.is_empty() && self.in_flight == 0 && self.waiters.is_empty()
+    }
 }
 
 /// One redemption request travelling through the shard.
@@ -188,8 +197,23 @@ impl VoucherShardState {
                 .lease(code, view.voucher.limit, LOCAL_LEASE_BATCH_SLOTS)
                 .await
             {
-                Ok(mut batch) => {
-                    batch.reverse();
+                Ok(batch) => {
+                    // Slot accounting: a lease holds at most what was asked, all
+                    // slots of this voucher.
+                    assert!(
+                        batch.len() <= LOCAL_LEASE_BATCH_SLOTS as usize,
+                        "a lease of {code} exceeds its batch size"
+                    );
+                    assert!(
+                        batch.first().is_none_or(|lowest| lowest >= 1),
+                        "a lease of {code} holds slot 0"
+                    );
+                    assert!(
+                        batch
+                            .last()
+                            .is_none_or(|highest| highest <= view.voucher.limit),
+                        "a lease of {code} holds a slot above its limit"
+                    );
                     pool.free = batch;
                 }
                 Err(error) => {
@@ -197,11 +221,12 @@ impl VoucherShardState {
                     let _ = contender
                         .reply
                         .send(Err(Error::unavailable("slot lease failed")));
+                    self.forget_idle_pool(code);
                     return;
                 }
             }
         }
-        if let Some(slot) = pool.free.pop() {
+        if let Some(slot) = pool.free.pop_lowest() {
             pool.in_flight += 1;
             start_claim(myself, &self.args.ledger, view.clone(), slot, contender);
         } else if pool.in_flight > 0 {
@@ -213,7 +238,17 @@ impl VoucherShardState {
                 )));
             }
         } else {
+            self.forget_idle_pool(code);
             self.answer_without_slot(view, contender).await;
+        }
+    }
+
+    /// Drops the voucher's pool when it holds nothing: the next contender leases
+    /// again, exactly as it would from an empty pool, and a sold-out or quiet
+    /// voucher costs the shard no memory.
+    fn forget_idle_pool(&mut self, code: &VoucherCode) {
+        if self.pools.get(code).is_some_and(ShardPool::is_idle) {
+            self.pools.remove(code);
         }
     }
 
@@ -263,7 +298,14 @@ impl VoucherShardState {
                     .metrics
                     .set_remaining_slots(code.as_str(), view.remaining());
             }
-            Settlement::Returned => pool.free.push(slot),
+            Settlement::Returned => {
+                // Normally a slot in flight is not free meanwhile, but a source
+                // that lost a write (Redis failover) may have leased it to this
+                // shard again; the batch is a set and holds it once.
+                if !pool.free.insert(slot) {
+                    tracing::debug!(%code, slot, "a returned slot was leased again meanwhile");
+                }
+            }
             Settlement::SlotLost(mut contender) => {
                 contender.attempts += 1;
                 if contender.attempts < MAX_CLAIM_ATTEMPTS {
@@ -288,6 +330,7 @@ impl VoucherShardState {
                 return;
             }
             let Some(waiter) = pool.waiters.pop_front() else {
+                self.forget_idle_pool(code);
                 return;
             };
             self.contend(myself, view, waiter).await;

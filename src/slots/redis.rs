@@ -30,7 +30,7 @@ use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::Script;
 
 use super::local::LocalSlots;
-use super::SlotSource;
+use super::{SlotBatch, SlotSource};
 use crate::domain::VoucherCode;
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -308,7 +308,7 @@ impl SlotSource for RedisSlots {
         code: &VoucherCode,
         limit: u32,
         max: u32,
-    ) -> BoxFuture<'static, Result<Vec<u32>>> {
+    ) -> BoxFuture<'static, Result<SlotBatch>> {
         let inner = self.inner.clone();
         let code = code.clone();
         Box::pin(async move {
@@ -334,7 +334,7 @@ impl SlotSource for RedisSlots {
         })
     }
 
-    fn give_back(&self, code: &VoucherCode, slots: Vec<u32>) -> BoxFuture<'static, Result<()>> {
+    fn give_back(&self, code: &VoucherCode, slots: SlotBatch) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         let code = code.clone();
         Box::pin(async move {
@@ -344,18 +344,22 @@ impl SlotSource for RedisSlots {
             }
             let keys = &Keys::new(&code, &inner.instance);
             let script = &inner.give_back;
-            let slots = &slots;
-            let outcome = inner
-                .link
-                .run(|mut connection| async move {
-                    let mut call = script.key(&keys.meta);
-                    call.key(&keys.free).key(&keys.held).arg(slots);
-                    call.invoke_async::<i64>(&mut connection).await
-                })
-                .await;
-            if let Err(error) = outcome {
-                // The slots are in no pool now; reconciliation finds them later.
-                inner.enter_degraded(&error);
+            // Redis keeps single slots: they go in calls of a bounded size.
+            let slots: Vec<u32> = slots.iter().collect();
+            for chunk in slots.chunks(REDIS_SLOTS_PER_CALL) {
+                let outcome = inner
+                    .link
+                    .run(|mut connection| async move {
+                        let mut call = script.key(&keys.meta);
+                        call.key(&keys.free).key(&keys.held).arg(chunk);
+                        call.invoke_async::<i64>(&mut connection).await
+                    })
+                    .await;
+                if let Err(error) = outcome {
+                    // The slots are in no pool now; reconciliation finds them later.
+                    inner.enter_degraded(&error);
+                    break;
+                }
             }
             Ok(())
         })
@@ -397,7 +401,12 @@ impl Inner {
         }
     }
 
-    async fn lease_from_redis(&self, code: &VoucherCode, limit: u32, max: u32) -> Result<Vec<u32>> {
+    async fn lease_from_redis(
+        &self,
+        code: &VoucherCode,
+        limit: u32,
+        max: u32,
+    ) -> Result<SlotBatch> {
         let keys = &Keys::new(code, &self.instance);
         let max = max.min(REDIS_LEASE_BATCH_SLOTS);
         let (script, instance) = (&self.lease, &self.instance);
@@ -420,18 +429,18 @@ impl Inner {
                 Some((-1, _)) => self.initialise(code, limit, keys).await?,
                 Some((_, slots)) if !slots.is_empty() => {
                     self.held.lock().insert(code.clone());
-                    return Ok(slots.iter().map(|&s| s as u32).collect());
+                    return Ok(slots_in_range(code, limit, slots));
                 }
                 _ => {
                     if !self.reconcile_due(code)
                         || self.reconcile_pool(code, limit, keys).await? == 0
                     {
-                        return Ok(Vec::new());
+                        return Ok(SlotBatch::new());
                     }
                 }
             }
         }
-        Ok(Vec::new())
+        Ok(SlotBatch::new())
     }
 
     /// Creates the voucher's pool from the ledger (first use, or after Redis lost it).
@@ -553,6 +562,21 @@ impl Inner {
     }
 }
 
+/// The slots of a lease reply as a batch. Redis is not trusted: a value outside
+/// `1..=limit` (a corrupted or foreign key) is dropped, so every batch a source
+/// hands to a shard is in range.
+fn slots_in_range(code: &VoucherCode, limit: u32, slots: &[i64]) -> SlotBatch {
+    let batch: SlotBatch = slots
+        .iter()
+        .filter_map(|&slot| u32::try_from(slot).ok())
+        .filter(|slot| (1..=limit).contains(slot))
+        .collect();
+    if batch.len() != slots.len() {
+        tracing::warn!(%code, leased = slots.len(), kept = batch.len(), "redis leased slots outside the voucher's range or twice; dropped them");
+    }
+    batch
+}
+
 async fn maintain(inner: std::sync::Weak<Inner>) {
     let period = Duration::from_millis(LEASE_RENEW_INTERVAL_MS.min(REDIS_HEALTH_INTERVAL_MS));
     let mut ticker = tokio::time::interval(period);
@@ -569,6 +593,14 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leased_slots_outside_the_range_are_dropped() {
+        let code = VoucherCode::parse("V").unwrap();
+        let batch = slots_in_range(&code, 10, &[3, 1, 2, 0, -4, 11, 10, 3]);
+        assert_eq!(batch.iter().collect::<Vec<_>>(), vec![1, 2, 3, 10]);
+        assert_eq!(batch.range_count(), 2);
+    }
 
     #[test]
     fn targets_parse() {
