@@ -19,7 +19,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 mkdir -p "$OUT"
 
 cargo build --release -p voucherd -p stress
-VOUCHERD=target/release/voucherd
+VOUCHERD=${VOUCHERD:-target/release/voucherd}
 STRESS=target/release/stress
 
 server_pid=""
