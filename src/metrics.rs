@@ -16,7 +16,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::limits::MAX_VOUCHER_METRIC_SERIES;
 
-/// The routes of the HTTP API, as a bounded label.
+/// The routes of the HTTP API, as a bounded label. Which request is which route
+/// is decided by the route table (`http::routes`), where each route names its label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Route {
@@ -32,38 +33,6 @@ pub enum Route {
     readyz,
     metrics,
     other,
-}
-
-impl Route {
-    /// Classifies a request by method and path; unknown paths are `other`, so
-    /// scanners cannot grow the label set.
-    pub fn classify(method: &str, path: &str) -> Route {
-        // Runs on every request: split into a fixed array, no allocation.
-        let mut segments = [""; 6];
-        let mut count = 0;
-        for segment in path.trim_matches('/').split('/') {
-            if count == segments.len() {
-                return Route::other;
-            }
-            segments[count] = segment;
-            count += 1;
-        }
-        match (method, &segments[..count]) {
-            ("POST", ["api", "vouchers"]) => Route::create_voucher,
-            ("GET", ["api", "vouchers"]) => Route::get_voucher,
-            ("POST", ["api", "vouchers", "redeem"]) => Route::redeem,
-            ("GET", ["api", "vouchers", "report"]) => Route::report,
-            ("GET", ["api", "vouchers", _]) => Route::get_voucher,
-            ("GET", ["api", "vouchers", _, "redemptions", _]) => Route::get_redemption,
-            ("POST", ["api", "profiles"]) => Route::create_profile,
-            ("GET", ["api", "profiles", _]) => Route::get_profile,
-            ("POST", ["api", "transactions"]) => Route::transaction,
-            ("GET", ["healthz"]) => Route::healthz,
-            ("GET", ["readyz"]) => Route::readyz,
-            ("GET", ["metrics"]) => Route::metrics,
-            _ => Route::other,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -462,28 +431,6 @@ impl EdgeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_are_classified() {
-        assert_eq!(
-            Route::classify("GET", "/api/vouchers/report"),
-            Route::report
-        );
-        assert_eq!(
-            Route::classify("GET", "/api/vouchers/ABC"),
-            Route::get_voucher
-        );
-        assert_eq!(Route::classify("GET", "/api/vouchers"), Route::get_voucher);
-        assert_eq!(
-            Route::classify("POST", "/api/vouchers/redeem"),
-            Route::redeem
-        );
-        assert_eq!(
-            Route::classify("GET", "/api/vouchers/A/redemptions/+1"),
-            Route::get_redemption
-        );
-        assert_eq!(Route::classify("GET", "/wp-admin"), Route::other);
-    }
 
     fn remaining_series(metrics: &Metrics) -> usize {
         metrics

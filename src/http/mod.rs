@@ -1,12 +1,14 @@
 //! The HTTP edge: the server loop in [`server`] (connection cap, timeouts, head
-//! checks), warp filters that only wire routes to [`handlers`] behind their
-//! [`auth`] rule, the bounded body reader, request metrics, and the one error
-//! mapping in [`error`].
+//! checks), the one route table in [`routes`] (method, path, [`auth`] rule, body,
+//! metrics label), the dispatcher that wires a matched route to its plain async
+//! function in [`handlers`], the bounded body reader, request metrics, and the one
+//! error mapping in [`error`].
 
 pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod handlers;
+pub mod routes;
 pub mod server;
 
 use std::collections::HashMap;
@@ -16,22 +18,21 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
+use warp::filters::path::FullPath;
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
+use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::limits::MAX_BODY_BYTES;
-use crate::metrics::Route;
 use crate::service::{RequestGuard, Service};
-use auth::{Access, AccessPolicy, ADMIN};
+use auth::AccessPolicy;
 use dto::StatusResponse;
 use error::ApiError;
+use routes::{Endpoint, Lookup, Params, RouteSpec};
 
 type Body = Result<Bytes, ApiError>;
 type Query = HashMap<String, String>;
-/// Whether the request may use its route: checked before its body is read.
-type Gate = Result<(), ApiError>;
 
 /// What the routes need besides the service.
 #[derive(Debug, Clone)]
@@ -40,199 +41,73 @@ pub struct RouteOptions {
     pub body_read_timeout: Duration,
 }
 
-/// Every route of the service, with its access rule, request metrics and JSON errors.
+/// Every route of the service, with its access rule, request metrics and JSON
+/// errors. Which route a request is, and what it may do, comes from the one
+/// table in [`routes`](self::routes); this only wires its inputs to [`dispatch`].
 pub fn routes(service: Arc<Service>, options: RouteOptions) -> BoxedFilter<(Response,)> {
-    let metrics_service = service.clone();
-    let tracker = service.clone();
+    let observed = service.clone();
     let observe = warp::log::custom(move |info| {
-        let route = Route::classify(info.method().as_str(), info.path());
-        metrics_service
+        let route = routes::label_of(info.method(), info.path());
+        observed
             .metrics()
             .observe_request(route, info.status().as_u16(), info.elapsed());
     });
-    let with = move || {
-        let service = service.clone();
-        warp::any().map(move || service.clone())
-    };
-    let policy = options.access.clone();
-    let gate = move |access: Access| access_gate(policy.clone(), access);
-    let timeout = options.body_read_timeout;
-    let body = {
-        let gate = gate.clone();
-        move |access: Access| bounded_body(gate(access), timeout)
-    };
-
-    let create_voucher = warp::post()
-        .and(warp::path!("api" / "vouchers"))
-        .and(body(ADMIN))
-        .and(with())
-        .then(|body: Body, s: Arc<Service>| async move {
-            respond(
-                StatusCode::CREATED,
-                async { handlers::create_voucher(&s, &body?).await }.await,
-            )
-        })
-        .boxed();
-    let voucher_by_query = warp::get()
-        .and(warp::path!("api" / "vouchers"))
-        .and(warp::query::<Query>())
-        .and(with())
-        .then(|query: Query, s: Arc<Service>| async move {
-            respond(
-                StatusCode::OK,
-                handlers::get_voucher_by_query(&s, &query).await,
-            )
-        })
-        .boxed();
-    let redeem = warp::post()
-        .and(warp::path!("api" / "vouchers" / "redeem"))
-        .and(body(Access::Public))
-        .and(with())
-        .then(|body: Body, s: Arc<Service>| async move {
-            respond(
-                StatusCode::OK,
-                async { handlers::redeem(&s, &body?).await }.await,
-            )
-        })
-        .boxed();
-    let report = warp::get()
-        .and(warp::path!("api" / "vouchers" / "report"))
-        .and(warp::query::<Query>())
-        .and(body(ADMIN))
-        .and(with())
-        .then(|query: Query, body: Body, s: Arc<Service>| async move {
-            respond(
-                StatusCode::OK,
-                async { handlers::report(&s, &query, &body?).await }.await,
-            )
-        })
-        .boxed();
-    let voucher_by_path = warp::get()
-        .and(warp::path!("api" / "vouchers" / String))
-        .and(with())
-        .then(|code: String, s: Arc<Service>| async move {
-            respond(StatusCode::OK, handlers::get_voucher(&s, &code).await)
-        })
-        .boxed();
-    let redemption = warp::get()
-        .and(warp::path!(
-            "api" / "vouchers" / String / "redemptions" / String
-        ))
-        .and(with())
-        .then(|code: String, phone: String, s: Arc<Service>| async move {
-            respond(
-                StatusCode::OK,
-                handlers::get_redemption(&s, &code, &phone).await,
-            )
-        })
-        .boxed();
-    let create_profile = warp::post()
-        .and(warp::path!("api" / "profiles"))
-        .and(body(ADMIN))
-        .and(with())
-        .then(|body: Body, s: Arc<Service>| async move {
-            respond(
-                StatusCode::CREATED,
-                async { handlers::create_profile(&s, &body?).await }.await,
-            )
-        })
-        .boxed();
-    let profile = warp::get()
-        .and(warp::path!("api" / "profiles" / String))
-        .and(warp::query::<Query>())
-        .and(gate(ADMIN))
-        .and(with())
-        .then(
-            |phone: String, query: Query, gate: Gate, s: Arc<Service>| async move {
-                respond(
-                    StatusCode::OK,
-                    async {
-                        gate?;
-                        handlers::get_profile(&s, &phone, &query).await
-                    }
-                    .await,
-                )
-            },
-        )
-        .boxed();
-    let transaction = warp::post()
-        .and(warp::path!("api" / "transactions"))
-        .and(warp::header::optional::<String>("idempotency-key"))
-        .and(body(ADMIN))
-        .and(with())
-        .then(
-            |key: Option<String>, body: Body, s: Arc<Service>| async move {
-                respond(
-                    StatusCode::OK,
-                    async { handlers::transaction(&s, key, &body?).await }.await,
-                )
-            },
-        )
-        .boxed();
-    let healthz = warp::get()
-        .and(warp::path!("healthz"))
-        .map(|| respond(StatusCode::OK, Ok(StatusResponse { status: "ok" })))
-        .boxed();
-    let readyz = warp::get()
-        .and(warp::path!("readyz"))
-        .and(with())
-        .map(|s: Arc<Service>| {
-            let reasons = s.not_ready_reasons();
-            if reasons.is_empty() {
-                respond(StatusCode::OK, Ok(StatusResponse { status: "ready" }))
-            } else {
-                let body = serde_json::json!({"status": "not_ready", "reasons": reasons});
-                let mut response = warp::reply::json(&body).into_response();
-                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                response
+    let tracker = service.clone();
+    let tracked = warp::any().map(move || tracker.track_request());
+    let matched = warp::method().and(warp::path::full()).and_then(
+        |method: Method, path: FullPath| async move {
+            match routes::lookup(&method, path.as_str()) {
+                Lookup::Matched(spec, params) => Ok(Matched { spec, params }),
+                Lookup::OtherMethod | Lookup::NotFound => Err(warp::reject::not_found()),
             }
-        })
-        .boxed();
-    let metrics = warp::get()
-        .and(warp::path!("metrics"))
-        .and(gate(ADMIN))
-        .and(with())
-        .map(|gate: Gate, s: Arc<Service>| match gate {
-            Ok(()) => metrics_text(&s),
-            Err(refused) => refused.into_response(),
-        })
-        .boxed();
-
-    let tracked = {
-        let service = tracker.clone();
-        warp::any().map(move || service.track_request())
-    };
-    let routes = create_voucher
-        .or(voucher_by_query)
-        .unify()
-        .or(redeem)
-        .unify()
-        .or(report)
-        .unify()
-        .or(redemption)
-        .unify()
-        .or(voucher_by_path)
-        .unify()
-        .or(create_profile)
-        .unify()
-        .or(profile)
-        .unify()
-        .or(transaction)
-        .unify()
-        .or(healthz)
-        .unify()
-        .or(readyz)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(fallback())
-        .unify()
-        .recover(error::recover)
-        .unify();
+        },
+    );
+    let request = matched
+        .and(warp::query::<Query>())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(
+            move |matched: Matched,
+                  query: Query,
+                  authorization: Option<String>,
+                  idempotency_key: Option<String>,
+                  declared_length: Option<u64>,
+                  body| {
+                let service = service.clone();
+                let options = options.clone();
+                async move {
+                    let gate = options
+                        .access
+                        .check(matched.spec.access, authorization.as_deref());
+                    let body = match gate {
+                        Err(refused) => return refused.into_response(),
+                        Ok(()) if matched.spec.reads_body => {
+                            read_body(declared_length, body, options.body_read_timeout).await
+                        }
+                        Ok(()) => Ok(Bytes::new()),
+                    };
+                    let inputs = Inputs {
+                        params: matched.params,
+                        query,
+                        idempotency_key,
+                        body,
+                    };
+                    dispatch(&service, matched.spec.endpoint, inputs).await
+                }
+            },
+        );
     // The guard lives as long as the request's future: shutdown knows when
     // nothing is in flight any more.
     tracked
-        .and(routes)
+        .and(
+            request
+                .or(fallback())
+                .unify()
+                .recover(error::recover)
+                .unify(),
+        )
         .map(|guard: RequestGuard, response: Response| {
             drop(guard);
             response
@@ -240,6 +115,77 @@ pub fn routes(service: Arc<Service>, options: RouteOptions) -> BoxedFilter<(Resp
         .with(observe)
         .map(Reply::into_response)
         .boxed()
+}
+
+/// A request the route table matched.
+struct Matched {
+    spec: &'static RouteSpec,
+    params: Params,
+}
+
+/// What a handler may take from its request, once access is granted.
+struct Inputs {
+    params: Params,
+    query: Query,
+    idempotency_key: Option<String>,
+    /// Empty for routes that read no body.
+    body: Body,
+}
+
+/// Calls the endpoint's handler and turns its outcome into the response.
+async fn dispatch(service: &Service, endpoint: Endpoint, inputs: Inputs) -> Response {
+    use Endpoint as E;
+    let Inputs {
+        params,
+        query,
+        idempotency_key,
+        body,
+    } = inputs;
+    let ok = StatusCode::OK;
+    match endpoint {
+        E::Redeem => respond(ok, async { handlers::redeem(service, &body?).await }.await),
+        E::CreateVoucher => respond(
+            StatusCode::CREATED,
+            async { handlers::create_voucher(service, &body?).await }.await,
+        ),
+        E::VoucherByQuery => respond(ok, handlers::get_voucher_by_query(service, &query).await),
+        E::Report => respond(
+            ok,
+            async { handlers::report(service, &query, &body?).await }.await,
+        ),
+        E::VoucherByPath => respond(ok, handlers::get_voucher(service, params.get(0)).await),
+        E::Redemption => respond(
+            ok,
+            handlers::get_redemption(service, params.get(0), params.get(1)).await,
+        ),
+        E::CreateProfile => respond(
+            StatusCode::CREATED,
+            async { handlers::create_profile(service, &body?).await }.await,
+        ),
+        E::Profile => respond(
+            ok,
+            handlers::get_profile(service, params.get(0), &query).await,
+        ),
+        E::Transaction => respond(
+            ok,
+            async { handlers::transaction(service, idempotency_key, &body?).await }.await,
+        ),
+        E::Healthz => respond(ok, Ok(StatusResponse { status: "ok" })),
+        E::Readyz => readiness(service),
+        E::Metrics => metrics_text(service),
+    }
+}
+
+/// 200 when ready, else 503 with every reason that holds.
+fn readiness(service: &Service) -> Response {
+    let reasons = service.not_ready_reasons();
+    if reasons.is_empty() {
+        return respond(StatusCode::OK, Ok(StatusResponse { status: "ready" }));
+    }
+    let body = serde_json::json!({"status": "not_ready", "reasons": reasons});
+    let mut response = warp::reply::json(&body).into_response();
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
 }
 
 /// The routes of the separate metrics address: `/metrics` without a token (the
@@ -262,32 +208,20 @@ fn metrics_text(service: &Service) -> Response {
     .into_response()
 }
 
-/// Whether the request's `Authorization` grants `access`; never rejects, so the
-/// route answers 401 itself instead of falling through to other routes.
-fn access_gate(
-    policy: Arc<AccessPolicy>,
-    access: Access,
-) -> impl Filter<Extract = (Gate,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .map(move |authorization: Option<String>| policy.check(access, authorization.as_deref()))
-}
-
-/// Answers what no route took: 404 for an unknown path, 405 for a known path
-/// with another method, 400 when a route matched but its query or headers did not parse.
+/// Answers what no route took, from the route table: 404 for an unknown path,
+/// 405 for a known path with another method, 400 when a route matched but its
+/// query or headers did not parse.
 fn fallback() -> BoxedFilter<(Response,)> {
     warp::method()
         .and(warp::path::full())
-        .map(|method: warp::http::Method, path: warp::path::FullPath| {
-            let known_with = |m: &str| Route::classify(m, path.as_str()) != Route::other;
-            let error = if known_with(method.as_str()) {
-                ApiError::Domain(crate::error::Error::invalid(
+        .map(|method: Method, path: FullPath| {
+            let error = match routes::lookup(&method, path.as_str()) {
+                Lookup::Matched(..) => ApiError::Domain(crate::error::Error::invalid(
                     "invalid_request",
                     "the request could not be read",
-                ))
-            } else if ["GET", "POST"].into_iter().any(known_with) {
-                ApiError::MethodNotAllowed
-            } else {
-                ApiError::NotFound
+                )),
+                Lookup::OtherMethod => ApiError::MethodNotAllowed,
+                Lookup::NotFound => ApiError::NotFound,
             };
             error.into_response()
         })
@@ -301,27 +235,19 @@ fn respond<T: Serialize>(status: StatusCode, outcome: Result<T, ApiError>) -> Re
     }
 }
 
-/// The request body, once `gate` lets the request through (a refused request's
-/// body is never read), read up to [`MAX_BODY_BYTES`] within `timeout`: a
-/// declared or actual larger body is refused without reading it all, a stalled
-/// one gets 408. Never rejects; errors travel as values.
-fn bounded_body(
-    gate: impl Filter<Extract = (Gate,), Error = warp::Rejection> + Clone,
-    timeout: Duration,
-) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
-    gate.and(warp::header::optional::<u64>("content-length"))
-        .and(warp::body::stream())
-        .then(
-            move |gate: Gate, declared: Option<u64>, stream| async move {
-                gate?;
-                if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-                    return Err(ApiError::PayloadTooLarge);
-                }
-                tokio::time::timeout(timeout, collect_bounded(stream))
-                    .await
-                    .unwrap_or(Err(ApiError::BodyTimeout))
-            },
-        )
+/// The request body, read up to [`MAX_BODY_BYTES`] within `timeout`: a declared
+/// or actual larger body is refused without reading it all, a stalled one gets 408.
+async fn read_body<S, B>(declared: Option<u64>, stream: S, timeout: Duration) -> Body
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    tokio::time::timeout(timeout, collect_bounded(stream))
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout))
 }
 
 async fn collect_bounded<S, B>(stream: S) -> Body

@@ -1,0 +1,315 @@
+//! The one route table: every route's method, path, access rule, body and
+//! metrics label, declared once. Routing, the metrics label of a request, and the
+//! 404/405/400 fallback all derive from it, so a new route cannot be answered
+//! wrongly by a second list that forgot it.
+
+use warp::http::Method;
+
+use super::auth::{Access, ADMIN};
+use crate::metrics::Route;
+
+/// One segment of a route's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// This exact text.
+    Literal(&'static str),
+    /// Any non-empty segment, handed to the handler raw (handlers percent-decode).
+    Param,
+}
+
+use Segment::{Literal as L, Param as P};
+
+/// Which handler serves a route: the name the dispatcher matches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Redeem,
+    CreateVoucher,
+    VoucherByQuery,
+    Report,
+    VoucherByPath,
+    Redemption,
+    CreateProfile,
+    Profile,
+    Transaction,
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+/// A route as the table declares it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub endpoint: Endpoint,
+    /// The metrics label (two routes of one resource may share it).
+    pub label: Route,
+    pub method: Method,
+    pub path: &'static [Segment],
+    pub access: Access,
+    /// Whether the route reads a request body (read only once access is granted).
+    pub reads_body: bool,
+}
+
+/// Every route. The first that matches a request wins, so a literal segment must
+/// come before a parameter in the same position (`report` before `{code}`);
+/// redeem comes first because it carries the crowd.
+pub static ROUTES: [RouteSpec; 12] = [
+    RouteSpec {
+        endpoint: Endpoint::Redeem,
+        label: Route::redeem,
+        method: Method::POST,
+        path: &[L("api"), L("vouchers"), L("redeem")],
+        access: Access::Public,
+        reads_body: true,
+    },
+    RouteSpec {
+        endpoint: Endpoint::CreateVoucher,
+        label: Route::create_voucher,
+        method: Method::POST,
+        path: &[L("api"), L("vouchers")],
+        access: ADMIN,
+        reads_body: true,
+    },
+    RouteSpec {
+        endpoint: Endpoint::VoucherByQuery,
+        label: Route::get_voucher,
+        method: Method::GET,
+        path: &[L("api"), L("vouchers")],
+        access: Access::Public,
+        reads_body: false,
+    },
+    RouteSpec {
+        endpoint: Endpoint::Report,
+        label: Route::report,
+        method: Method::GET,
+        path: &[L("api"), L("vouchers"), L("report")],
+        access: ADMIN,
+        // The seed's client sends the report's fields as a JSON body on the GET.
+        reads_body: true,
+    },
+    RouteSpec {
+        endpoint: Endpoint::VoucherByPath,
+        label: Route::get_voucher,
+        method: Method::GET,
+        path: &[L("api"), L("vouchers"), P],
+        access: Access::Public,
+        reads_body: false,
+    },
+    RouteSpec {
+        endpoint: Endpoint::Redemption,
+        label: Route::get_redemption,
+        method: Method::GET,
+        path: &[L("api"), L("vouchers"), P, L("redemptions"), P],
+        access: Access::Public,
+        reads_body: false,
+    },
+    RouteSpec {
+        endpoint: Endpoint::CreateProfile,
+        label: Route::create_profile,
+        method: Method::POST,
+        path: &[L("api"), L("profiles")],
+        access: ADMIN,
+        reads_body: true,
+    },
+    RouteSpec {
+        endpoint: Endpoint::Profile,
+        label: Route::get_profile,
+        method: Method::GET,
+        path: &[L("api"), L("profiles"), P],
+        access: ADMIN,
+        reads_body: false,
+    },
+    RouteSpec {
+        endpoint: Endpoint::Transaction,
+        label: Route::transaction,
+        method: Method::POST,
+        path: &[L("api"), L("transactions")],
+        access: ADMIN,
+        reads_body: true,
+    },
+    RouteSpec {
+        endpoint: Endpoint::Healthz,
+        label: Route::healthz,
+        method: Method::GET,
+        path: &[L("healthz")],
+        access: Access::Public,
+        reads_body: false,
+    },
+    RouteSpec {
+        endpoint: Endpoint::Readyz,
+        label: Route::readyz,
+        method: Method::GET,
+        path: &[L("readyz")],
+        access: Access::Public,
+        reads_body: false,
+    },
+    RouteSpec {
+        endpoint: Endpoint::Metrics,
+        label: Route::metrics,
+        method: Method::GET,
+        path: &[L("metrics")],
+        access: ADMIN,
+        reads_body: false,
+    },
+];
+
+/// Most parameters a route has.
+const MAX_PARAMS: usize = 2;
+/// Most segments a route has.
+const MAX_SEGMENTS: usize = 5;
+
+/// The raw path parameters of a matched route, in path order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    values: [String; MAX_PARAMS],
+}
+
+impl Params {
+    /// Parameter `index` (0-based); empty for a route with fewer.
+    pub fn get(&self, index: usize) -> &str {
+        self.values.get(index).map_or("", String::as_str)
+    }
+}
+
+/// What the table says of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Matched(&'static RouteSpec, Params),
+    /// The path is a route's, the method is not.
+    OtherMethod,
+    NotFound,
+}
+
+/// Finds the route of `method` and `path` (without the query).
+pub fn lookup(method: &Method, path: &str) -> Lookup {
+    let Some(segments) = split(path) else {
+        return Lookup::NotFound;
+    };
+    let segments = &segments.0[..segments.1];
+    let mut path_known = false;
+    for spec in &ROUTES {
+        let Some(params) = match_path(spec.path, segments) else {
+            continue;
+        };
+        if spec.method == *method {
+            return Lookup::Matched(spec, params);
+        }
+        path_known = true;
+    }
+    if path_known {
+        Lookup::OtherMethod
+    } else {
+        Lookup::NotFound
+    }
+}
+
+/// The metrics label of a request: its route's, or `other` (so scanners cannot
+/// grow the label set).
+pub fn label_of(method: &Method, path: &str) -> Route {
+    match lookup(method, path) {
+        Lookup::Matched(spec, _) => spec.label,
+        Lookup::OtherMethod | Lookup::NotFound => Route::other,
+    }
+}
+
+/// The path's segments without the leading slash and one trailing slash; `None`
+/// when it has more segments than any route. No allocation: this runs on every
+/// request.
+fn split(path: &str) -> Option<([&str; MAX_SEGMENTS], usize)> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in trimmed.split('/') {
+        if count == MAX_SEGMENTS {
+            return None;
+        }
+        segments[count] = segment;
+        count += 1;
+    }
+    Some((segments, count))
+}
+
+fn match_path(pattern: &[Segment], segments: &[&str]) -> Option<Params> {
+    if pattern.len() != segments.len() {
+        return None;
+    }
+    let mut params = Params::default();
+    let mut next_param = 0;
+    for (expected, actual) in pattern.iter().zip(segments) {
+        match expected {
+            Segment::Literal(text) if text == actual => {}
+            Segment::Param if !actual.is_empty() && next_param < MAX_PARAMS => {
+                params.values[next_param] = (*actual).to_owned();
+                next_param += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(method: Method, path: &str) -> Route {
+        label_of(&method, path)
+    }
+
+    #[test]
+    fn every_route_is_found_by_its_method_and_path() {
+        assert_eq!(label(Method::GET, "/api/vouchers/report"), Route::report);
+        assert_eq!(label(Method::GET, "/api/vouchers/ABC"), Route::get_voucher);
+        assert_eq!(label(Method::GET, "/api/vouchers"), Route::get_voucher);
+        assert_eq!(label(Method::GET, "/api/vouchers/"), Route::get_voucher);
+        assert_eq!(label(Method::POST, "/api/vouchers"), Route::create_voucher);
+        assert_eq!(label(Method::POST, "/api/vouchers/redeem"), Route::redeem);
+        assert_eq!(
+            label(Method::GET, "/api/vouchers/A/redemptions/+1"),
+            Route::get_redemption
+        );
+        assert_eq!(label(Method::GET, "/wp-admin"), Route::other);
+        assert_eq!(label(Method::GET, "/a/b/c/d/e/f/g"), Route::other);
+        assert_eq!(
+            label(Method::GET, "/api/vouchers//redemptions/x"),
+            Route::other
+        );
+    }
+
+    #[test]
+    fn params_come_raw_in_path_order() {
+        let Lookup::Matched(spec, params) =
+            lookup(&Method::GET, "/api/vouchers/GOAL/redemptions/%2B98912")
+        else {
+            panic!("no match");
+        };
+        assert_eq!(spec.endpoint, Endpoint::Redemption);
+        assert_eq!(params.get(0), "GOAL");
+        assert_eq!(params.get(1), "%2B98912");
+    }
+
+    #[test]
+    fn a_known_path_with_another_method_is_not_a_missing_route() {
+        assert_eq!(
+            lookup(&Method::DELETE, "/api/vouchers/redeem"),
+            Lookup::OtherMethod
+        );
+        assert_eq!(lookup(&Method::PUT, "/healthz"), Lookup::OtherMethod);
+        assert_eq!(lookup(&Method::GET, "/nothing"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn every_endpoint_has_exactly_one_route() {
+        for spec in &ROUTES {
+            let same = ROUTES
+                .iter()
+                .filter(|s| s.endpoint == spec.endpoint)
+                .count();
+            assert_eq!(same, 1, "{:?} is declared {same} times", spec.endpoint);
+            assert_ne!(spec.label, Route::other);
+            assert!(spec.path.len() <= MAX_SEGMENTS);
+            let params = spec.path.iter().filter(|s| **s == Segment::Param).count();
+            assert!(params <= MAX_PARAMS);
+        }
+    }
+}
