@@ -92,6 +92,7 @@ impl App {
                 ledger: ledger.clone(),
                 slots,
                 metrics: metrics.clone(),
+                clock: settings.clock.clone(),
             },
             wallet_args: WalletArgs {
                 ledger: ledger.clone(),
@@ -120,7 +121,8 @@ impl App {
                 settings.store.is_shared(),
                 readiness,
             )
-            .with_phone_rate_limit(phone_rate),
+            .with_phone_rate_limit(phone_rate)
+            .with_clock(settings.clock.clone()),
         );
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::clock::{Clock, SystemClock};
 use crate::http::auth::{AccessPolicy, Principal, Token};
 use crate::http::server::EdgeLimits;
 use crate::limits::{
@@ -161,6 +163,7 @@ impl ServeArgs {
                 per_second: self.redeem_rate_per_phone,
                 burst: self.redeem_burst_per_phone,
             },
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -211,6 +214,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub edge: EdgeLimits,
     pub phone_rate: PhoneRate,
+    /// Where windows and timestamps read the time (the system's, but for tests).
+    pub clock: Arc<dyn Clock>,
     /// How long a failed actor may stay down before the app stops with an error
     /// ([`ACTOR_RESTART_BUDGET_MS`]; tests shorten it).
     pub actor_restart_budget_ms: u64,
@@ -237,6 +242,7 @@ impl Settings {
                 per_second: DEFAULT_REDEEM_RATE_PER_PHONE,
                 burst: DEFAULT_REDEEM_BURST_PER_PHONE,
             },
+            clock: Arc::new(SystemClock),
             actor_restart_budget_ms: ACTOR_RESTART_BUDGET_MS,
         }
     }

@@ -17,6 +17,7 @@
 
 pub mod actors;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;

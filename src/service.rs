@@ -19,6 +19,7 @@ use crate::actors::catalog::{Catalog, VoucherView};
 use crate::actors::voucher::VoucherShardMsg;
 use crate::actors::wallet::WalletMsg;
 use crate::actors::Directory;
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{
     transaction_id, Page, PageRequest, PhoneNumber, Redemption, ReportEntry, Timestamp, Voucher,
     VoucherCode, VoucherStatus, Wallet, WalletTransaction,
@@ -78,6 +79,8 @@ pub struct Service {
     unknown_codes: parking_lot::Mutex<HashMap<String, Instant>>,
     /// The per-phone redemption rate, when one is configured.
     phone_rate: Option<Arc<PhoneRateLimiter>>,
+    /// Where voucher windows and timestamps read the time.
+    clock: Arc<dyn Clock>,
 }
 
 impl Service {
@@ -101,7 +104,19 @@ impl Service {
             shared_ledger,
             unknown_codes: parking_lot::Mutex::default(),
             phone_rate: None,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Reads the time from `clock` (windows, timestamps) instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current time, as this service reads it.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     /// Limits redemptions per phone number (429 with `Retry-After` past it).
@@ -199,7 +214,7 @@ impl Service {
             None if self.shared_ledger => self.discover(&code).await?,
             None => return Err(Error::VoucherNotFound),
         };
-        if view.voucher.has_window() && !view.voucher.is_active_at(Timestamp::now()) {
+        if view.voucher.has_window() && !view.voucher.is_active_at(self.now()) {
             return Err(Error::VoucherNotActive);
         }
         if view.has_winner(phone) {
@@ -278,7 +293,7 @@ impl Service {
         let profile = NewProfile {
             phone,
             opening_balance,
-            at: Timestamp::now(),
+            at: self.now(),
         };
         let wallet = self.wallet_actor(phone);
         call(&wallet, |reply| WalletMsg::CreateProfile { profile, reply }).await
@@ -306,7 +321,7 @@ impl Service {
             phone: request.phone,
             amount: request.amount,
             reference: request.reference,
-            at: Timestamp::now(),
+            at: self.now(),
         };
         let wallet = self.wallet_actor(request.phone);
         call(&wallet, |reply| WalletMsg::Transact { transaction, reply }).await

@@ -1,9 +1,12 @@
 //! Voucher shard actors: each owns the vouchers whose code hashes to it, keeps
 //! their leased free slot numbers, and hands one to each contender.
 //!
-//! A shard never waits for the ledger inside `handle`: it submits the claim (the
-//! ledger queues it in call order) and a task awaits the commit, answers the
-//! client, and tells the shard how the slot ended (`Settled`). So one hot voucher
+//! A shard never waits for a ledger commit inside `handle`: it submits the claim
+//! (the ledger queues it in call order) and a task awaits the commit, answers the
+//! client, and tells the shard how the slot ended (`Settled`). What a shard does
+//! await inside `handle` is bounded and rare: leasing a new batch of slots when
+//! its pool is empty (a local pool, or one Redis call within `REDIS_OP_TIMEOUT_MS`),
+//! and one ledger read to tell "sold out" from "leased elsewhere" when no slot is left. So one hot voucher
 //! is served by one shard at the ledger's group-commit rate, not at one fsync per
 //! request. The ledger, not the shard, is the authority on slots (I1) and users
 //! (I2): a slot the ledger says is taken is dropped and the contender retries with
@@ -16,7 +19,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::catalog::{Catalog, VoucherView};
-use crate::domain::{PhoneNumber, Redemption, Timestamp, VoucherCode};
+use crate::clock::Clock;
+use crate::domain::{PhoneNumber, Redemption, VoucherCode};
 use crate::error::{Error, Result};
 use crate::limits::{LOCAL_LEASE_BATCH_SLOTS, MAX_CLAIM_ATTEMPTS, MAX_SLOT_WAITERS_PER_VOUCHER};
 use crate::metrics::Metrics;
@@ -35,6 +39,8 @@ pub struct VoucherShardArgs {
     pub ledger: Arc<dyn Ledger>,
     pub slots: Arc<dyn SlotSource>,
     pub metrics: Arc<Metrics>,
+    /// Where a redemption's time comes from.
+    pub clock: Arc<dyn Clock>,
 }
 
 pub struct VoucherShardState {
@@ -80,7 +86,6 @@ pub enum Settlement {
     SlotLost(Contender),
 }
 
-#[allow(clippy::manual_non_exhaustive)] // InjectPanic is a test hook, not a hidden variant.
 pub enum VoucherShardMsg {
     Redeem {
         code: VoucherCode,
@@ -93,7 +98,7 @@ pub enum VoucherShardMsg {
         outcome: Settlement,
     },
     /// Makes the shard panic; used by tests to prove the supervisor restarts it.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     InjectPanic,
 }
 
@@ -170,6 +175,7 @@ impl Actor for VoucherShard {
                 };
                 state.settle(&myself, &view, slot, outcome).await;
             }
+            #[cfg(feature = "test-hooks")]
             VoucherShardMsg::InjectPanic => panic!("injected voucher shard panic"),
         }
         Ok(())
@@ -228,7 +234,7 @@ impl VoucherShardState {
         }
         if let Some(slot) = pool.free.pop_lowest() {
             pool.in_flight += 1;
-            start_claim(myself, &self.args.ledger, view.clone(), slot, contender);
+            start_claim(myself, &self.args, view.clone(), slot, contender);
         } else if pool.in_flight > 0 {
             if pool.waiters.len() < MAX_SLOT_WAITERS_PER_VOUCHER {
                 pool.waiters.push_back(contender);
@@ -342,17 +348,18 @@ impl VoucherShardState {
 /// awaits its commit in a task, which answers the contender and settles the slot.
 fn start_claim(
     myself: &ActorRef<VoucherShardMsg>,
-    ledger: &Arc<dyn Ledger>,
+    args: &VoucherShardArgs,
     view: Arc<VoucherView>,
     slot: u32,
     contender: Contender,
 ) {
     let code = view.voucher.code.clone();
-    let committed = ledger.claim(Claim {
+    let clock = &args.clock;
+    let committed = args.ledger.claim(Claim {
         code: code.clone(),
         phone: contender.phone,
         slot,
-        at: Timestamp::now(),
+        at: clock.now(),
     });
     let myself = myself.clone();
     tokio::spawn(async move {

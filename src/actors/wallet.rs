@@ -27,7 +27,6 @@ pub struct WalletState {
     ledger: Arc<dyn Ledger>,
 }
 
-#[allow(clippy::manual_non_exhaustive)] // InjectPanic is a test hook, not a hidden variant.
 pub enum WalletMsg {
     CreateProfile {
         profile: NewProfile,
@@ -38,7 +37,7 @@ pub enum WalletMsg {
         reply: RpcReplyPort<Result<WalletTransaction>>,
     },
     /// Makes the actor panic; used by tests to prove the supervisor restarts it.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     InjectPanic,
 }
 
@@ -70,6 +69,7 @@ impl Actor for WalletActor {
             WalletMsg::Transact { transaction, reply } => {
                 answer_when_committed(state.ledger.transact(transaction), reply);
             }
+            #[cfg(feature = "test-hooks")]
             WalletMsg::InjectPanic => panic!("injected wallet actor panic"),
         }
         Ok(())

@@ -11,7 +11,7 @@ use super::dto::{
     TransactionBody, TransactionResponse, VoucherResponse,
 };
 use super::error::ApiError;
-use crate::domain::{parse_reference, PhoneNumber, Timestamp, VoucherCode};
+use crate::domain::{parse_reference, PhoneNumber, VoucherCode};
 use crate::error::Error;
 use crate::limits::MAX_IDEMPOTENCY_KEY_BYTES;
 use crate::service::{Service, TransactionRequest};
@@ -42,7 +42,7 @@ fn required_code(code: Option<&str>) -> Result<VoucherCode, Error> {
 
 pub async fn create_voucher(service: &Service, body: &[u8]) -> Outcome<VoucherResponse> {
     let body: CreateVoucherBody = parse_json(body)?;
-    let voucher = body.into_voucher(Timestamp::now())?;
+    let voucher = body.into_voucher(service.now())?;
     Ok(service.create_voucher(voucher).await?.into())
 }
 
