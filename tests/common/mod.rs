@@ -333,6 +333,24 @@ pub fn assert_has_keys(value: &Value, keys: &[&str]) {
     }
 }
 
+/// Those of `phones` that hold a wallet (read 64 at a time), in no particular order.
+pub async fn phones_with_wallet(
+    client: &reqwest::Client,
+    base_url: &str,
+    phones: Vec<String>,
+) -> Vec<String> {
+    use futures::StreamExt;
+    futures::stream::iter(phones)
+        .map(|user| async move {
+            let wallet = profile_all(client, base_url, &user).await;
+            (user, wallet.is_some())
+        })
+        .buffer_unordered(64)
+        .filter_map(|(user, has)| async move { has.then_some(user) })
+        .collect()
+        .await
+}
+
 /// Asserts the stderr log of a server shows no panic.
 pub fn assert_no_panic_in_log(server: &TestServer) {
     let log = server.log();
