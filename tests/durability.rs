@@ -246,18 +246,7 @@ async fn sigkill_mid_race_loses_nothing() {
         .map(phone)
         .filter(|p| !survivor_set.contains(p))
         .collect();
-    let credited_without_redemption: Vec<String> = futures::stream::iter(not_won)
-        .map(|user| {
-            let (client, base_url) = (client.clone(), base_url.clone());
-            async move {
-                let wallet = common::profile_all(&client, &base_url, &user).await;
-                (user, wallet.is_some())
-            }
-        })
-        .buffer_unordered(64)
-        .filter_map(|(user, has)| async move { has.then_some(user) })
-        .collect()
-        .await;
+    let credited_without_redemption = common::phones_with_wallet(&client, &base_url, not_won).await;
     assert!(
         credited_without_redemption.is_empty(),
         "I3 credited: wallets without a redemption after the crash: {credited_without_redemption:?}"

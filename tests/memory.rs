@@ -13,15 +13,13 @@
 // (only its `start` function is used here, so the two copies never meet).
 #![allow(clippy::duplicate_mod)]
 
-#[path = "support/binary.rs"]
-mod binary;
 mod common;
 
 use std::fs::File;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{phone, redeem_retrying, TestServer};
+use common::{binary, phone, redeem_retrying, TestServer};
 use futures::StreamExt;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};

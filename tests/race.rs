@@ -191,19 +191,7 @@ async fn flash_crowd_limit_100() {
         .filter(|p| !winners.contains_key(p))
         .collect();
     let base_url = server.base_url().to_string();
-    let with_wallet: Vec<String> = futures::stream::iter(losers)
-        .map(|user| {
-            let client = client.clone();
-            let base_url = base_url.clone();
-            async move {
-                let wallet = common::profile_all(&client, &base_url, &user).await;
-                (user, wallet.is_some())
-            }
-        })
-        .buffer_unordered(64)
-        .filter_map(|(user, has)| async move { has.then_some(user) })
-        .collect()
-        .await;
+    let with_wallet = common::phones_with_wallet(&client, &base_url, losers).await;
     assert!(
         with_wallet.is_empty(),
         "I3 credited: users who never won hold a wallet: {with_wallet:?}"

@@ -15,7 +15,7 @@ mod scenarios;
 mod schedule;
 mod stats;
 mod users;
-mod verify;
+pub mod verify;
 
 use std::io::IsTerminal;
 use std::sync::Arc;

@@ -2,7 +2,9 @@
 //!
 //! Fetching (reports, wallets) and checking are separate: `check` is a pure
 //! function over what was fetched plus the 200s the harness saw, so tests can
-//! plant any violation without a server.
+//! plant any violation without a server. It is the one checker of I1–I5: the
+//! integration tests (`tests/common`, `tests/cluster`) fetch the same data with
+//! their own client and call it too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct VoucherReport {
     pub entries: Vec<ReportEntry>,
     /// `redeemed` from GET /api/vouchers/{code}, a second opinion on the count.
     pub redeemed: Option<u64>,
+    /// `remaining` from GET /api/vouchers/{code}: must be `limit - redeemed`.
+    pub remaining: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,12 +62,21 @@ pub struct Seen {
     pub redemption_id: String,
 }
 
+/// A user the service answered 409 already_redeemed: it says the user holds a
+/// redemption of `code`, so the report must list them.
+#[derive(Debug, Clone)]
+pub struct ToldRedeemed {
+    pub code: String,
+    pub phone: String,
+}
+
 /// Everything `check` looks at. A wallet mapped to `None` answered 404.
 #[derive(Debug, Clone, Default)]
 pub struct Fetched {
     pub vouchers: Vec<VoucherReport>,
     pub wallets: HashMap<String, Option<Wallet>>,
     pub seen: Vec<Seen>,
+    pub told_redeemed: Vec<ToldRedeemed>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +166,21 @@ pub fn check(f: &Fetched) -> Vec<Violation> {
                 format!("report total {} but {} entries listed", v.total, n),
             ));
         }
+        // Past the limit I1 has spoken already; `remaining` cannot be right.
+        if let (Some(remaining), Some(redeemed)) = (v.remaining, v.redeemed) {
+            if redeemed <= v.limit && remaining != v.limit - redeemed {
+                out.push(violation(
+                    "REPORT",
+                    code,
+                    None,
+                    vec![],
+                    format!(
+                        "voucher says remaining {remaining} but limit {} - redeemed {redeemed}",
+                        v.limit
+                    ),
+                ));
+            }
+        }
 
         // I2: one redemption per user (and so one per redemption id).
         let mut phones: HashMap<&str, &str> = HashMap::new();
@@ -177,7 +205,9 @@ pub fn check(f: &Fetched) -> Vec<Violation> {
             }
         }
 
-        // I3: each redemption has exactly one credit, same id, voucher amount.
+        // I3: each redemption has exactly one credit, same id, voucher amount,
+        // referencing the voucher.
+        let reference = voucher_ref(&v.code);
         for e in &v.entries {
             let phone = Some(e.phone_number.as_str());
             let Some(Some(w)) = f.wallets.get(&e.phone_number) else {
@@ -209,6 +239,13 @@ pub fn check(f: &Fetched) -> Vec<Violation> {
                     phone,
                     vec![e.redemption_id.clone()],
                     format!("credit amount {} != voucher amount {}", t.amount, v.amount),
+                )),
+                [t] if t.reference.as_deref() != Some(reference.as_str()) => out.push(violation(
+                    "I3",
+                    code,
+                    phone,
+                    vec![e.redemption_id.clone()],
+                    format!("credit reference {:?} != {reference:?}", t.reference),
                 )),
                 [_] => {}
                 many => out.push(violation(
@@ -294,6 +331,18 @@ pub fn check(f: &Fetched) -> Vec<Violation> {
             Some(_) => {}
         }
     }
+    // I4, for 409 already_redeemed: the service said the user holds a redemption.
+    for t in &f.told_redeemed {
+        if !reported.contains_key(&(t.code.as_str(), t.phone.as_str())) {
+            out.push(violation(
+                "I4",
+                Some(&t.code),
+                Some(&t.phone),
+                vec![],
+                "answered 409 already_redeemed but missing from the report".into(),
+            ));
+        }
+    }
 
     // I5: balance is the sum of the transactions and not negative.
     let mut phones: Vec<&String> = f.wallets.keys().collect();
@@ -366,6 +415,8 @@ async fn get<T: DeserializeOwned>(conn: &mut Conn, path: &str) -> Result<Option<
 #[derive(Deserialize)]
 struct VoucherInfo {
     redeemed: u64,
+    #[serde(default)]
+    remaining: Option<u64>,
 }
 
 async fn fetch_report(conn: &mut Conn, v: &VoucherSpec) -> Result<VoucherReport> {
@@ -379,6 +430,7 @@ async fn fetch_report(conn: &mut Conn, v: &VoucherSpec) -> Result<VoucherReport>
         total: 0,
         entries: Vec::new(),
         redeemed: Some(info.redeemed),
+        remaining: info.remaining,
     };
     let mut cursor: Option<String> = None;
     loop {
@@ -517,6 +569,7 @@ pub async fn verify(
         vouchers: reports,
         wallets: wallets.into_iter().collect(),
         seen,
+        told_redeemed: Vec::new(),
     };
     // Report in the order the vouchers were created.
     fetched
@@ -596,9 +649,17 @@ mod tests {
                 total: n as u64,
                 entries,
                 redeemed: Some(n as u64),
+                remaining: Some(100 - n.min(100) as u64),
             }],
             wallets,
             seen,
+            told_redeemed: vec![ToldRedeemed {
+                code: "GOAL".into(),
+                phone: phone(0),
+            }]
+            .into_iter()
+            .take(n)
+            .collect(),
         }
     }
 
@@ -686,6 +747,17 @@ mod tests {
     }
 
     #[test]
+    fn credit_with_another_reference_fails_i3() {
+        let mut f = clean(3);
+        let w = f.wallets.get_mut(&phone(1)).unwrap().as_mut().unwrap();
+        w.transactions[0].reference = Some("voucher:OTHER".into());
+        let v = check(&f);
+        assert_eq!(invariants(&f), vec!["I3"]);
+        assert_eq!(v[0].ids, vec![rid(1)]);
+        assert_eq!(v[0].phone.as_deref(), Some(phone(1).as_str()));
+    }
+
+    #[test]
     fn unreported_200_fails_i4() {
         let mut f = clean(10);
         f.seen.push(Seen {
@@ -700,6 +772,18 @@ mod tests {
         let mut f = clean(10);
         f.seen[0].redemption_id = rid(99);
         assert_eq!(invariants(&f), vec!["I4"]);
+    }
+
+    #[test]
+    fn unreported_already_redeemed_fails_i4() {
+        let mut f = clean(10);
+        f.told_redeemed.push(ToldRedeemed {
+            code: "GOAL".into(),
+            phone: phone(50),
+        });
+        let v = check(&f);
+        assert_eq!(invariants(&f), vec!["I4"]);
+        assert_eq!(v[0].phone.as_deref(), Some(phone(50).as_str()));
     }
 
     #[test]
@@ -735,5 +819,8 @@ mod tests {
         let mut f = clean(10);
         f.vouchers[0].redeemed = Some(101);
         assert_eq!(invariants(&f), vec!["I1", "REPORT"]);
+        let mut f = clean(10);
+        f.vouchers[0].remaining = Some(91);
+        assert_eq!(invariants(&f), vec!["REPORT"]);
     }
 }

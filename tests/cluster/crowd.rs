@@ -10,48 +10,17 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::http::{redeem, Resp};
+use super::support::http::phone;
+use super::support::rng::Rng;
 
 /// Requests in flight at once.
 pub const IN_FLIGHT: usize = 128;
 /// Upper bound on one whole crowd, so that a stuck cluster fails the test.
 pub const CROWD_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A valid E.164 number for crowd user `n`.
-pub fn crowd_phone(n: u64) -> String {
-    format!("+4477{n:09}")
-}
-
 /// A valid E.164 number for fresh user `n` of a final wave, never a crowd user.
 pub fn fresh_phone(wave: u64, n: u64) -> String {
     format!("+4478{wave:02}{n:07}")
-}
-
-/// A small deterministic generator (SplitMix64) so that crowds are reproducible.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn seeded(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound
-    }
-
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
 }
 
 /// `distinct` users numbered from `first`, plus `repeats` extra requests from users drawn
@@ -61,7 +30,7 @@ pub fn crowd_users(first: u64, distinct: u64, repeats: u64, seed: u64) -> Vec<St
     let mut users: Vec<u64> = (first..first + distinct).collect();
     users.extend((0..repeats).map(|_| first + rng.below(distinct)));
     rng.shuffle(&mut users);
-    users.into_iter().map(crowd_phone).collect()
+    users.into_iter().map(phone).collect()
 }
 
 /// The instances a crowd talks to; an instance marked dead gets no new requests.

@@ -8,8 +8,6 @@
 //! own services. Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-#[path = "../support/binary.rs"]
-pub mod binary;
 pub mod crowd;
 pub mod http;
 pub mod pg;
@@ -19,6 +17,10 @@ pub mod scenario;
 pub mod sentinel;
 pub mod verify;
 pub mod voucherd;
+
+#[path = "../support/mod.rs"]
+pub mod support;
+pub use support::binary;
 
 use std::future::Future;
 use std::time::Duration;

@@ -102,7 +102,7 @@ pub async fn verify_and_fill(
     };
     let report = check_invariants(client, urls, &expect).await;
     for phone in &seen.violating_users {
-        let held = report.iter().any(|(p, _)| p == phone);
+        let held = report.iter().any(|entry| &entry.phone_number == phone);
         eprintln!("VIOLATION user {phone}: in the report of {code}: {held}");
     }
     eprintln!(
@@ -135,7 +135,7 @@ pub async fn create_voucher(client: &reqwest::Client, cluster: &Cluster, code: &
     http::create_voucher(client, &urls[0], code, AMOUNT, limit).await;
     for url in &urls {
         let resp = http::voucher(client, url, code).await;
-        resp.expect_status(
+        resp.expect_status_for(
             200,
             &format!("instance {url} finds voucher {code} in the shared ledger"),
         );

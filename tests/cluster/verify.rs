@@ -1,14 +1,15 @@
 //! The verifier: reads the report and the wallets back from live instances and checks the
 //! invariants I1–I5 against what the clients were told; then the final wave.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::Value;
+use stress::verify::ReportEntry;
 
 use super::crowd::{check_answer, fresh_phone, Seen};
-use super::http::{profile_all, redeem, report_all, voucher, ReportItem};
+use super::http::{redeem, voucher};
+use super::support::http::report_all;
+use super::support::invariants;
 
 /// What a voucher is and what the clients saw of it.
 pub struct Expect<'a> {
@@ -18,38 +19,40 @@ pub struct Expect<'a> {
     pub seen: &'a Seen,
 }
 
-/// Checks I1–I5 for one voucher over HTTP against the live instances `urls`:
-/// - every instance serves the same report, and the voucher's counts agree with it;
-/// - I1: at most `limit` redemptions;
-/// - I2: phones and redemption ids in the report are distinct;
-/// - I3: each winner's wallet holds exactly one credit for the voucher, with the
-///   redemption id and the voucher amount; no user that is not in the report holds one;
-/// - I4: every user answered 200 is in the report with the id it was told, and so is
-///   every user told 409 already_redeemed;
-/// - I5: every wallet read has balance = sum of its transactions, and balance >= 0.
+/// Checks I1–I5 for one voucher over HTTP against the live instances `urls`, with the
+/// one checker (`support::invariants`, i.e. `stress::verify::check`) over the report of
+/// `urls[0]` and the wallet of every user that tried, winner or not (so a winner no client
+/// heard from must still be a user who tried); I4 covers the users answered 200 and those
+/// told 409 already_redeemed. Then, one shared ledger: every other instance serves the
+/// same report and the same counts.
 ///
 /// Returns the report.
 pub async fn check_invariants(
     client: &reqwest::Client,
     urls: &[String],
     expect: &Expect<'_>,
-) -> Vec<ReportItem> {
-    assert!(!urls.is_empty(), "no live instance to verify against");
+) -> Vec<ReportEntry> {
     let code = expect.code;
-    let (report, total) = report_all(client, &urls[0], code).await;
-    assert!(
-        report.len() <= expect.limit as usize,
-        "I1 limit: {} redemptions of {code} exceed its limit {}",
-        report.len(),
-        expect.limit
-    );
-    assert_eq!(
-        total,
-        report.len() as u64,
-        "I1: the report's total equals its items for {code}"
-    );
+    let report = invariants::check_invariants(
+        client,
+        urls,
+        &invariants::Expect {
+            code,
+            limit: u64::from(expect.limit),
+            amount: expect.amount,
+            acknowledged: &expect.seen.acknowledged,
+            told_redeemed: &expect.seen.told_already_redeemed,
+            wallets_of: Some(&expect.seen.tried),
+        },
+    )
+    .await;
     for url in &urls[1..] {
-        let (other, _) = report_all(client, url, code).await;
+        let other: Vec<ReportEntry> = report_all(client, url, code)
+            .await
+            .items
+            .into_iter()
+            .map(|item| serde_json::from_value(item).expect("report item"))
+            .collect();
         assert_eq!(
             other, report,
             "I4 durable: instance {url} serves a different report of {code} than {} (one shared ledger)",
@@ -58,7 +61,7 @@ pub async fn check_invariants(
     }
     for url in urls {
         let resp = voucher(client, url, code).await;
-        resp.expect_status(200, &format!("voucher {code} from {url}"));
+        resp.expect_status_for(200, &format!("voucher {code} from {url}"));
         assert_eq!(
             resp.json["redeemed"].as_u64(),
             Some(report.len() as u64),
@@ -72,113 +75,6 @@ pub async fn check_invariants(
             resp.text
         );
     }
-
-    let mut winners: HashMap<&str, &str> = HashMap::new();
-    for (phone, id) in &report {
-        assert!(
-            winners.insert(phone, id).is_none(),
-            "I2 unique: {phone} appears twice in the report of {code}"
-        );
-    }
-    let ids: HashSet<&str> = winners.values().copied().collect();
-    assert_eq!(
-        ids.len(),
-        winners.len(),
-        "I2 unique: redemption ids of {code} are distinct"
-    );
-
-    for (phone, id) in &expect.seen.acknowledged {
-        assert_eq!(
-            winners.get(phone.as_str()).copied(),
-            Some(id.as_str()),
-            "I4 durable: {phone} was answered 200 with redemption {id} but the report of {code} does not hold it"
-        );
-    }
-    for phone in &expect.seen.told_already_redeemed {
-        assert!(
-            winners.contains_key(phone.as_str()),
-            "I4 durable: {phone} was told 409 already_redeemed but the report of {code} does not hold it"
-        );
-    }
-
-    // Every user that tried, winner or not: winners hold exactly their credit, others none.
-    let reference = format!("voucher:{code}");
-    let mut users: Vec<&String> = expect.seen.tried.iter().collect();
-    users.sort();
-    let wallets: Vec<(&String, Option<super::http::Wallet>)> =
-        futures::stream::iter(users.into_iter().enumerate())
-            .map(|(i, phone)| {
-                let url = &urls[i % urls.len()];
-                async move { (phone, profile_all(client, url, phone).await) }
-            })
-            .buffer_unordered(32)
-            .collect()
-            .await;
-    let mut credited = 0;
-    for (phone, wallet) in wallets {
-        let winner_id = winners.get(phone.as_str()).copied();
-        let Some((balance, transactions)) = wallet else {
-            assert!(
-                winner_id.is_none(),
-                "I3 credited: winner {phone} of {code} has no wallet"
-            );
-            continue;
-        };
-        let credits: Vec<&Value> = transactions
-            .iter()
-            .filter(|t| {
-                t["reference"].as_str() == Some(reference.as_str())
-                    || Some(t["id"].as_str().unwrap_or_default()) == winner_id
-            })
-            .collect();
-        match winner_id {
-            Some(id) => {
-                assert_eq!(
-                    credits.len(),
-                    1,
-                    "I3 credited: winner {phone} must hold exactly one credit for {code}, has {transactions:?}"
-                );
-                assert_eq!(
-                    credits[0]["id"].as_str(),
-                    Some(id),
-                    "I3 credited: the credit of {phone} carries its redemption id"
-                );
-                assert_eq!(
-                    credits[0]["amount"].as_i64(),
-                    Some(expect.amount),
-                    "I3 credited: the credit of {phone} is the voucher amount"
-                );
-                credited += 1;
-            }
-            None => assert!(
-                credits.is_empty(),
-                "I3 credited: {phone} is not in the report of {code} but holds a credit for it: {transactions:?}"
-            ),
-        }
-        let sum: i64 = transactions
-            .iter()
-            .map(|t| {
-                t["amount"]
-                    .as_i64()
-                    .unwrap_or_else(|| panic!("non-integer amount in {t}"))
-            })
-            .sum();
-        assert_eq!(
-            balance, sum,
-            "I5 balance: the balance of {phone} equals the sum of its transactions"
-        );
-        assert!(
-            balance >= 0,
-            "I5 balance: {phone} has a negative balance {balance}"
-        );
-    }
-    // Winners among users no client heard from (transport errors, 503s that committed) are
-    // in `tried` too; every winner was someone who tried.
-    assert_eq!(
-        credited,
-        winners.len(),
-        "I3 credited: every redemption of {code} belongs to a user who tried and holds its credit"
-    );
     report
 }
 
@@ -206,7 +102,7 @@ pub async fn final_wave(
     let mut rounds = 0;
     loop {
         let status = voucher(client, &urls[0], code).await;
-        status.expect_status(200, "voucher during the final wave");
+        status.expect_status_for(200, "voucher during the final wave");
         let redeemed = status.json["redeemed"].as_u64().expect("redeemed");
         let remaining = status.json["remaining"].as_u64().expect("remaining");
         assert!(

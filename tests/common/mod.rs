@@ -3,7 +3,6 @@
 //! same store. Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -16,9 +15,17 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-#[path = "../support/binary.rs"]
-pub mod binary;
-pub use binary::STARTUP_TIMEOUT;
+#[path = "../support/mod.rs"]
+pub mod support;
+// Re-exported for the tests; each test binary uses a different subset (as with dead_code).
+#[allow(unused_imports)]
+pub use support::binary::{self, STARTUP_TIMEOUT};
+#[allow(unused_imports)]
+pub use support::http::{
+    assert_error_shape, encode_phone, phone, profile_all, send, try_send, Resp, Wallet,
+};
+#[allow(unused_imports)]
+pub use support::rng::Rng;
 
 /// How long a graceful stop (SIGTERM) may take before the test fails.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -265,7 +272,9 @@ impl TestServer {
 
     /// All redemptions of a voucher, following `next_cursor` until it is null.
     pub async fn report_all(&self, code: &str) -> Vec<Value> {
-        report_all(&self.client, &self.base_url, code).await
+        support::http::report_all(&self.client, &self.base_url, code)
+            .await
+            .items
     }
 
     /// A profile's full transaction list (newest first), following `next_cursor`.
@@ -311,92 +320,7 @@ impl Drop for TestServer {
 
 /// A client suited to the tests: bounded per request, many connections allowed.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(1024)
-        .no_proxy()
-        .build()
-        .expect("build reqwest client")
-}
-
-/// One HTTP answer, read completely.
-#[derive(Debug, Clone)]
-pub struct Resp {
-    pub status: u16,
-    pub content_type: String,
-    pub text: String,
-    /// The body parsed as JSON, or `Value::Null` when it is not JSON.
-    pub json: Value,
-    pub is_json: bool,
-    pub headers: reqwest::header::HeaderMap,
-}
-
-impl Resp {
-    pub fn expect_status(&self, status: u16) -> &Self {
-        assert_eq!(
-            self.status, status,
-            "expected HTTP {status}, got {} with body {}",
-            self.status, self.text
-        );
-        self
-    }
-
-    /// Asserts an error answer: this status, a JSON body with exactly the keys `error` and
-    /// `message`, `error` == `code`, and a non-empty message.
-    pub fn expect_error(&self, status: u16, code: &str) -> &Self {
-        assert_eq!(
-            (self.status, self.json.get("error").and_then(Value::as_str)),
-            (status, Some(code)),
-            "expected {status} {code}, got {} with body {}",
-            self.status,
-            self.text
-        );
-        assert_error_shape(self);
-        self
-    }
-
-    pub fn str_field(&self, key: &str) -> &str {
-        self.json
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("field `{key}` is not a string in {}", self.text))
-    }
-
-    pub fn i64_field(&self, key: &str) -> i64 {
-        self.json
-            .get(key)
-            .and_then(Value::as_i64)
-            .unwrap_or_else(|| panic!("field `{key}` is not an integer in {}", self.text))
-    }
-}
-
-/// Every error body is `{"error": "<code>", "message": "<text>"}` and nothing else.
-pub fn assert_error_shape(resp: &Resp) {
-    let object = resp.json.as_object().unwrap_or_else(|| {
-        panic!(
-            "error body is not a JSON object (status {}): {:?}",
-            resp.status, resp.text
-        )
-    });
-    let keys: BTreeSet<&str> = object.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        BTreeSet::from(["error", "message"]),
-        "error body must have exactly the keys error and message: {}",
-        resp.text
-    );
-    let error = object["error"].as_str().unwrap_or_default();
-    assert!(
-        !error.is_empty() && error.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-        "error code must be a non-empty snake_case string: {}",
-        resp.text
-    );
-    assert!(
-        object["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "message must be a non-empty string: {}",
-        resp.text
-    );
+    support::http::client(REQUEST_TIMEOUT, Duration::from_secs(10))
 }
 
 /// Asserts that `value` is an object holding at least `keys`.
@@ -409,157 +333,22 @@ pub fn assert_has_keys(value: &Value, keys: &[&str]) {
     }
 }
 
-/// Sends a request and reads the whole answer; panics on transport errors.
-pub async fn send(request: RequestBuilder) -> Resp {
-    match try_send(request).await {
-        Ok(resp) => resp,
-        Err(error) => panic!("HTTP request failed: {error:?}"),
-    }
-}
-
-/// Sends a request and reads the whole answer; transport errors are returned.
-pub async fn try_send(request: RequestBuilder) -> Result<Resp, reqwest::Error> {
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let text = response.text().await?;
-    let parsed: Option<Value> = serde_json::from_str(&text).ok();
-    Ok(Resp {
-        status,
-        content_type,
-        is_json: parsed.is_some(),
-        json: parsed.unwrap_or(Value::Null),
-        text,
-        headers,
-    })
-}
-
-/// All redemptions of a voucher, following `next_cursor` until it is null.
-pub async fn report_all(client: &reqwest::Client, base_url: &str, code: &str) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut cursor: Option<String> = None;
-    // Bounded: at most this many pages of 1000 before the test gives up.
-    for _page in 0..20_000 {
-        let mut query = vec![("code", code.to_string()), ("limit", "1000".to_string())];
-        if let Some(cursor) = &cursor {
-            query.push(("cursor", cursor.clone()));
-        }
-        let resp = send(
-            client
-                .get(format!("{base_url}/api/vouchers/report"))
-                .query(&query),
-        )
-        .await;
-        resp.expect_status(200);
-        let page = resp.json["redemptions"]
-            .as_array()
-            .unwrap_or_else(|| panic!("report without a redemptions array: {}", resp.text))
-            .clone();
-        assert_eq!(
-            resp.json["length"].as_u64(),
-            Some(page.len() as u64),
-            "report `length` must equal the page size: {}",
-            resp.text
-        );
-        items.extend(page);
-        match &resp.json["next_cursor"] {
-            Value::Null => return items,
-            Value::String(next) => cursor = Some(next.clone()),
-            other => panic!("next_cursor must be null or a string, got {other}"),
-        }
-    }
-    panic!("report paging for {code} did not end");
-}
-
-/// A wallet as served: its balance and all its transactions, newest first.
-pub type Wallet = (i64, Vec<Value>);
-
-/// A profile's balance and full transaction list (newest first), following `next_cursor`.
-/// None when the profile does not exist (404 profile_not_found).
-pub async fn profile_all(client: &reqwest::Client, base_url: &str, phone: &str) -> Option<Wallet> {
-    let mut items = Vec::new();
-    let mut cursor: Option<String> = None;
-    let mut balance = None;
-    for _page in 0..10_000 {
-        let mut query = vec![("limit", "1000".to_string())];
-        if let Some(cursor) = &cursor {
-            query.push(("cursor", cursor.clone()));
-        }
-        let resp = send(
-            client
-                .get(format!("{base_url}/api/profiles/{}", encode_phone(phone)))
-                .query(&query),
-        )
-        .await;
-        if resp.status == 404 && balance.is_none() {
-            resp.expect_error(404, "profile_not_found");
-            return None;
-        }
-        resp.expect_status(200);
-        balance.get_or_insert(resp.i64_field("balance"));
-        items.extend(
-            resp.json["transactions"]
-                .as_array()
-                .unwrap_or_else(|| panic!("profile without transactions: {}", resp.text))
-                .iter()
-                .cloned(),
-        );
-        match &resp.json["next_cursor"] {
-            Value::Null => return Some((balance.unwrap_or_default(), items)),
-            Value::String(next) => cursor = Some(next.clone()),
-            other => panic!("next_cursor must be null or a string, got {other}"),
-        }
-    }
-    panic!("profile paging for {phone} did not end");
-}
-
-/// `+` percent-encoded, as a browser would send it.
-pub fn encode_phone(phone: &str) -> String {
-    phone.replace('+', "%2B")
-}
-
-/// A valid E.164 number for user `n`: `+4477` then 9 digits (13 digits in all).
-pub fn phone(n: u64) -> String {
-    format!("+4477{n:09}")
-}
-
-/// A small deterministic generator (SplitMix64) so shuffles and garbage are reproducible.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn seeded(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform-enough value in `0..bound` (bound > 0).
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound
-    }
-
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
-
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next_u64() as u8).collect()
-    }
+/// Those of `phones` that hold a wallet (read 64 at a time), in no particular order.
+pub async fn phones_with_wallet(
+    client: &reqwest::Client,
+    base_url: &str,
+    phones: Vec<String>,
+) -> Vec<String> {
+    use futures::StreamExt;
+    futures::stream::iter(phones)
+        .map(|user| async move {
+            let wallet = profile_all(client, base_url, &user).await;
+            (user, wallet.is_some())
+        })
+        .buffer_unordered(64)
+        .filter_map(|(user, has)| async move { has.then_some(user) })
+        .collect()
+        .await
 }
 
 /// Asserts the stderr log of a server shows no panic.
@@ -611,9 +400,9 @@ pub async fn redeem_retrying(
     }
 }
 
-/// Checks I1, I2, I3 and I5 for one voucher over HTTP, and I4 for the redemptions a client
-/// saw answered 200 (`acknowledged`: phone → redemption_id). Returns the report's phones in
-/// winning order.
+/// Checks I1–I5 for one voucher over HTTP (the winners' wallets; I4 for the redemptions a
+/// client saw answered 200, `acknowledged`: phone → redemption_id). Returns the report's
+/// phones in winning order.
 pub async fn check_voucher_invariants(
     client: &reqwest::Client,
     base_url: &str,
@@ -622,101 +411,17 @@ pub async fn check_voucher_invariants(
     amount: i64,
     acknowledged: &std::collections::HashMap<String, String>,
 ) -> Vec<String> {
-    use futures::StreamExt;
-    use std::collections::{HashMap, HashSet};
-
-    let report = report_all(client, base_url, code).await;
-    assert!(
-        report.len() <= limit,
-        "I1 limit: {} redemptions of {code} exceed its limit {limit}",
-        report.len()
-    );
-    let mut by_phone: HashMap<String, String> = HashMap::new();
-    let mut order = Vec::new();
-    for item in &report {
-        let phone = item["phone_number"]
-            .as_str()
-            .unwrap_or_else(|| panic!("report item without phone: {item}"))
-            .to_string();
-        let id = item["redemption_id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("report item without redemption_id: {item}"))
-            .to_string();
-        assert!(
-            by_phone.insert(phone.clone(), id).is_none(),
-            "I2 unique: {phone} appears twice in the report of {code}"
-        );
-        order.push(phone);
-    }
-    let ids: HashSet<&String> = by_phone.values().collect();
-    assert_eq!(
-        ids.len(),
-        by_phone.len(),
-        "I2 unique: redemption ids in the report are distinct"
-    );
-    for (phone, id) in acknowledged {
-        assert_eq!(
-            by_phone.get(phone),
-            Some(id),
-            "I4 durable: {phone} was answered 200 with redemption {id} but the report of {code} does not hold it"
-        );
-    }
-
-    let response = send(client.get(format!("{base_url}/api/vouchers/{code}"))).await;
-    response.expect_status(200);
-    assert_eq!(
-        response.json["redeemed"].as_u64(),
-        Some(report.len() as u64),
-        "I1: the voucher's redeemed count equals the report: {}",
-        response.text
-    );
-    assert_eq!(
-        response.json["remaining"].as_u64(),
-        Some((limit - report.len()) as u64),
-        "I1: remaining = limit - redeemed: {}",
-        response.text
-    );
-
-    let reference = format!("voucher:{code}");
-    let wallets: Vec<(String, String, Option<Wallet>)> = futures::stream::iter(by_phone.clone())
-        .map(|(phone, id)| async move {
-            let wallet = profile_all(client, base_url, &phone).await;
-            (phone, id, wallet)
-        })
-        .buffer_unordered(32)
+    let expect = support::invariants::Expect {
+        code,
+        limit: limit as u64,
+        amount,
+        acknowledged,
+        told_redeemed: &Default::default(),
+        wallets_of: None,
+    };
+    support::invariants::check_invariants(client, &[base_url.to_owned()], &expect)
+        .await
+        .into_iter()
+        .map(|entry| entry.phone_number)
         .collect()
-        .await;
-    for (phone, id, wallet) in wallets {
-        let (balance, transactions) =
-            wallet.unwrap_or_else(|| panic!("I3 credited: winner {phone} of {code} has no wallet"));
-        let credits: Vec<&Value> = transactions
-            .iter()
-            .filter(|t| t["reference"].as_str() == Some(reference.as_str()))
-            .collect();
-        assert_eq!(
-            credits.len(),
-            1,
-            "I3 credited: winner {phone} must hold exactly one {reference} credit, has {transactions:?}"
-        );
-        assert_eq!(
-            credits[0]["id"].as_str(),
-            Some(id.as_str()),
-            "I3 credited: the credit of {phone} carries the redemption id"
-        );
-        assert_eq!(
-            credits[0]["amount"].as_i64(),
-            Some(amount),
-            "I3 credited: the credit of {phone} is the voucher amount"
-        );
-        let sum: i64 = transactions
-            .iter()
-            .map(|t| t["amount"].as_i64().expect("integer amount"))
-            .sum();
-        assert_eq!(
-            balance, sum,
-            "I5 balance: the balance of {phone} equals the sum of its transactions"
-        );
-        assert!(balance >= 0, "I5 balance: {phone} is negative");
-    }
-    order
 }
