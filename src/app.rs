@@ -29,10 +29,8 @@ use crate::metrics::Metrics;
 use crate::rate_limit::PhoneRateLimiter;
 use crate::readiness::{NotReadyReason, Readiness};
 use crate::service::Service;
-use crate::slots::local::LocalSlots;
-use crate::slots::redis::RedisSlots;
-use crate::slots::SlotSource;
-use crate::store::{self, Ledger};
+use crate::store::Ledger;
+use crate::wiring;
 
 pub struct App {
     listener: tokio::net::TcpListener,
@@ -67,21 +65,11 @@ impl App {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let ledger = store::open(&settings.store, metrics.clone())
+        let ledger = wiring::open_ledger(&settings.store, metrics.clone())
             .await
             .context("opening the ledger")?;
         let catalog = Arc::new(load_catalog(ledger.as_ref(), &metrics).await?);
-        let slots: Arc<dyn SlotSource> = match &settings.redis {
-            Some(target) => Arc::new(RedisSlots::start(
-                target.clone(),
-                ledger.clone(),
-                metrics.clone(),
-            )),
-            // Instances sharing a ledger without Redis start at random points of
-            // the slot range, so they rarely contend for the same slot.
-            None if settings.store.is_shared() => Arc::new(LocalSlots::shared(ledger.clone())),
-            None => Arc::new(LocalSlots::new(ledger.clone())),
-        };
+        let slots = wiring::slot_source(&settings, ledger.clone(), metrics.clone());
         let readiness = Arc::new(Readiness::default());
         let (fatal_sender, fatal) = watch::channel(None);
         let arguments = SupervisorArgs {

@@ -18,7 +18,7 @@ use crate::limits::{
     HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, RESERVED_FILE_DESCRIPTORS,
 };
 use crate::rate_limit::PhoneRate;
-pub use crate::slots::redis::RedisTarget;
+use crate::slots::redis::RedisTarget;
 
 /// The environment variable that may hold the admin token itself (instead of
 /// `--admin-token-file`); never a command-line flag, which `ps` would show.

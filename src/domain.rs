@@ -2,7 +2,10 @@
 //! and the records the ledger stores.
 //!
 //! Every value here is checked once, at the edge, by its constructor; code past
-//! the HTTP layer never re-validates.
+//! the HTTP layer never re-validates. [`wallet`] holds the wallet rules every
+//! ledger backend applies.
+
+pub mod wallet;
 
 use std::fmt;
 

@@ -11,6 +11,7 @@
 //! - [`store`]: the [`store::Ledger`] seam, the durable truth; embedded redb by default.
 //! - [`domain`], [`error`]: validated values and the closed error enum.
 //! - [`metrics`], [`config`], [`limits`]: observability, configuration, every bound.
+//! - [`wiring`]: which ledger a `--store` value opens, which slot source starts.
 //! - [`readiness`]: why the instance should not get traffic (`/readyz`).
 //!
 //! Invariants (see DESIGN.md): I1 limit, I2 unique, I3 credited, I4 durable, I5 balance.
@@ -29,6 +30,7 @@ pub mod readiness;
 pub mod service;
 pub mod slots;
 pub mod store;
+pub mod wiring;
 
 pub use app::App;
 pub use config::Settings;

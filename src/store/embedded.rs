@@ -43,8 +43,8 @@ use uuid::Uuid;
 use super::queue::{stop_process_after_writer_panic, Queued, WriteQueue};
 use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
-    redemption_id, voucher_reference, Page, PageRequest, PhoneNumber, Redemption, ReportEntry,
-    Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
+    redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
+    ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
     OPENING_BALANCE_REFERENCE,
 };
 use crate::error::{Error, Result};
@@ -669,14 +669,12 @@ impl<'txn> Tables<'txn> {
                 .map(|s| s.value());
             if let Some(sequence) = first_sequence {
                 let first = read_transaction(&self.transactions, sequence)?;
-                let same_request = first.phone == transaction.phone
-                    && first.amount == transaction.amount
-                    && first.reference == transaction.reference;
-                return if same_request {
-                    Ok(first)
-                } else {
-                    Err(Error::IdempotencyKeyReused)
-                };
+                return wallet::replay(
+                    first,
+                    transaction.phone,
+                    transaction.amount,
+                    &transaction.reference,
+                );
             }
         }
         let head = self
@@ -689,12 +687,7 @@ impl<'txn> Tables<'txn> {
             balance >= 0,
             "I5: wallet {phone} holds a negative balance {balance}"
         );
-        let new_balance = balance
-            .checked_add(transaction.amount)
-            .ok_or_else(|| Error::invalid("invalid_amount", "the balance would overflow"))?;
-        if new_balance < 0 {
-            return Err(Error::InsufficientFunds);
-        }
+        let new_balance = wallet::balance_after(balance, transaction.amount)?;
         let sequence = self.last_sequence + 1;
         let row = (
             phone,

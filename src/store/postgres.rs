@@ -70,8 +70,8 @@ use uuid::Uuid;
 use super::queue::{stop_process_after_writer_panic, Queued, WriteQueue};
 use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
-    redemption_id, voucher_reference, Page, PageRequest, PhoneNumber, Redemption, ReportEntry,
-    Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
+    redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
+    ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
     OPENING_BALANCE_REFERENCE,
 };
 use crate::error::{Error, Result};
@@ -1816,26 +1816,14 @@ fn apply_transaction(
 ) -> Result<WalletTransaction> {
     if new.replayable {
         if let Some(first) = replays.get(&new.id) {
-            let same_request = first.phone == new.phone
-                && first.amount == new.amount
-                && first.reference == new.reference;
-            return if same_request {
-                Ok(first.clone())
-            } else {
-                Err(Error::IdempotencyKeyReused)
-            };
+            return wallet::replay(first.clone(), new.phone, new.amount, &new.reference);
         }
     }
     let phone = phone_column(new.phone);
     let (balance, last_sequence) = heads
         .get(&phone)
         .map_or((0, 0), |head| (head.balance, head.last_sequence));
-    let new_balance = balance
-        .checked_add(new.amount)
-        .ok_or_else(|| Error::invalid("invalid_amount", "the balance would overflow"))?;
-    if new_balance < 0 {
-        return Err(Error::InsufficientFunds);
-    }
+    let new_balance = wallet::balance_after(balance, new.amount)?;
     // A credit opens the wallet if needed, as the embedded ledger does.
     let head = heads.entry(phone).or_insert(Head {
         stored: false,

@@ -1,0 +1,74 @@
+//! Wiring from configuration to the two seams: which ledger a `--store` value
+//! opens, and which slot source a `--redis` value (or its absence) starts.
+//!
+//! This is the one place that knows both `config` and the backends, so that
+//! `store` and `slots` depend on the domain, errors, metrics and limits only.
+//! Invariant protected: one ledger per instance, opened from exactly what the
+//! operator named, with an error that says why when it cannot be.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Settings, StoreLocation};
+use crate::metrics::Metrics;
+use crate::slots::local::LocalSlots;
+use crate::slots::redis::RedisSlots;
+use crate::slots::SlotSource;
+use crate::store::embedded::EmbeddedLedger;
+use crate::store::postgres::PostgresLedger;
+use crate::store::Ledger;
+
+/// Opens the ledger a `--store` value names.
+pub async fn open_ledger(
+    store: &StoreLocation,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Ledger>> {
+    match store {
+        StoreLocation::Embedded(path) => {
+            let ledger = EmbeddedLedger::open(path, metrics)
+                .map_err(|error| explain_embedded_open_error(path, error))?;
+            Ok(Arc::new(ledger))
+        }
+        StoreLocation::Postgres(url) => {
+            let ledger = PostgresLedger::open(url, metrics).await?;
+            Ok(Arc::new(ledger))
+        }
+    }
+}
+
+/// Names the directory and the likely cause when the embedded store cannot be
+/// opened, instead of redb's bare "Database already open".
+fn explain_embedded_open_error(path: &Path, error: anyhow::Error) -> anyhow::Error {
+    let already_open = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<redb::DatabaseError>(),
+            Some(redb::DatabaseError::DatabaseAlreadyOpen)
+        )
+    });
+    if already_open {
+        return anyhow::anyhow!(
+            "the embedded store in {} is already open in another process (another voucherd \
+             with the same --store?). The embedded store serves one instance: stop the other \
+             one, give this one its own --store directory, or share a postgres:// ledger \
+             between instances",
+            path.display()
+        );
+    }
+    error.context(format!("opening the embedded store in {}", path.display()))
+}
+
+/// The slot source the settings ask for: Redis leases when `--redis` is given,
+/// else slots claimed from the ledger directly.
+pub fn slot_source(
+    settings: &Settings,
+    ledger: Arc<dyn Ledger>,
+    metrics: Arc<Metrics>,
+) -> Arc<dyn SlotSource> {
+    match &settings.redis {
+        Some(target) => Arc::new(RedisSlots::start(target.clone(), ledger, metrics)),
+        // Instances sharing a ledger without Redis start at random points of
+        // the slot range, so they rarely contend for the same slot.
+        None if settings.store.is_shared() => Arc::new(LocalSlots::shared(ledger)),
+        None => Arc::new(LocalSlots::new(ledger)),
+    }
+}
