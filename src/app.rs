@@ -17,10 +17,10 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::actors::catalog::{Catalog, VoucherView};
 use crate::actors::voucher::VoucherShardArgs;
 use crate::actors::wallet::WalletArgs;
 use crate::actors::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::catalog::{Catalog, VoucherView};
 use crate::config::Settings;
 use crate::http::server::{self, EdgeLimits};
 use crate::http::RouteOptions;

@@ -1,23 +1,38 @@
 //! voucherd: lets a crowd race for a limited voucher without ever over-redeeming,
 //! double-crediting or losing an acknowledged redemption.
 //!
-//! - [`http`]: the server loop (connection cap, timeouts), warp routes with their
-//!   access rule, DTOs, and the one error → HTTP mapping.
-//! - [`rate_limit`]: the per-phone redemption rate.
-//! - [`service`]: one function per use case; the in-memory fast path for rejections.
-//! - [`actors`]: voucher shard actors (own slots, hand them to contenders), wallet
-//!   actors (serialise a user's writes), and their supervisor.
-//! - [`slots`]: the [`slots::SlotSource`] seam: where shards lease slot numbers.
-//! - [`store`]: the [`store::Ledger`] seam, the durable truth; embedded redb by default.
-//! - [`domain`], [`error`]: validated values and the closed error enum.
-//! - [`metrics`], [`config`], [`limits`]: observability, configuration, every bound.
-//! - [`wiring`]: which ledger a `--store` value opens, which slot source starts.
-//! - [`readiness`]: why the instance should not get traffic (`/readyz`).
+//! Where to look (the design, with the redemption path and what each seam
+//! promises, is in `docs/DESIGN.md`):
 //!
-//! Invariants (see DESIGN.md): I1 limit, I2 unique, I3 credited, I4 durable, I5 balance.
+//! - [`http`]: the server loop (connection cap, timeouts, head checks), the one
+//!   route table (`http::routes`: method, path, access rule, metrics label), the
+//!   handlers, DTOs, tokens, and the one error → HTTP mapping. **A new route** is a
+//!   row in the table, an arm in the dispatcher and a handler.
+//! - [`service`]: one function per use case; the per-phone rate limit
+//!   ([`rate_limit`]) and the fast path that rejects from the in-memory [`catalog`].
+//! - [`actors`]: voucher shards (own leased slots, hand one to each contender),
+//!   wallet actors (one user's writes in order), and their supervisor (restarts
+//!   with a budget, then stops the process).
+//! - [`store`]: the [`store::Ledger`] seam, the durable truth: embedded redb (the
+//!   default) and PostgreSQL/CockroachDB. **A new ledger backend** is a module here
+//!   that passes `tests/ledger_conformance.rs`, calls the shared wallet rules in
+//!   [`domain::wallet`], and is opened in [`wiring`].
+//! - [`slots`]: the [`slots::SlotSource`] seam (local pool, Redis leases). **A new
+//!   slot source** is a module here that passes `tests/slot_conformance.rs`, chosen
+//!   in [`wiring`].
+//! - [`app`], [`wiring`], [`config`]: building the app from its settings; **a new
+//!   role** (which halves, actors and routes exist) is decided there.
+//! - [`domain`], [`error`], [`clock`]: validated values and shared rules, the
+//!   closed error enum, the injected time.
+//! - [`metrics`], [`readiness`], [`limits`]: observability, `/readyz` reasons, and
+//!   every bound with its reason.
+//!
+//! Invariants (see `docs/DESIGN.md`): I1 limit, I2 unique, I3 credited, I4
+//! durable, I5 balance.
 
 pub mod actors;
 pub mod app;
+pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -15,10 +15,10 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
 
-use crate::actors::catalog::{Catalog, VoucherView};
 use crate::actors::voucher::VoucherShardMsg;
 use crate::actors::wallet::WalletMsg;
 use crate::actors::Directory;
+use crate::catalog::{Catalog, VoucherView};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
     transaction_id, Page, PageRequest, PhoneNumber, Redemption, ReportEntry, Timestamp, Voucher,

@@ -8,7 +8,6 @@
 //! succeeds (until then the entry is the dead actor, which callers find
 //! unreachable at once: 503, never a hang).
 
-pub mod catalog;
 pub mod voucher;
 pub mod wallet;
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::catalog::{Catalog, VoucherView};
+use crate::catalog::{Catalog, VoucherView};
 use crate::clock::Clock;
 use crate::domain::{PhoneNumber, Redemption, VoucherCode};
 use crate::error::{Error, Result};

@@ -1,4 +1,4 @@
-//! Post-run verification of DESIGN.md's invariants from the service's own API.
+//! Post-run verification of the invariants in voucherd's docs/DESIGN.md from the service's own API.
 //!
 //! Fetching (reports, wallets) and checking are separate: `check` is a pure
 //! function over what was fetched plus the 200s the harness saw, so tests can

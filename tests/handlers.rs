@@ -1,0 +1,173 @@
+//! The routes as specifications, without a socket: `warp::test` drives the route
+//! table and its handlers in-process, on a real embedded ledger, with an injected
+//! clock so that time-dependent rules are checked without waiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use voucherd::clock::ManualClock;
+use voucherd::domain::Timestamp;
+use voucherd::http::auth::{AccessPolicy, Principal, Token};
+use voucherd::http::{routes, RouteOptions};
+use voucherd::{App, Settings};
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+const TOKEN: &str = "handler-test-token-0123456789";
+/// 2026-11-27T00:00:00Z in microseconds.
+const START_MICROS: i64 = 1_795_737_600_000_000;
+
+struct Routes {
+    filter: BoxedFilter<(Response,)>,
+    clock: Arc<ManualClock>,
+    _app: App,
+    _store: tempfile::TempDir,
+}
+
+async fn routes_with(access: AccessPolicy) -> Routes {
+    let store = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(Timestamp(START_MICROS)));
+    let mut settings = Settings::embedded(store.path());
+    settings.clock = clock.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app = App::build(settings, listener).await.unwrap();
+    let options = RouteOptions {
+        access: Arc::new(access),
+        body_read_timeout: Duration::from_secs(10),
+    };
+    Routes {
+        filter: routes(app.service(), options),
+        clock,
+        _app: app,
+        _store: store,
+    }
+}
+
+async fn call(routes: &Routes, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = warp::test::request()
+        .method(method)
+        .path(path)
+        .header("authorization", format!("Bearer {TOKEN}"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.reply(&routes.filter).await;
+    let value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+    (response.status().as_u16(), value)
+}
+
+fn rfc3339(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A voucher with a window is redeemable only inside it: 403 before `starts_at`,
+/// 200 once the clock passes it, 403 again after `expires_at`.
+#[tokio::test]
+async fn a_voucher_is_redeemable_only_inside_its_window() {
+    let routes = routes_with(AccessPolicy::open()).await;
+    let hour = 3_600_000_000;
+    let voucher = json!({
+        "code": "WINDOW", "amount": 100, "limit": 10,
+        "starts_at": rfc3339(START_MICROS + hour),
+        "expires_at": rfc3339(START_MICROS + 2 * hour),
+    });
+    assert_eq!(
+        call(&routes, "POST", "/api/vouchers", Some(voucher))
+            .await
+            .0,
+        201
+    );
+    let redeem = |phone: &str| json!({"phone_number": phone, "code": "WINDOW"});
+
+    let (status, body) = call(
+        &routes,
+        "POST",
+        "/api/vouchers/redeem",
+        Some(redeem("+989120000001")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("voucher_not_active"))
+    );
+
+    routes.clock.advance_secs(3_601);
+    let (status, body) = call(
+        &routes,
+        "POST",
+        "/api/vouchers/redeem",
+        Some(redeem("+989120000001")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    routes.clock.advance_secs(3_600);
+    let (status, body) = call(
+        &routes,
+        "POST",
+        "/api/vouchers/redeem",
+        Some(redeem("+989120000002")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("voucher_not_active"))
+    );
+}
+
+/// The route table answers what no route takes: 405 for a known path with another
+/// method, 404 for an unknown path, 400 when a route's headers cannot be read.
+#[tokio::test]
+async fn the_table_answers_unknown_paths_and_methods() {
+    let routes = routes_with(AccessPolicy::open()).await;
+    let (status, body) = call(&routes, "DELETE", "/api/vouchers/redeem", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (status, body) = call(&routes, "GET", "/api/nothing", None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let unreadable = warp::test::request()
+        .method("POST")
+        .path("/api/transactions")
+        .header(
+            "idempotency-key",
+            warp::http::HeaderValue::from_bytes(b"\xff").unwrap(),
+        )
+        .json(&json!({"phone_number": "+989120000001", "amount": 5}))
+        .reply(&routes.filter)
+        .await;
+    let body: Value = serde_json::from_slice(unreadable.body()).unwrap();
+    assert_eq!(
+        (unreadable.status().as_u16(), body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+}
+
+/// With a token configured, an admin route refuses a request that lacks it before
+/// reading its body, and a public route needs none.
+#[tokio::test]
+async fn admin_routes_need_the_token_public_ones_do_not() {
+    let policy = AccessPolicy::open().with_token(Principal::Admin, Token::new(TOKEN).unwrap());
+    let routes = routes_with(policy).await;
+    let refused = warp::test::request()
+        .method("POST")
+        .path("/api/vouchers")
+        .json(&json!({"code": "NOPE", "amount": 1, "limit": 1}))
+        .reply(&routes.filter)
+        .await;
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    let (status, _) = call(&routes, "GET", "/api/vouchers/NOPE", None).await;
+    assert_eq!(status, 404, "a refused create must not create the voucher");
+    let public = warp::test::request()
+        .method("GET")
+        .path("/api/vouchers/NOPE")
+        .reply(&routes.filter)
+        .await;
+    assert_eq!(public.status().as_u16(), 404);
+}
