@@ -50,16 +50,6 @@ async fn create_voucher_with(server: &TestServer, body: Value) -> Resp {
     server.post_json("/api/vouchers", &body).await
 }
 
-async fn transaction(server: &TestServer, body: Value, key: Option<&str>) -> Resp {
-    let mut request = server
-        .request(Method::POST, "/api/transactions")
-        .json(&body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    send(request).await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn create_and_get_voucher_in_both_forms() {
     // Goal: POST /api/vouchers answers 201 with the voucher object, and both GET forms serve it.
@@ -897,12 +887,12 @@ async fn profile_transactions_page_newest_first() {
         .expect_status(201);
     let mut ids = Vec::new();
     for amount in 1..=5 {
-        let resp = transaction(
-            &server,
-            json!({"phone_number": user, "amount": amount, "reference": format!("r{amount}")}),
-            None,
-        )
-        .await;
+        let resp = server
+            .transaction(
+                json!({"phone_number": user, "amount": amount, "reference": format!("r{amount}")}),
+                None,
+            )
+            .await;
         resp.expect_status(200);
         ids.push(resp.json["id"].clone());
     }
@@ -983,12 +973,12 @@ async fn transactions_credit_debit_and_insufficient_funds() {
     // Goal: a credit creates the wallet; a debit below zero is 409 and changes nothing (I5).
     let server = TestServer::start().await;
     let user = phone(700);
-    let credit = transaction(
-        &server,
-        json!({"phone_number": user, "amount": 700, "reference": "top-up"}),
-        None,
-    )
-    .await;
+    let credit = server
+        .transaction(
+            json!({"phone_number": user, "amount": 700, "reference": "top-up"}),
+            None,
+        )
+        .await;
     credit.expect_status(200);
     assert_has_keys(&credit.json, TRANSACTION_KEYS);
     assert_eq!(credit.json["phone_number"], user.as_str());
@@ -1006,7 +996,8 @@ async fn transactions_credit_debit_and_insufficient_funds() {
     assert_eq!(transactions.len(), 1);
     assert_eq!(transactions[0]["id"], credit.json["id"]);
 
-    transaction(&server, json!({"phone_number": user, "amount": -701}), None)
+    server
+        .transaction(json!({"phone_number": user, "amount": -701}), None)
         .await
         .expect_error(409, "insufficient_funds");
     let (balance, transactions) = server.profile_all(&user).await.expect("wallet");
@@ -1016,14 +1007,17 @@ async fn transactions_credit_debit_and_insufficient_funds() {
         "I5: a refused debit changes nothing"
     );
 
-    let debit = transaction(&server, json!({"phone_number": user, "amount": -700}), None).await;
+    let debit = server
+        .transaction(json!({"phone_number": user, "amount": -700}), None)
+        .await;
     debit.expect_status(200);
     assert_eq!(debit.json["amount"], -700);
     assert_eq!(
         debit.json["balance"], 0,
         "I5: a debit may reach exactly zero"
     );
-    transaction(&server, json!({"phone_number": user, "amount": -1}), None)
+    server
+        .transaction(json!({"phone_number": user, "amount": -1}), None)
         .await
         .expect_error(409, "insufficient_funds");
 
@@ -1032,7 +1026,8 @@ async fn transactions_credit_debit_and_insufficient_funds() {
         json!({"phone_number": user, "amount": 1.5}),
         json!({"phone_number": user, "amount": -0.25}),
     ] {
-        transaction(&server, body, None)
+        server
+            .transaction(body, None)
             .await
             .expect_error(400, "invalid_amount");
     }
@@ -1043,7 +1038,8 @@ async fn transactions_credit_debit_and_insufficient_funds() {
         json!({"phone_number": user, "amount": 10, "reference": 5}),
         json!({"phone_number": user, "amount": 10, "memo": "x"}),
     ] {
-        transaction(&server, body, None)
+        server
+            .transaction(body, None)
             .await
             .expect_error(400, "invalid_body");
     }
@@ -1071,10 +1067,10 @@ async fn transactions_idempotency_key() {
     let server = TestServer::start().await;
     let user = phone(800);
     let body = json!({"phone_number": user, "amount": 100, "reference": "order-1"});
-    let first = transaction(&server, body.clone(), Some("key-1")).await;
+    let first = server.transaction(body.clone(), Some("key-1")).await;
     first.expect_status(200);
     for _ in 0..3 {
-        let replay = transaction(&server, body.clone(), Some("key-1")).await;
+        let replay = server.transaction(body.clone(), Some("key-1")).await;
         replay.expect_status(200);
         assert_eq!(replay.json, first.json, "a replay returns the first answer");
     }
@@ -1085,41 +1081,45 @@ async fn transactions_idempotency_key() {
         "the replays moved no money"
     );
 
-    transaction(
-        &server,
-        json!({"phone_number": user, "amount": 200, "reference": "order-1"}),
-        Some("key-1"),
-    )
-    .await
-    .expect_error(409, "idempotency_key_reused");
+    server
+        .transaction(
+            json!({"phone_number": user, "amount": 200, "reference": "order-1"}),
+            Some("key-1"),
+        )
+        .await
+        .expect_error(409, "idempotency_key_reused");
     let (balance, _) = server.profile_all(&user).await.expect("wallet");
     assert_eq!(balance, 100);
 
     // A debit replay is also applied once.
     let debit = json!({"phone_number": user, "amount": -60});
-    let first_debit = transaction(&server, debit.clone(), Some("key-2")).await;
+    let first_debit = server.transaction(debit.clone(), Some("key-2")).await;
     first_debit.expect_status(200);
-    let replay = transaction(&server, debit, Some("key-2")).await;
+    let replay = server.transaction(debit, Some("key-2")).await;
     assert_eq!(replay.json, first_debit.json);
     let (balance, transactions) = server.profile_all(&user).await.expect("wallet");
     assert_eq!((balance, transactions.len()), (40, 2));
 
     // Without a key every call is a new transaction.
     let plain = json!({"phone_number": user, "amount": 1});
-    transaction(&server, plain.clone(), None)
+    server
+        .transaction(plain.clone(), None)
         .await
         .expect_status(200);
-    transaction(&server, plain, None).await.expect_status(200);
+    server.transaction(plain, None).await.expect_status(200);
     let (balance, _) = server.profile_all(&user).await.expect("wallet");
     assert_eq!(balance, 42);
 
-    transaction(&server, body.clone(), Some(""))
+    server
+        .transaction(body.clone(), Some(""))
         .await
         .expect_error(400, "invalid_idempotency_key");
-    transaction(&server, body.clone(), Some(&"k".repeat(256)))
+    server
+        .transaction(body.clone(), Some(&"k".repeat(256)))
         .await
         .expect_error(400, "invalid_idempotency_key");
-    transaction(&server, body, Some(&"k".repeat(255)))
+    server
+        .transaction(body, Some(&"k".repeat(255)))
         .await
         .expect_status(200);
     let (balance, _) = server.profile_all(&user).await.expect("wallet");

@@ -8,48 +8,19 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use voucherd::actors::voucher::VoucherShardMsg;
 use voucherd::actors::wallet::WalletMsg;
-use voucherd::{App, Settings};
+use voucherd::Settings;
 
-struct InProcess {
-    base: String,
-    service: std::sync::Arc<voucherd::service::Service>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _store: tempfile::TempDir,
-}
+#[path = "support/in_process.rs"]
+mod in_process;
+use in_process::InProcess;
 
-impl InProcess {
-    async fn start() -> Self {
-        let store = tempfile::tempdir().expect("temporary store");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let app = App::build(Settings::embedded(store.path()), listener)
-            .await
-            .expect("app builds");
-        let base = format!("http://{}", app.local_addr().expect("bound address"));
-        let service = app.service();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        Self {
-            base,
-            service,
-            stop: Some(stop),
-            task,
-            _store: store,
-        }
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        self.task
-            .await
-            .expect("app task")
-            .expect("app stops cleanly");
-    }
+/// The app on a fresh embedded store (the store lives as long as the returned guard).
+async fn start_app() -> (InProcess, tempfile::TempDir) {
+    let store = tempfile::tempdir().expect("temporary store");
+    let app = InProcess::start(Settings::embedded(store.path())).await;
+    (app, store)
 }
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
@@ -71,7 +42,7 @@ fn phone(i: u32) -> String {
 async fn a_panicking_voucher_shard_is_restarted_and_no_request_hangs() {
     // Goal: panic the shard that owns a voucher in the middle of a race; every
     // request still gets an answer, the shard comes back, and I1/I2 hold.
-    let app = InProcess::start().await;
+    let (app, _store) = start_app().await;
     let client = reqwest::Client::new();
     let (status, _) = post(
         &client,
@@ -181,7 +152,7 @@ async fn a_panicking_voucher_shard_is_restarted_and_no_request_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_wallet_actor_is_restarted() {
     // Goal: a wallet actor that panics comes back and keeps crediting exactly once.
-    let app = InProcess::start().await;
+    let (app, _store) = start_app().await;
     let client = reqwest::Client::new();
     for wallet in app.service.directory().wallets() {
         wallet

@@ -8,58 +8,29 @@
 
 mod cluster;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::pg::PgServer;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use voucherd::actors::voucher::VoucherShardMsg;
 use voucherd::config::StoreLocation;
 use voucherd::readiness::NotReadyReason;
-use voucherd::service::Service;
-use voucherd::{App, Settings};
+use voucherd::Settings;
+
+#[path = "support/in_process.rs"]
+mod in_process;
+use in_process::InProcess;
 
 /// Generous bound on every state change the test waits for.
 const WAIT: Duration = Duration::from_secs(60);
 /// Bound on one HTTP request: a request for a down shard must not hang.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct InProcess {
-    base: String,
-    service: Arc<Service>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl InProcess {
-    async fn start(database: &PgServer, restart_budget_ms: u64) -> Self {
-        let mut settings = Settings::embedded("unused: the store is PostgreSQL");
-        settings.store = StoreLocation::Postgres(database.url());
-        settings.actor_restart_budget_ms = restart_budget_ms;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let app = App::build(settings, listener).await.expect("app builds");
-        let base = format!("http://{}", app.local_addr().expect("bound address"));
-        let service = app.service();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        Self {
-            base,
-            service,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        self.task
-            .await
-            .expect("app task")
-            .expect("app stops cleanly");
-    }
+async fn start_app(database: &PgServer, restart_budget_ms: u64) -> InProcess {
+    let mut settings = Settings::embedded("unused: the store is PostgreSQL");
+    settings.store = StoreLocation::Postgres(database.url());
+    settings.actor_restart_budget_ms = restart_budget_ms;
+    InProcess::start(settings).await
 }
 
 fn client() -> reqwest::Client {
@@ -134,7 +105,7 @@ async fn a_shard_whose_restart_fails_while_postgres_is_down_comes_back_with_it()
     // running, /readyz is 503 (database_unreachable, actor_restarting), its requests
     // get 503 at once; with PostgreSQL back, /readyz is 200 and the shard redeems.
     let mut database = PgServer::start().await;
-    let app = InProcess::start(&database, voucherd::limits::ACTOR_RESTART_BUDGET_MS).await;
+    let app = start_app(&database, voucherd::limits::ACTOR_RESTART_BUDGET_MS).await;
     let client = client();
     create_voucher(&client, &app.base, "PGDOWN", 20).await;
     let (status, body) = redeem(&client, &app.base, "PGDOWN", 1).await;
@@ -170,7 +141,7 @@ async fn a_shard_whose_restart_fails_while_postgres_is_down_comes_back_with_it()
     // Several restart attempts fail meanwhile; the supervisor survives them all.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        !app.task.is_finished(),
+        !app.has_stopped(),
         "the app must keep running while a restart fails within its budget"
     );
     assert!(app
@@ -222,7 +193,7 @@ async fn an_actor_down_past_its_restart_budget_stops_the_app_with_an_error() {
     // run_until_stopped returns Err, so the binary exits non-zero (crash-only),
     // and readiness said so.
     let mut database = PgServer::start().await;
-    let app = InProcess::start(&database, 1_500).await;
+    let mut app = start_app(&database, 1_500).await;
     let client = client();
     create_voucher(&client, &app.base, "DOOMED", 5).await;
 
@@ -232,10 +203,10 @@ async fn an_actor_down_past_its_restart_budget_stops_the_app_with_an_error() {
         .voucher_shard("DOOMED")
         .cast(VoucherShardMsg::InjectPanic)
         .expect("shard reachable");
-    let ended = tokio::time::timeout(WAIT, app.task)
+    let ended = app
+        .stopped_by_itself(WAIT)
         .await
-        .expect("the app stops once the restart budget is spent")
-        .expect("app task");
+        .expect("the app stops once the restart budget is spent");
     let error = ended.expect_err("run_until_stopped must return an error");
     assert!(
         error.to_string().contains("could not be restored"),

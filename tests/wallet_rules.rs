@@ -4,19 +4,8 @@
 
 mod common;
 
-use common::{phone, send, Resp, TestServer};
-use reqwest::Method;
+use common::{phone, TestServer};
 use serde_json::{json, Value};
-
-async fn transaction(server: &TestServer, body: Value, key: Option<&str>) -> Resp {
-    let mut request = server
-        .request(Method::POST, "/api/transactions")
-        .json(&body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    send(request).await
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn references_the_service_writes_are_reserved() {
@@ -40,10 +29,12 @@ async fn references_the_service_writes_are_reserved() {
         "VOUCHER:V1",
     ] {
         let forged = json!({"phone_number": user, "amount": 1_000, "reference": reference});
-        transaction(&server, forged.clone(), None)
+        server
+            .transaction(forged.clone(), None)
             .await
             .expect_error(400, "reserved_reference");
-        transaction(&server, forged, Some(&format!("forged-{reference}")))
+        server
+            .transaction(forged, Some(&format!("forged-{reference}")))
             .await
             .expect_error(400, "reserved_reference");
     }
@@ -51,13 +42,13 @@ async fn references_the_service_writes_are_reserved() {
     let (balance, transactions) = server.profile_all(&user).await.expect("wallet");
     assert_eq!((balance, transactions.len()), (500, 1), "I5: nothing moved");
     let stranger = phone(2);
-    transaction(
-        &server,
-        json!({"phone_number": stranger, "amount": 5, "reference": "voucher:V1"}),
-        None,
-    )
-    .await
-    .expect_error(400, "reserved_reference");
+    server
+        .transaction(
+            json!({"phone_number": stranger, "amount": 5, "reference": "voucher:V1"}),
+            None,
+        )
+        .await
+        .expect_error(400, "reserved_reference");
     assert!(
         server.profile_all(&stranger).await.is_none(),
         "no wallet opened"
@@ -73,13 +64,13 @@ async fn references_the_service_writes_are_reserved() {
         .collect();
     assert_eq!(references, vec!["voucher:V1", "opening_balance"]);
     // Other references that merely mention a voucher stay free.
-    transaction(
-        &server,
-        json!({"phone_number": user, "amount": -100, "reference": "refund of voucher:V1"}),
-        None,
-    )
-    .await
-    .expect_status(200);
+    server
+        .transaction(
+            json!({"phone_number": user, "amount": -100, "reference": "refund of voucher:V1"}),
+            None,
+        )
+        .await
+        .expect_status(200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,7 +80,7 @@ async fn an_idempotency_key_binds_phone_amount_and_reference() {
     let server = TestServer::start().await;
     let (user, other) = (phone(10), phone(11));
     let body = json!({"phone_number": user, "amount": 250, "reference": "order-1"});
-    let first = transaction(&server, body.clone(), Some("key-1")).await;
+    let first = server.transaction(body.clone(), Some("key-1")).await;
     first.expect_status(200);
     let first_id = first.str_field("id").to_owned();
 
@@ -99,7 +90,8 @@ async fn an_idempotency_key_binds_phone_amount_and_reference() {
         json!({"phone_number": user, "amount": 250, "reference": "order-2"}),
         json!({"phone_number": user, "amount": 250}),
     ] {
-        transaction(&server, reused, Some("key-1"))
+        server
+            .transaction(reused, Some("key-1"))
             .await
             .expect_error(409, "idempotency_key_reused");
     }
@@ -109,7 +101,7 @@ async fn an_idempotency_key_binds_phone_amount_and_reference() {
     );
 
     for _ in 0..3 {
-        let replay = transaction(&server, body.clone(), Some("key-1")).await;
+        let replay = server.transaction(body.clone(), Some("key-1")).await;
         replay.expect_status(200);
         assert_eq!(replay.str_field("id"), first_id, "the same transaction id");
         assert_eq!(replay.json, first.json, "the first answer, unchanged");
@@ -123,20 +115,20 @@ async fn an_idempotency_key_binds_phone_amount_and_reference() {
     assert_eq!(transactions[0]["id"], Value::String(first_id));
 
     // A key first used by another phone is taken for this one too.
-    transaction(
-        &server,
-        json!({"phone_number": other, "amount": 40, "reference": "x"}),
-        Some("key-2"),
-    )
-    .await
-    .expect_status(200);
-    transaction(
-        &server,
-        json!({"phone_number": user, "amount": 40, "reference": "x"}),
-        Some("key-2"),
-    )
-    .await
-    .expect_error(409, "idempotency_key_reused");
+    server
+        .transaction(
+            json!({"phone_number": other, "amount": 40, "reference": "x"}),
+            Some("key-2"),
+        )
+        .await
+        .expect_status(200);
+    server
+        .transaction(
+            json!({"phone_number": user, "amount": 40, "reference": "x"}),
+            Some("key-2"),
+        )
+        .await
+        .expect_error(409, "idempotency_key_reused");
     let (balance, _) = server.profile_all(&user).await.expect("wallet");
     assert_eq!(balance, 250);
     let (balance, _) = server.profile_all(&other).await.expect("wallet");

@@ -231,6 +231,15 @@ impl TestServer {
         send(self.request(Method::GET, path)).await
     }
 
+    /// POST /api/transactions with `body`, and an Idempotency-Key when given.
+    pub async fn transaction(&self, body: Value, key: Option<&str>) -> Resp {
+        let mut request = self.request(Method::POST, "/api/transactions").json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        send(request).await
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> Resp {
         send(self.request(Method::POST, path).json(body)).await
     }
