@@ -44,10 +44,13 @@ mod recovery;
 mod tables;
 mod writer;
 
-use reads::*;
-use recovery::*;
-use tables::*;
-use writer::*;
+use reads::{previous_of, read_transaction, read_transaction_and_previous, read_voucher};
+use recovery::{ErrorLog, Unresolved};
+use tables::{
+    create_tables, Tables, TransactionRow, VoucherRow, ACCOUNTS, PROBES, REDEEMED, SLOTS,
+    TRANSACTIONS, VOUCHERS, WALLET_HEAD,
+};
+use writer::{Applied, Writer};
 
 const DATABASE_FILE: &str = "voucherd.redb";
 

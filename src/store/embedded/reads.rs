@@ -31,7 +31,7 @@ pub(super) fn read_voucher(
 
 /// The stored row of transaction `sequence`, which something in the ledger
 /// refers to (a wallet head, a redemption, an idempotency key, a back-link).
-pub(super) fn transaction_row<'a>(
+fn transaction_row<'a>(
     transactions: &'a impl ReadableTable<u64, TransactionRow<'static>>,
     sequence: u64,
 ) -> Result<AccessGuard<'a, TransactionRow<'static>>> {

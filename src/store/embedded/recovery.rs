@@ -1,4 +1,5 @@
-//! Recovery once an I/O error (a full disk) has poisoned redb's handle, without a restart.
+//! Recovery, without a restart, once an I/O error (a full disk) has poisoned
+//! redb's handle.
 //!
 //! A write that fails with an I/O error (a full disk) poisons redb's handle: it
 //! refuses every later write ("Previous I/O error occurred") until the database
@@ -15,7 +16,7 @@ use super::*;
 
 /// A scratch file the recovering writer writes (and removes) to see whether the
 /// disk has room again before it risks a probe write on the database.
-pub(super) const SPACE_PROBE_FILE: &str = "voucherd.space-probe";
+const SPACE_PROBE_FILE: &str = "voucherd.space-probe";
 
 /// A batch whose commit failed, waiting for its answers.
 pub(super) struct Unresolved {
@@ -244,7 +245,7 @@ pub(super) enum Probe {
 }
 
 /// The waits between recovery steps: doubling from the least to the longest.
-pub(super) fn recovery_delays() -> ExponentialBackoff {
+fn recovery_delays() -> ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(LEDGER_RECOVERY_MIN_DELAY_MS))
         .with_max_delay(Duration::from_millis(LEDGER_RECOVERY_MAX_DELAY_MS))
@@ -252,7 +253,7 @@ pub(super) fn recovery_delays() -> ExponentialBackoff {
         .build()
 }
 
-pub(super) fn next_delay(delays: &mut ExponentialBackoff) -> Duration {
+fn next_delay(delays: &mut ExponentialBackoff) -> Duration {
     delays
         .next()
         .unwrap_or(Duration::from_millis(LEDGER_RECOVERY_MAX_DELAY_MS))
@@ -261,7 +262,7 @@ pub(super) fn next_delay(delays: &mut ExponentialBackoff) -> Duration {
 /// Writes (durably) and removes a scratch file of [`LEDGER_SPACE_PROBE_BYTES`]
 /// beside the database: a cheap sign that the disk has room again, which does
 /// not poison the database handle when it fails.
-pub(super) fn has_room(directory: &Path) -> std::io::Result<()> {
+fn has_room(directory: &Path) -> std::io::Result<()> {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let path = directory.join(SPACE_PROBE_FILE);
     let written = (|| {
@@ -280,7 +281,7 @@ pub(super) fn has_room(directory: &Path) -> std::io::Result<()> {
 
 /// The small durable write that tells the recovering writer the database takes
 /// writes again; returns the last transaction sequence.
-pub(super) fn probe_write(db: &Database) -> Result<u64> {
+fn probe_write(db: &Database) -> Result<u64> {
     let mut txn = db.begin_write().map_err(db_error)?;
     txn.set_durability(Durability::Immediate);
     let last_sequence = {

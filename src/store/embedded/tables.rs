@@ -18,7 +18,7 @@ pub(super) type VoucherRow = (i64, u32, Option<i64>, Option<i64>, i64);
 pub(super) type TransactionRow<'a> = (u64, u128, i64, &'a str, i64, i64, u64);
 /// Account rows, by (phone, WALLET_HEAD): (balance, last sequence, created_at);
 /// by (phone, code): the redemption, (slot, credit sequence, redeemed_at).
-pub(super) type AccountRow = (i64, u64, i64);
+type AccountRow = (i64, u64, i64);
 
 /// code → voucher.
 pub(super) const VOUCHERS: TableDefinition<&str, VoucherRow> = TableDefinition::new("vouchers");
@@ -34,8 +34,7 @@ pub(super) const ACCOUNTS: TableDefinition<(u64, &str), AccountRow> =
 pub(super) const TRANSACTIONS: TableDefinition<u64, TransactionRow> =
     TableDefinition::new("transactions");
 /// replayable transaction id → sequence: idempotency of client transactions.
-pub(super) const TRANSACTION_IDS: TableDefinition<u128, u64> =
-    TableDefinition::new("transaction_ids");
+const TRANSACTION_IDS: TableDefinition<u128, u64> = TableDefinition::new("transaction_ids");
 
 /// "last" → when the recovering writer last wrote a probe (µs): the small write
 /// that tells it the database takes writes again.

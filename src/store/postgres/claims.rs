@@ -10,7 +10,7 @@ use super::*;
 /// Inserts a wave's claims; a claim on an unknown voucher or outside 1..=limit
 /// joins nothing, and one whose slot or user key is taken is skipped, so the
 /// returned rows are exactly the winners.
-pub(super) const CLAIM_SLOTS: &str = "\
+const CLAIM_SLOTS: &str = "\
     INSERT INTO redemptions (code, slot, slot_limit, phone, id, amount, redeemed_at) \
     SELECT c.code, c.slot, v.slot_limit, c.phone, c.id, v.amount, c.redeemed_at \
     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::uuid[], $5::bigint[]) \
@@ -23,7 +23,7 @@ pub(super) const CLAIM_SLOTS: &str = "\
 /// Why the claims of a wave that were not inserted lost: the voucher's limit
 /// (NULL when there is no voucher) and the slot of the user's redemption (NULL
 /// when the user holds none).
-pub(super) const CLASSIFY_REFUSED_CLAIMS: &str = "\
+const CLASSIFY_REFUSED_CLAIMS: &str = "\
     SELECT c.position, v.slot_limit, r.slot \
     FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS c (code, phone, position) \
     LEFT JOIN vouchers AS v ON v.code = c.code \
@@ -31,7 +31,7 @@ pub(super) const CLASSIFY_REFUSED_CLAIMS: &str = "\
 
 /// Adds each phone's summed credits and their count to its wallet, opening it
 /// if needed, and returns the head after the batch's credits.
-pub(super) const CREDIT_WALLETS: &str = "\
+const CREDIT_WALLETS: &str = "\
     INSERT INTO wallets (phone, balance, last_sequence, created_at) \
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
     ON CONFLICT (phone) DO UPDATE \
@@ -39,7 +39,7 @@ pub(super) const CREDIT_WALLETS: &str = "\
         last_sequence = wallets.last_sequence + excluded.last_sequence \
     RETURNING phone, balance, last_sequence";
 
-pub(super) const INSERT_VOUCHER: &str = "\
+const INSERT_VOUCHER: &str = "\
     INSERT INTO vouchers (code, amount, slot_limit, starts_at, expires_at, created_at) \
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code) DO NOTHING RETURNING code";
 
@@ -137,7 +137,7 @@ pub(super) async fn claim_slots(
 
 /// Answers each refused claim as the embedded ledger would: the voucher is
 /// checked first, then the user's key, then the slot.
-pub(super) async fn classify_refused(
+async fn classify_refused(
     transaction: &Transaction<'_>,
     refused: &[(usize, &Claim)],
     progress: &mut Progress,
@@ -185,7 +185,7 @@ pub(super) async fn classify_refused(
 
 /// Adds the winners' credits to their wallets in one upsert and records one
 /// transaction per credit (I3), in submission order per wallet.
-pub(super) async fn credit_winners(
+async fn credit_winners(
     transaction: &Transaction<'_>,
     winners: &[(usize, &Claim, i64)],
     progress: &mut Progress,

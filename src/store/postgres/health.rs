@@ -53,7 +53,7 @@ pub(super) async fn watch_database(
 
 /// One bounded `SELECT 1` on the probe's connection, connecting first if it
 /// has none or it closed; a failed probe drops the connection.
-pub(super) async fn select_one(
+async fn select_one(
     config: &tokio_postgres::Config,
     client: &mut Option<tokio_postgres::Client>,
 ) -> Result<(), String> {

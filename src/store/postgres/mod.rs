@@ -79,15 +79,19 @@ mod writer;
 
 pub use schema::migrate;
 
-use claims::*;
-use errors::*;
-use health::*;
-use outcome::*;
-use reads::*;
-use schema::*;
-use wallet_writes::*;
-use waves::*;
-use writer::*;
+use claims::{claim_slots, create_vouchers};
+use errors::{describe, storage_failure, Failure};
+use health::watch_database;
+use outcome::{Probe, Progress};
+use reads::{
+    column, phone_column, read_error, read_row, read_rows, stored_phone, stored_u32, stored_u64,
+    voucher_status, SELECT_REDEMPTION, SELECT_REPORT, SELECT_SLOT_GAPS, SELECT_VOUCHER,
+    SELECT_VOUCHERS, SELECT_WALLET, SELECT_WALLET_PAGE, SELECT_WINNERS,
+};
+use schema::migrate_database;
+use wallet_writes::{apply_wallet_ops, insert_transactions, NewRow};
+use waves::plan_wave;
+use writer::{Writer, RETRY_MAX_DELAY_MS, RETRY_MIN_DELAY_MS};
 
 /// Connections serving reads. Reads are occasional (a shard loading a voucher,
 /// reports, wallet pages) while the hot path is the writer's, so a few suffice

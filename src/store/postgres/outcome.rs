@@ -11,15 +11,15 @@ use super::*;
 /// Attempts to find out whether a batch whose COMMIT reply was lost committed.
 /// With the delays above they span about three seconds: long enough to ride out
 /// a database restart, short enough to answer within a caller's wait.
-pub(super) const MAX_RESOLVE_ATTEMPTS: usize = 10;
+const MAX_RESOLVE_ATTEMPTS: usize = 10;
 
 // Rows that tell whether a batch committed (see `Probe`).
-pub(super) const PROBE_VOUCHER: &str = "SELECT 1 FROM vouchers WHERE code = $1 AND created_at = $2";
-pub(super) const PROBE_REDEMPTION: &str = "SELECT 1 FROM redemptions \
+const PROBE_VOUCHER: &str = "SELECT 1 FROM vouchers WHERE code = $1 AND created_at = $2";
+const PROBE_REDEMPTION: &str = "SELECT 1 FROM redemptions \
     WHERE code = $1 AND slot = $2 AND phone = $3 AND redeemed_at = $4";
-pub(super) const PROBE_TRANSACTION: &str =
+const PROBE_TRANSACTION: &str =
     "SELECT 1 FROM wallet_transactions WHERE phone = $1 AND sequence = $2 AND id = $3";
-pub(super) const PROBE_WALLET: &str = "SELECT 1 FROM wallets WHERE phone = $1 AND created_at = $2";
+const PROBE_WALLET: &str = "SELECT 1 FROM wallets WHERE phone = $1 AND created_at = $2";
 
 impl Writer {
     /// After COMMIT's reply was lost: answers the batch if it committed, asks

@@ -4,13 +4,13 @@
 use super::*;
 
 /// The schema, applied in order at every open; each file is idempotent.
-pub(super) const MIGRATIONS: [(&str, &str); 1] = [(
+const MIGRATIONS: [(&str, &str); 1] = [(
     "0001_initial",
     include_str!("../../../migrations/0001_initial.sql"),
 )];
 
 /// Attempts at applying the schema when instances migrate one database at once.
-pub(super) const MAX_MIGRATION_RETRIES: usize = 5;
+const MAX_MIGRATION_RETRIES: usize = 5;
 
 /// Applies the schema to the database `url` names: what `voucherd migrate` runs.
 /// Safe to run any number of times, also from several instances at once.

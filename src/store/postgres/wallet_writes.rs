@@ -5,30 +5,30 @@
 
 use super::*;
 
-pub(super) const INSERT_TRANSACTIONS: &str = "\
+const INSERT_TRANSACTIONS: &str = "\
     INSERT INTO wallet_transactions \
         (phone, sequence, id, replayable, amount, reference, created_at, balance_after) \
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bool[], \
                          $5::bigint[], $6::text[], $7::bigint[], $8::bigint[])";
 
-pub(super) const FIND_REPLAYS: &str = "\
+const FIND_REPLAYS: &str = "\
     SELECT id, phone, sequence, amount, reference, created_at, balance_after \
     FROM wallet_transactions WHERE replayable AND id = ANY($1::uuid[])";
 
 /// Locks the heads of the wallets a wave's profiles and transactions touch,
 /// in one order so that two instances cannot deadlock on them.
-pub(super) const LOCK_WALLETS: &str = "\
+const LOCK_WALLETS: &str = "\
     SELECT phone, balance, last_sequence, created_at FROM wallets \
     WHERE phone = ANY($1::bigint[]) ORDER BY phone FOR UPDATE";
 
 /// Opens wallets the lock found missing; a row not returned was opened by
 /// another instance meanwhile, and the batch is retried.
-pub(super) const OPEN_WALLETS: &str = "\
+const OPEN_WALLETS: &str = "\
     INSERT INTO wallets (phone, balance, last_sequence, created_at) \
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
     ON CONFLICT (phone) DO NOTHING RETURNING phone";
 
-pub(super) const UPDATE_WALLETS: &str = "\
+const UPDATE_WALLETS: &str = "\
     UPDATE wallets SET balance = u.balance, last_sequence = u.last_sequence \
     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u (phone, balance, last_sequence) \
     WHERE wallets.phone = u.phone";
@@ -95,7 +95,7 @@ pub(super) async fn insert_transactions(
 }
 
 /// A wallet's head as a wave of wallet operations sees it.
-pub(super) struct Head {
+struct Head {
     /// Whether the row exists in the database (locked) or is opened by this wave.
     stored: bool,
     changed: bool,
@@ -231,14 +231,14 @@ pub(super) async fn apply_wallet_ops(
 }
 
 /// Appends one transaction to a wallet's head as the wave sees it.
-pub(super) fn append(head: &mut Head, row: NewRow, rows: &mut Vec<NewRow>) {
+fn append(head: &mut Head, row: NewRow, rows: &mut Vec<NewRow>) {
     head.changed = true;
     head.balance = row.balance_after;
     head.last_sequence = row.sequence;
     rows.push(row);
 }
 
-pub(super) fn open_profile(
+fn open_profile(
     profile: &NewProfile,
     heads: &mut HashMap<i64, Head>,
     rows: &mut Vec<NewRow>,
@@ -277,7 +277,7 @@ pub(super) fn open_profile(
     })
 }
 
-pub(super) fn apply_transaction(
+fn apply_transaction(
     new: &NewTransaction,
     heads: &mut HashMap<i64, Head>,
     replays: &mut HashMap<Uuid, WalletTransaction>,

@@ -13,7 +13,7 @@ use super::*;
 /// What two operations of one batch may compete for, besides a voucher's
 /// code (which only orders claims against the voucher's creation).
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub(super) enum Key<'a> {
+enum Key<'a> {
     /// A user's key for a voucher (I2).
     User(&'a str, u64),
     /// A slot of a voucher (I1).
@@ -24,7 +24,7 @@ pub(super) enum Key<'a> {
     TransactionId(Uuid),
 }
 
-pub(super) fn keys(request: &Request) -> Vec<Key<'_>> {
+fn keys(request: &Request) -> Vec<Key<'_>> {
     match request {
         Request::CreateVoucher(_) => Vec::new(),
         Request::Claim(claim) => {

@@ -13,9 +13,9 @@ use super::*;
 /// A full batch takes tens of milliseconds; the rest is room for lock waits on
 /// rows another instance holds. Shorter than a caller's wait so that a retry
 /// can still answer in time.
-pub(super) const BATCH_ATTEMPT_TIMEOUT_MS: u64 = 4_000;
+const BATCH_ATTEMPT_TIMEOUT_MS: u64 = 4_000;
 /// Retries of a failed batch after the first attempt.
-pub(super) const MAX_BATCH_RETRIES: usize = 3;
+const MAX_BATCH_RETRIES: usize = 3;
 /// First delay before a retry; it doubles (with jitter) up to the maximum.
 pub(super) const RETRY_MIN_DELAY_MS: u64 = 10;
 /// Longest delay between two attempts at a batch.
@@ -138,7 +138,7 @@ impl Writer {
 }
 
 /// Applies every request in one transaction, wave by wave, and commits.
-pub(super) async fn apply_batch(
+async fn apply_batch(
     client: &mut Object,
     requests: &[Request],
     progress: &mut Progress,
@@ -155,7 +155,7 @@ pub(super) async fn apply_batch(
     Ok(())
 }
 
-pub(super) async fn apply_wave(
+async fn apply_wave(
     transaction: &Transaction<'_>,
     requests: &[Request],
     wave: &[usize],
