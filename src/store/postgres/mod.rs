@@ -1,0 +1,514 @@
+//! The SQL ledger on PostgreSQL or CockroachDB: the store several voucherd
+//! instances can share.
+//!
+//! Its job is the same atomic redemption as the embedded ledger's, written so
+//! that the database itself protects the invariants even against a buggy or
+//! racing instance: the primary key (code, slot) and the CHECK of the slot
+//! against the voucher's limit enforce I1, UNIQUE (code, phone) enforces I2, a
+//! redemption and its wallet credit commit in one transaction (I3), nobody is
+//! answered before that commit (I4), and CHECK (balance >= 0) backs the balance
+//! check made under the wallet row's lock (I5). The schema lives in
+//! `migrations/`, embedded in the binary and applied at open.
+//!
+//! Writes are group-committed like the embedded ledger's: write methods queue
+//! their operation synchronously (submission order is apply order) and one
+//! writer task applies whatever is queued, up to [`MAX_COMMIT_BATCH_OPS`], in
+//! ONE database transaction made of a few set-based statements. Claims never
+//! update a per-voucher row: a batch inserts its redemptions with
+//! `ON CONFLICT DO NOTHING` and tells the refused ones apart with one lookup,
+//! adds each winner's credits to its wallet with one upsert (a phone may win
+//! several vouchers in one batch), and appends the wallet transactions with one
+//! insert. Profiles and client transactions read the wallets they touch with
+//! `FOR UPDATE`, decide in Rust in submission order, then write the same way.
+//!
+//! The SQL sticks to what CockroachDB also accepts: no advisory locks, no
+//! PL/pgSQL; `INSERT … ON CONFLICT … RETURNING`, multi-array `unnest` and
+//! `SELECT … FOR UPDATE` carry the claim path.
+//!
+//! Unlike the embedded ledger, a transaction's `sequence` counts the wallet's
+//! own transactions: it increases along each wallet's history (which is what
+//! cursors need) and is assigned under the wallet's row lock, so it stays
+//! ordered when several instances write to one database.
+//!
+//! One file per concern: `schema` (migrations), `writer` (the batch writer and
+//! its retries), `waves` (wave planning), `claims` (vouchers and the claim
+//! path), `wallet_writes` (profiles and client transactions), `outcome`
+//! (whether a lost commit landed), `reads`, `health` (the probe behind
+//! readiness) and `errors` (failure classification).
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use super::queue::{stop_process_after_writer_panic, Queued, WriteQueue};
+use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
+use crate::domain::{
+    redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
+    ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
+    OPENING_BALANCE_REFERENCE,
+};
+use crate::error::{Error, Result};
+use crate::limits::{
+    ACTOR_CALL_TIMEOUT_MS, DATABASE_PROBE_INTERVAL_MS, DATABASE_PROBE_TIMEOUT_MS,
+    MAX_COMMIT_BATCH_OPS,
+};
+use crate::metrics::Metrics;
+
+mod claims;
+mod errors;
+mod health;
+mod outcome;
+mod reads;
+mod schema;
+mod wallet_writes;
+mod waves;
+mod writer;
+
+pub use schema::migrate;
+
+use claims::{claim_slots, create_vouchers};
+use errors::{describe, storage_failure, Failure};
+use health::watch_database;
+use outcome::{Probe, Progress};
+use reads::{
+    column, phone_column, read_error, read_row, read_rows, stored_phone, stored_u32, stored_u64,
+    voucher_status, SELECT_REDEMPTION, SELECT_REPORT, SELECT_SLOT_GAPS, SELECT_VOUCHER,
+    SELECT_VOUCHERS, SELECT_WALLET, SELECT_WALLET_PAGE, SELECT_WINNERS,
+};
+use schema::migrate_database;
+use wallet_writes::{apply_wallet_ops, insert_transactions, NewRow};
+use waves::plan_wave;
+use writer::{Writer, RETRY_MAX_DELAY_MS, RETRY_MIN_DELAY_MS};
+
+/// Connections serving reads. Reads are occasional (a shard loading a voucher,
+/// reports, wallet pages) while the hot path is the writer's, so a few suffice
+/// and the database keeps its connection slots for other instances.
+const READ_POOL_CONNECTIONS: usize = 4;
+/// Connections of the writer: one applies batches; the second lets it find out
+/// whether a commit landed while the broken connection is still being dropped.
+const WRITE_POOL_CONNECTIONS: usize = 2;
+/// How long taking a connection from a pool may wait, including opening it.
+const POOL_WAIT_TIMEOUT_MS: u64 = 5_000;
+/// How long opening a TCP connection to the database may take.
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A write, as queued for the writer.
+enum Request {
+    CreateVoucher(Voucher),
+    Claim(Claim),
+    CreateProfile(NewProfile),
+    Transact(NewTransaction),
+}
+
+/// Whoever waits for a write's outcome.
+enum Waiter {
+    Voucher(Reply<VoucherStatus>),
+    Redemption(Reply<Redemption>),
+    Wallet(Reply<Wallet>),
+    Transaction(Reply<WalletTransaction>),
+}
+
+/// What a write came to, before the batch commits.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Voucher(Result<VoucherStatus>),
+    Redemption(Result<Redemption>),
+    Wallet(Result<Wallet>),
+    Transaction(Result<WalletTransaction>),
+}
+
+impl Outcome {
+    /// The outcome of `request` when its batch failed as a whole.
+    fn failed(request: &Request, error: Error) -> Self {
+        match request {
+            Request::CreateVoucher(_) => Outcome::Voucher(Err(error)),
+            Request::Claim(_) => Outcome::Redemption(Err(error)),
+            Request::CreateProfile(_) => Outcome::Wallet(Err(error)),
+            Request::Transact(_) => Outcome::Transaction(Err(error)),
+        }
+    }
+}
+
+impl Waiter {
+    /// Sends the outcome. A caller that stopped waiting (its request timed out)
+    /// is not an error here.
+    fn answer(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Waiter::Voucher(reply), Outcome::Voucher(result)) => {
+                let _ = reply.send(result);
+            }
+            (Waiter::Redemption(reply), Outcome::Redemption(result)) => {
+                let _ = reply.send(result);
+            }
+            (Waiter::Wallet(reply), Outcome::Wallet(result)) => {
+                let _ = reply.send(result);
+            }
+            (Waiter::Transaction(reply), Outcome::Transaction(result)) => {
+                let _ = reply.send(result);
+            }
+            (waiter, _) => {
+                tracing::error!("ledger outcome does not match its operation");
+                waiter.fail(Error::storage(
+                    "ledger outcome does not match its operation",
+                ));
+            }
+        }
+    }
+
+    fn fail(self, error: Error) {
+        match self {
+            Waiter::Voucher(reply) => drop(reply.send(Err(error))),
+            Waiter::Redemption(reply) => drop(reply.send(Err(error))),
+            Waiter::Wallet(reply) => drop(reply.send(Err(error))),
+            Waiter::Transaction(reply) => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+/// The PostgreSQL/CockroachDB ledger. Cheap to share: a queue sender and a pool.
+pub struct PostgresLedger {
+    reads: Pool,
+    writes: WriteQueue<(Request, Waiter)>,
+    /// Whether the database answered its last probe (see [`watch_database`]).
+    reachable: Arc<AtomicBool>,
+    /// Dropped with the ledger, which ends the probe task.
+    _stop_watching: oneshot::Sender<()>,
+}
+
+impl PostgresLedger {
+    /// Connects to the database `url` names (`postgres://user@host:port/db`),
+    /// applies the schema, and starts the writer task. Needs a Tokio runtime.
+    pub async fn open(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let config = parse_url(url)?;
+        migrate_database(&config).await?;
+        let reachable = Arc::new(AtomicBool::new(true));
+        let (stop_watching, stopped) = oneshot::channel();
+        tokio::spawn(watch_database(config.clone(), reachable.clone(), stopped));
+        let reads = build_pool(config.clone(), READ_POOL_CONNECTIONS)?;
+        let writer = Writer {
+            pool: build_pool(config, WRITE_POOL_CONNECTIONS)?,
+            metrics,
+        };
+        let (writes, queue) = WriteQueue::bounded();
+        tokio::spawn(async move {
+            let run = std::panic::AssertUnwindSafe(writer.run(queue));
+            if futures::FutureExt::catch_unwind(run).await.is_err() {
+                stop_process_after_writer_panic();
+            }
+        });
+        Ok(Self {
+            reads,
+            writes,
+            reachable,
+            _stop_watching: stop_watching,
+        })
+    }
+
+    fn submit<T: Send + 'static>(
+        &self,
+        request: Request,
+        waiter: fn(Reply<T>) -> Waiter,
+    ) -> LedgerFuture<T> {
+        let (reply, answer) = oneshot::channel();
+        self.writes.submit((request, waiter(reply)), answer)
+    }
+
+    /// Runs `work` on a pooled connection.
+    fn read<T, F>(&self, work: impl FnOnce(Object) -> F + Send + 'static) -> LedgerFuture<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let pool = self.reads.clone();
+        Box::pin(async move {
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| Failure::from(e).into_error())?;
+            work(client).await
+        })
+    }
+}
+
+fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
+    // The URL may hold a password: the error says what is wrong, not the URL.
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|error| {
+        anyhow::anyhow!("the PostgreSQL store URL is invalid: {}", describe(&error))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("voucherd");
+    }
+    Ok(config)
+}
+
+fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Result<Pool> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            // Checking that the connection is open is enough: a statement that
+            // finds it broken fails its batch, which is retried on a new one.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let wait = Some(Duration::from_millis(POOL_WAIT_TIMEOUT_MS));
+    Ok(Pool::builder(manager)
+        .max_size(connections)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(wait)
+        .create_timeout(wait)
+        .recycle_timeout(wait)
+        .build()?)
+}
+
+impl Ledger for PostgresLedger {
+    fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
+        self.submit(Request::CreateVoucher(voucher), Waiter::Voucher)
+    }
+
+    fn claim(&self, claim: Claim) -> LedgerFuture<Redemption> {
+        self.submit(Request::Claim(claim), Waiter::Redemption)
+    }
+
+    fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet> {
+        self.submit(Request::CreateProfile(profile), Waiter::Wallet)
+    }
+
+    fn transact(&self, transaction: NewTransaction) -> LedgerFuture<WalletTransaction> {
+        self.submit(Request::Transact(transaction), Waiter::Transaction)
+    }
+
+    fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>> {
+        self.read(move |client| async move {
+            let row = read_row(&client, SELECT_VOUCHER, &[&code.as_str()]).await?;
+            row.as_ref().map(voucher_status).transpose()
+        })
+    }
+
+    fn vouchers(&self) -> LedgerFuture<Vec<VoucherStatus>> {
+        self.read(move |client| async move {
+            let rows = read_rows(&client, SELECT_VOUCHERS, &[]).await?;
+            let mut all = rows
+                .iter()
+                .map(voucher_status)
+                .collect::<Result<Vec<_>>>()?;
+            // Byte order of the codes, like the embedded ledger, whatever the
+            // database's collation.
+            all.sort_by(|a, b| a.voucher.code.cmp(&b.voucher.code));
+            Ok(all)
+        })
+    }
+
+    fn redemption(
+        &self,
+        code: VoucherCode,
+        phone: PhoneNumber,
+    ) -> LedgerFuture<Option<Redemption>> {
+        self.read(move |client| async move {
+            let row = read_row(
+                &client,
+                SELECT_REDEMPTION,
+                &[&code.as_str(), &phone_column(phone)],
+            )
+            .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            Ok(Some(Redemption {
+                id: redemption_id(&code, phone),
+                slot: stored_u32(column(&row, 0)?, "slot")?,
+                amount: column(&row, 1)?,
+                redeemed_at: Timestamp(column(&row, 2)?),
+                balance: column(&row, 3)?,
+                code,
+                phone,
+            }))
+        })
+    }
+
+    fn report(&self, code: VoucherCode, page: PageRequest) -> LedgerFuture<Page<ReportEntry>> {
+        self.read(move |client| async move {
+            let statement = client
+                .prepare_cached(SELECT_REPORT)
+                .await
+                .map_err(read_error)?;
+            // A cursor past every slot reads as an empty page.
+            let after = i64::try_from(page.cursor.unwrap_or(0)).unwrap_or(i64::MAX);
+            // One row more than asked tells whether there is a next page.
+            let rows = client
+                .query(
+                    &statement,
+                    &[
+                        &code.as_str(),
+                        &after,
+                        &(i64::from(page.limit) + 1),
+                        &i64::from(page.offset),
+                    ],
+                )
+                .await
+                .map_err(read_error)?;
+            let more = rows.len() > page.limit as usize;
+            let items = rows
+                .iter()
+                .take(page.limit as usize)
+                .map(|row| {
+                    Ok(ReportEntry {
+                        slot: stored_u32(column(row, 0)?, "slot")?,
+                        phone: stored_phone(column(row, 1)?)?,
+                        redeemed_at: Timestamp(column(row, 2)?),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let next_cursor = more
+                .then(|| items.last().map(|e| u64::from(e.slot)))
+                .flatten();
+            Ok(Page { items, next_cursor })
+        })
+    }
+
+    fn winners(&self, code: VoucherCode) -> LedgerFuture<Vec<PhoneNumber>> {
+        self.read(move |client| async move {
+            let rows = read_rows(&client, SELECT_WINNERS, &[&code.as_str()]).await?;
+            rows.iter()
+                .map(|row| stored_phone(column(row, 0)?))
+                .collect()
+        })
+    }
+
+    fn slot_usage(&self, code: VoucherCode) -> LedgerFuture<SlotUsage> {
+        self.read(move |client| async move {
+            let rows = read_rows(&client, SELECT_SLOT_GAPS, &[&code.as_str()]).await?;
+            let mut usage = SlotUsage::default();
+            for row in &rows {
+                let first = stored_u32(column(row, 0)?, "slot")?;
+                let last = stored_u32(column(row, 1)?, "slot")?;
+                if first == 0 {
+                    usage.highest_taken = last;
+                } else {
+                    usage.gaps.extend(first..=last);
+                }
+            }
+            usage.gaps.sort_unstable();
+            let gap_count = u32::try_from(usage.gaps.len())
+                .map_err(|_| Error::storage("more gaps than slots"))?;
+            usage.taken = usage
+                .highest_taken
+                .checked_sub(gap_count)
+                .ok_or_else(|| Error::storage("more gaps than slots below the highest"))?;
+            Ok(usage)
+        })
+    }
+
+    fn wallet(
+        &self,
+        phone: PhoneNumber,
+        page: PageRequest,
+    ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>> {
+        self.read(move |mut client| async move {
+            // The head and the page come from one snapshot, so the balance
+            // matches the newest transaction shown.
+            let transaction = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(read_error)?;
+            let head = transaction
+                .prepare_cached(SELECT_WALLET)
+                .await
+                .map_err(read_error)?;
+            let Some(head) = transaction
+                .query_opt(&head, &[&phone_column(phone)])
+                .await
+                .map_err(read_error)?
+            else {
+                return Ok(None);
+            };
+            let wallet = Wallet {
+                phone,
+                balance: column(&head, 0)?,
+                created_at: Timestamp(column(&head, 2)?),
+            };
+            let last_sequence: i64 = column(&head, 1)?;
+            let before = match page.cursor {
+                None => i64::MAX,
+                // A cursor is the sequence of one of this wallet's transactions.
+                Some(cursor) => match i64::try_from(cursor) {
+                    Ok(cursor) if (1..=last_sequence).contains(&cursor) => cursor,
+                    _ => {
+                        return Err(Error::invalid(
+                            "invalid_cursor",
+                            "cursor must be a next_cursor this service returned",
+                        ))
+                    }
+                },
+            };
+            let statement = transaction
+                .prepare_cached(SELECT_WALLET_PAGE)
+                .await
+                .map_err(read_error)?;
+            let rows = transaction
+                .query(
+                    &statement,
+                    &[
+                        &phone_column(phone),
+                        &before,
+                        &(i64::from(page.limit) + 1),
+                        &i64::from(page.offset),
+                    ],
+                )
+                .await
+                .map_err(read_error)?;
+            transaction.commit().await.map_err(read_error)?;
+            let more = rows.len() > page.limit as usize;
+            let items = rows
+                .iter()
+                .take(page.limit as usize)
+                .map(|row| {
+                    Ok(WalletTransaction {
+                        id: column(row, 0)?,
+                        phone,
+                        sequence: stored_u64(column(row, 1)?, "sequence")?,
+                        amount: column(row, 2)?,
+                        reference: column(row, 3)?,
+                        created_at: Timestamp(column(row, 4)?),
+                        balance_after: column(row, 5)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let next_cursor = more.then(|| items.last().map(|t| t.sequence)).flatten();
+            Ok(Some((wallet, Page { items, next_cursor })))
+        })
+    }
+
+    fn shutdown(&self) -> LedgerFuture<()> {
+        self.writes.shutdown()
+    }
+
+    fn health(&self) -> LedgerHealth {
+        if self.reachable.load(Ordering::Acquire) {
+            LedgerHealth::Healthy
+        } else {
+            LedgerHealth::Unreachable
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Reads: the SELECT statements and the conversion of stored columns back into
+//! domain values (every stored number is checked on the way back).
+
+use super::*;
+
+// Reads.
+pub(super) const SELECT_VOUCHER: &str = "\
+    SELECT v.code, v.amount, v.slot_limit, v.starts_at, v.expires_at, v.created_at, \
+           (SELECT count(*) FROM redemptions AS r WHERE r.code = v.code) \
+    FROM vouchers AS v WHERE v.code = $1";
+pub(super) const SELECT_VOUCHERS: &str = "\
+    SELECT v.code, v.amount, v.slot_limit, v.starts_at, v.expires_at, v.created_at, \
+           (SELECT count(*) FROM redemptions AS r WHERE r.code = v.code) \
+    FROM vouchers AS v";
+pub(super) const SELECT_REDEMPTION: &str = "\
+    SELECT r.slot, r.amount, r.redeemed_at, t.balance_after \
+    FROM redemptions AS r \
+    JOIN wallet_transactions AS t ON t.phone = r.phone AND t.id = r.id \
+    WHERE r.code = $1 AND r.phone = $2";
+pub(super) const SELECT_REPORT: &str = "\
+    SELECT slot, phone, redeemed_at FROM redemptions \
+    WHERE code = $1 AND slot > $2 ORDER BY slot LIMIT $3 OFFSET $4";
+pub(super) const SELECT_WINNERS: &str =
+    "SELECT phone FROM redemptions WHERE code = $1 ORDER BY slot";
+/// The free ranges below the highest taken slot, and one last row (first = 0)
+/// holding that highest slot; one statement, so one consistent snapshot.
+pub(super) const SELECT_SLOT_GAPS: &str = "\
+    WITH taken AS ( \
+        SELECT slot, lag(slot, 1, 0::BIGINT) OVER (ORDER BY slot) AS previous \
+        FROM redemptions WHERE code = $1) \
+    SELECT previous + 1, slot - 1 FROM taken WHERE slot > previous + 1 \
+    UNION ALL \
+    SELECT 0, coalesce(max(slot), 0) FROM taken";
+pub(super) const SELECT_WALLET: &str =
+    "SELECT balance, last_sequence, created_at FROM wallets WHERE phone = $1";
+pub(super) const SELECT_WALLET_PAGE: &str = "\
+    SELECT id, sequence, amount, reference, created_at, balance_after \
+    FROM wallet_transactions WHERE phone = $1 AND sequence < $2 \
+    ORDER BY sequence DESC LIMIT $3 OFFSET $4";
+
+pub(super) fn read_error(error: tokio_postgres::Error) -> Error {
+    Failure::from(error).into_error()
+}
+
+/// Runs a read statement (prepared once per connection) and returns its rows.
+pub(super) async fn read_rows(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(read_error)?;
+    client.query(&statement, params).await.map_err(read_error)
+}
+
+/// Runs a read statement that finds at most one row.
+pub(super) async fn read_row(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(read_error)?;
+    client
+        .query_opt(&statement, params)
+        .await
+        .map_err(read_error)
+}
+
+/// A column of a row, without the panic of `Row::get` on a type mismatch.
+pub(super) fn column<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> Result<T> {
+    row.try_get(index).map_err(read_error)
+}
+
+pub(super) fn stored_phone(value: i64) -> Result<PhoneNumber> {
+    u64::try_from(value)
+        .map(PhoneNumber::from_stored)
+        .map_err(|_| Error::storage(format!("stored phone {value} is negative")))
+}
+
+pub(super) fn stored_u32(value: i64, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::storage(format!("stored {what} {value} out of range")))
+}
+
+pub(super) fn stored_u64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| Error::storage(format!("stored {what} {value} out of range")))
+}
+
+/// Every phone is at most 15 digits (checked at the edge), so it fits an i64.
+pub(super) fn phone_column(phone: PhoneNumber) -> i64 {
+    phone.stored() as i64
+}
+
+pub(super) fn voucher_status(row: &Row) -> Result<VoucherStatus> {
+    let code: String = column(row, 0)?;
+    let starts_at: Option<i64> = column(row, 3)?;
+    let expires_at: Option<i64> = column(row, 4)?;
+    Ok(VoucherStatus {
+        voucher: Voucher {
+            code: VoucherCode::parse(&code).map_err(Error::storage)?,
+            amount: column(row, 1)?,
+            limit: stored_u32(column(row, 2)?, "limit")?,
+            starts_at: starts_at.map(Timestamp),
+            expires_at: expires_at.map(Timestamp),
+            created_at: Timestamp(column(row, 5)?),
+        },
+        redeemed: stored_u32(column(row, 6)?, "redemption count")?,
+    })
+}

@@ -1,0 +1,217 @@
+//! Wave planning: cutting a batch so that its set-based statements stay
+//! equivalent to applying it one operation at a time.
+//!
+//! To keep set-based statements equivalent to applying the batch one operation
+//! at a time, a batch is cut into waves: an operation waits for a later wave
+//! when it competes with an earlier operation of the current wave for a slot or
+//! a user's key, or when statement order within a wave (vouchers, then claims,
+//! then wallet operations) would otherwise apply it before an earlier operation
+//! on the same voucher or wallet. Almost every batch is a single wave.
+
+use super::*;
+
+/// What two operations of one batch may compete for, besides a voucher's
+/// code (which only orders claims against the voucher's creation).
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    /// A user's key for a voucher (I2).
+    User(&'a str, u64),
+    /// A slot of a voucher (I1).
+    Slot(&'a str, u32),
+    /// A wallet's head (I5).
+    Wallet(u64),
+    /// A transaction's id, an idempotency key when replayable.
+    TransactionId(Uuid),
+}
+
+fn keys(request: &Request) -> Vec<Key<'_>> {
+    match request {
+        Request::CreateVoucher(_) => Vec::new(),
+        Request::Claim(claim) => {
+            let code = claim.code.as_str();
+            vec![
+                Key::User(code, claim.phone.stored()),
+                Key::Slot(code, claim.slot),
+                Key::Wallet(claim.phone.stored()),
+            ]
+        }
+        Request::CreateProfile(profile) => vec![Key::Wallet(profile.phone.stored())],
+        Request::Transact(transaction) => vec![
+            Key::Wallet(transaction.phone.stored()),
+            Key::TransactionId(transaction.id),
+        ],
+    }
+}
+
+/// Splits `pending` (in submission order) into the next wave and the rest.
+///
+/// Within a wave, vouchers are created first, then claims are applied, then
+/// wallet operations in order, so the wave gives the same answers as applying
+/// its operations one by one exactly when no claim competes with another for a
+/// slot or a user's key, no claim follows a wallet operation on its wallet, and
+/// no voucher creation follows a claim of its code. An operation breaking that
+/// rule waits, and so does every later operation that must stay behind a
+/// waiting one: one sharing a key with it, a claim of a voucher whose creation
+/// waits, a creation of a voucher one of whose claims waits.
+pub(super) fn plan_wave(requests: &[Request], pending: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut wave = Vec::with_capacity(pending.len());
+    let mut deferred = Vec::new();
+    // What the waiting operations hold.
+    let mut deferred_keys = HashSet::new();
+    let mut deferred_creations = HashSet::new();
+    let mut deferred_claim_codes = HashSet::new();
+    // What the wave holds.
+    let mut claimed = HashSet::new();
+    let mut claimed_codes = HashSet::new();
+    let mut wallet_phones = HashSet::new();
+    for &index in pending {
+        let request = &requests[index];
+        let request_keys = keys(request);
+        let behind_waiting = request_keys.iter().any(|key| deferred_keys.contains(key));
+        let waits = match request {
+            Request::CreateVoucher(voucher) => {
+                let code = voucher.code.as_str();
+                claimed_codes.contains(code)
+                    || deferred_claim_codes.contains(code)
+                    || deferred_creations.contains(code)
+            }
+            Request::Claim(claim) => {
+                let code = claim.code.as_str();
+                behind_waiting
+                    || deferred_creations.contains(code)
+                    || claimed.contains(&Key::User(code, claim.phone.stored()))
+                    || claimed.contains(&Key::Slot(code, claim.slot))
+                    || wallet_phones.contains(&claim.phone.stored())
+            }
+            Request::CreateProfile(_) | Request::Transact(_) => behind_waiting,
+        };
+        if waits {
+            deferred.push(index);
+            deferred_keys.extend(request_keys);
+            match request {
+                Request::CreateVoucher(voucher) => {
+                    deferred_creations.insert(voucher.code.as_str());
+                }
+                Request::Claim(claim) => {
+                    deferred_claim_codes.insert(claim.code.as_str());
+                }
+                Request::CreateProfile(_) | Request::Transact(_) => {}
+            }
+            continue;
+        }
+        wave.push(index);
+        match request {
+            Request::CreateVoucher(_) => {}
+            Request::Claim(claim) => {
+                let code = claim.code.as_str();
+                claimed.insert(Key::User(code, claim.phone.stored()));
+                claimed.insert(Key::Slot(code, claim.slot));
+                claimed_codes.insert(code);
+            }
+            Request::CreateProfile(profile) => {
+                wallet_phones.insert(profile.phone.stored());
+            }
+            Request::Transact(transaction) => {
+                wallet_phones.insert(transaction.phone.stored());
+            }
+        }
+    }
+    (wave, deferred)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code() -> VoucherCode {
+        VoucherCode::parse("GOAL").expect("valid code")
+    }
+
+    fn phone(n: u64) -> PhoneNumber {
+        PhoneNumber::from_stored(989_120_000_000 + n)
+    }
+
+    fn claim(n: u64, slot: u32) -> Request {
+        Request::Claim(Claim {
+            code: code(),
+            phone: phone(n),
+            slot,
+            at: Timestamp(1),
+        })
+    }
+
+    fn transact(n: u64) -> Request {
+        Request::Transact(NewTransaction {
+            id: Uuid::new_v4(),
+            replayable: false,
+            phone: phone(n),
+            amount: 1,
+            reference: String::new(),
+            at: Timestamp(1),
+        })
+    }
+
+    fn waves(requests: &[Request]) -> Vec<Vec<usize>> {
+        let mut pending: Vec<usize> = (0..requests.len()).collect();
+        let mut waves = Vec::new();
+        while !pending.is_empty() {
+            let (wave, deferred) = plan_wave(requests, &pending);
+            assert!(!wave.is_empty(), "every wave makes progress");
+            waves.push(wave);
+            pending = deferred;
+        }
+        waves
+    }
+
+    #[test]
+    fn independent_claims_form_one_wave() {
+        let requests: Vec<Request> = (0..100).map(|n| claim(n, n as u32 + 1)).collect();
+        assert_eq!(waves(&requests), vec![(0..100).collect::<Vec<_>>()]);
+    }
+
+    #[test]
+    fn competing_claims_wait_and_keep_their_order() {
+        // 1 competes with 0 for slot 1, 2 with 0 for the user's key, and 3
+        // shares its wallet with the waiting 1, so it waits behind it.
+        let requests = [
+            claim(1, 1),
+            claim(2, 1),
+            claim(1, 2),
+            transact(2),
+            claim(3, 3),
+        ];
+        assert_eq!(waves(&requests), vec![vec![0, 4], vec![1, 2, 3]]);
+    }
+
+    #[test]
+    fn a_claim_after_a_wallet_operation_on_its_wallet_waits() {
+        // Within a wave claims apply before wallet operations, so a claim may
+        // join only if no wallet operation on its wallet came before it.
+        let requests = [claim(1, 1), transact(1), claim(2, 2), transact(2)];
+        assert_eq!(waves(&requests), vec![vec![0, 1, 2, 3]]);
+        let requests = [transact(1), claim(1, 1), transact(1)];
+        assert_eq!(waves(&requests), vec![vec![0], vec![1, 2]]);
+    }
+
+    #[test]
+    fn a_waiting_claim_holds_back_only_what_shares_its_keys() {
+        // Claims of other slots and users of the same voucher still join.
+        let requests = [claim(1, 1), claim(2, 1), claim(3, 2), claim(2, 3)];
+        assert_eq!(waves(&requests), vec![vec![0, 2], vec![1], vec![3]]);
+    }
+
+    #[test]
+    fn a_voucher_created_after_a_claim_of_it_waits() {
+        let voucher = Voucher::new(code(), 1, 10, None, None, Timestamp(1)).expect("valid");
+        let requests = [
+            Request::CreateVoucher(voucher.clone()),
+            claim(1, 1),
+            Request::CreateVoucher(voucher),
+        ];
+        assert_eq!(waves(&requests), vec![vec![0, 1], vec![2]]);
+        // A claim submitted after a creation that waits waits for it too.
+        let voucher = Voucher::new(code(), 1, 10, None, None, Timestamp(1)).expect("valid");
+        let requests = [claim(1, 1), Request::CreateVoucher(voucher), claim(2, 2)];
+        assert_eq!(waves(&requests), vec![vec![0], vec![1, 2]]);
+    }
+}

@@ -1,0 +1,177 @@
+//! The batch writer: the single task that owns the group commit. Write methods
+//! queue their operation synchronously (submission order is apply order) and the
+//! writer applies whatever is queued, up to [`MAX_COMMIT_BATCH_OPS`], in ONE
+//! database transaction, wave by wave.
+//!
+//! A batch that fails (lost connection, serialization failure, deadlock with
+//! another instance) is retried whole with backoff; nothing of it was
+//! acknowledged, so a retry never answers anyone twice.
+
+use super::*;
+
+/// How long one attempt at a batch may take, from BEGIN to the end of COMMIT.
+/// A full batch takes tens of milliseconds; the rest is room for lock waits on
+/// rows another instance holds. Shorter than a caller's wait so that a retry
+/// can still answer in time.
+const BATCH_ATTEMPT_TIMEOUT_MS: u64 = 4_000;
+/// Retries of a failed batch after the first attempt.
+const MAX_BATCH_RETRIES: usize = 3;
+/// First delay before a retry; it doubles (with jitter) up to the maximum.
+pub(super) const RETRY_MIN_DELAY_MS: u64 = 10;
+/// Longest delay between two attempts at a batch.
+pub(super) const RETRY_MAX_DELAY_MS: u64 = 400;
+
+// A batch's attempts and delays together must fit in a caller's wait, or every
+// retry would answer a caller that has already given up.
+const _: () = assert!(
+    BATCH_ATTEMPT_TIMEOUT_MS * 2 + RETRY_MIN_DELAY_MS < ACTOR_CALL_TIMEOUT_MS,
+    "two attempts at a batch must fit in one actor call"
+);
+const _: () = assert!(RETRY_MIN_DELAY_MS <= RETRY_MAX_DELAY_MS);
+
+/// The single task that writes: it owns the group commit.
+pub(super) struct Writer {
+    pub(super) pool: Pool,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    pub(super) async fn run(self, mut queue: mpsc::Receiver<Queued<(Request, Waiter)>>) {
+        let mut requests = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
+        let mut waiters = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
+        let mut shutdowns = Vec::new();
+        while let Some(first) = queue.recv().await {
+            let mut next = Some(first);
+            while let Some(op) = next.take() {
+                match op {
+                    Queued::Write((request, waiter)) => {
+                        requests.push(request);
+                        waiters.push(waiter);
+                    }
+                    Queued::Shutdown(done) => {
+                        // Refuse new writes; those already queued are still
+                        // applied, since recv drains a closed queue.
+                        shutdowns.push(done);
+                        queue.close();
+                    }
+                }
+                if requests.len() < MAX_COMMIT_BATCH_OPS {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if requests.is_empty() {
+                continue;
+            }
+            let outcomes = self.commit(&requests).await;
+            requests.clear();
+            for (waiter, outcome) in waiters.drain(..).zip(outcomes) {
+                waiter.answer(outcome);
+            }
+        }
+        tracing::info!("ledger writer stopped");
+        for done in shutdowns {
+            let _ = done.send(());
+        }
+    }
+
+    /// Applies one batch, retrying it whole on transient failures; returns one
+    /// outcome per request.
+    pub(super) async fn commit(&self, requests: &[Request]) -> Vec<Outcome> {
+        let started = Instant::now();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(RETRY_MIN_DELAY_MS))
+            .with_max_delay(Duration::from_millis(RETRY_MAX_DELAY_MS))
+            .with_max_times(MAX_BATCH_RETRIES)
+            .with_jitter();
+        let result = (|| self.attempt(requests))
+            .retry(backoff)
+            .when(Failure::is_transient)
+            .notify(|failure, delay| {
+                tracing::warn!(
+                    error = %failure,
+                    operations = requests.len(),
+                    delay_ms = delay.as_millis() as u64,
+                    "ledger batch not committed; retrying"
+                );
+            })
+            .await;
+        match result {
+            Ok(outcomes) => {
+                self.metrics
+                    .observe_ledger_commit(requests.len(), started.elapsed());
+                outcomes
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure, operations = requests.len(), "ledger batch failed");
+                let error = failure.into_error();
+                requests
+                    .iter()
+                    .map(|request| Outcome::failed(request, error.clone()))
+                    .collect()
+            }
+        }
+    }
+
+    pub(super) async fn attempt(&self, requests: &[Request]) -> Result<Vec<Outcome>, Failure> {
+        let mut client = self.pool.get().await?;
+        let mut progress = Progress::new(requests.len());
+        let limit = Duration::from_millis(BATCH_ATTEMPT_TIMEOUT_MS);
+        let run = apply_batch(&mut client, requests, &mut progress);
+        let failure = match tokio::time::timeout(limit, run).await {
+            Ok(Ok(())) => return progress.into_outcomes(),
+            Ok(Err(failure)) => {
+                drop(client);
+                failure
+            }
+            Err(_) => {
+                // The connection is somewhere inside the protocol: never hand
+                // it out again. Closing it rolls back whatever was not committed.
+                drop(Object::take(client));
+                Failure::connection("a ledger batch did not finish in time")
+            }
+        };
+        if progress.committing && failure.leaves_commit_unknown() {
+            return self.resolve(progress, failure).await;
+        }
+        Err(failure)
+    }
+}
+
+/// Applies every request in one transaction, wave by wave, and commits.
+async fn apply_batch(
+    client: &mut Object,
+    requests: &[Request],
+    progress: &mut Progress,
+) -> Result<(), Failure> {
+    let transaction = client.transaction().await?;
+    let mut pending: Vec<usize> = (0..requests.len()).collect();
+    while !pending.is_empty() {
+        let (wave, deferred) = plan_wave(requests, &pending);
+        apply_wave(&transaction, requests, &wave, progress).await?;
+        pending = deferred;
+    }
+    progress.committing = true;
+    transaction.commit().await?;
+    Ok(())
+}
+
+async fn apply_wave(
+    transaction: &Transaction<'_>,
+    requests: &[Request],
+    wave: &[usize],
+    progress: &mut Progress,
+) -> Result<(), Failure> {
+    let mut vouchers = Vec::new();
+    let mut claims = Vec::new();
+    let mut wallet_ops = Vec::new();
+    for &index in wave {
+        match &requests[index] {
+            Request::CreateVoucher(voucher) => vouchers.push((index, voucher)),
+            Request::Claim(claim) => claims.push((index, claim)),
+            Request::CreateProfile(_) | Request::Transact(_) => wallet_ops.push(index),
+        }
+    }
+    create_vouchers(transaction, &vouchers, progress).await?;
+    claim_slots(transaction, &claims, progress).await?;
+    apply_wallet_ops(transaction, requests, &wallet_ops, progress).await
+}
