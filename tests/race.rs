@@ -19,16 +19,27 @@ async fn crowd(server: &TestServer, code: &str, users: Vec<u64>) -> (Vec<(u64, R
     let base_url = server.base_url().to_string();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
+    // The first wave waits until all of it has started, so the server really sees
+    // IN_FLIGHT concurrent requests (the stream starts futures in slices, and fast
+    // answers could otherwise finish before the last of the wave started).
+    let first_wave = users.len().min(IN_FLIGHT);
+    let wave = Arc::new(tokio::sync::Barrier::new(first_wave));
+    let started = Arc::new(AtomicUsize::new(0));
     let results = futures::stream::iter(users)
         .map(|user| {
             let client = client.clone();
             let base_url = base_url.clone();
             let in_flight = in_flight.clone();
             let peak = peak.clone();
+            let wave = wave.clone();
+            let started = started.clone();
             let code = code.to_string();
             async move {
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(now, Ordering::SeqCst);
+                if started.fetch_add(1, Ordering::SeqCst) < first_wave {
+                    wave.wait().await;
+                }
                 let (result, retries) =
                     redeem_retrying(&client, &base_url, &phone(user), &code).await;
                 in_flight.fetch_sub(1, Ordering::SeqCst);
