@@ -211,7 +211,7 @@ impl Connection {
         let connection = watcher.watch(builder.serve_connection(io, service));
         let mut connection = std::pin::pin!(connection);
         loop {
-            let deadline = activity.deadline(&self.limits);
+            let deadline = activity.deadline(&self.limits).map(|(at, _)| at);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -250,19 +250,19 @@ enum Phase {
     Serving { requests: u32 },
 }
 
-/// The state a connection's socket and its service share.
+/// The state a connection's socket and its service share, behind one lock: its
+/// phase and what the head scanner has seen.
 struct Activity {
-    phase: Mutex<Phase>,
-    heads: Mutex<HeadScanner>,
+    state: Mutex<(Phase, HeadScanner)>,
 }
 
 impl Activity {
     fn new() -> Self {
+        let idle = Phase::Idle {
+            since: Instant::now(),
+        };
         Self {
-            phase: Mutex::new(Phase::Idle {
-                since: Instant::now(),
-            }),
-            heads: Mutex::new(HeadScanner::default()),
+            state: Mutex::new((idle, HeadScanner::default())),
         }
     }
 
@@ -270,19 +270,18 @@ impl Activity {
         if bytes.is_empty() {
             return;
         }
-        {
-            let mut phase = self.phase.lock();
-            if let Phase::Idle { .. } = *phase {
-                *phase = Phase::ReadingHead {
-                    since: Instant::now(),
-                };
-            }
+        let mut state = self.state.lock();
+        let (phase, heads) = &mut *state;
+        if let Phase::Idle { .. } = phase {
+            *phase = Phase::ReadingHead {
+                since: Instant::now(),
+            };
         }
-        self.heads.lock().scan(bytes);
+        heads.scan(bytes);
     }
 
     fn request_started(&self) {
-        let mut phase = self.phase.lock();
+        let phase = &mut self.state.lock().0;
         *phase = match *phase {
             Phase::Serving { requests } => Phase::Serving {
                 requests: requests + 1,
@@ -292,7 +291,7 @@ impl Activity {
     }
 
     fn request_finished(&self) {
-        let mut phase = self.phase.lock();
+        let phase = &mut self.state.lock().0;
         *phase = match *phase {
             Phase::Serving { requests } if requests > 1 => Phase::Serving {
                 requests: requests - 1,
@@ -303,28 +302,28 @@ impl Activity {
         };
     }
 
-    fn deadline(&self, limits: &EdgeLimits) -> Option<Instant> {
-        match *self.phase.lock() {
-            Phase::Idle { since } => Some(since + limits.idle_timeout),
-            Phase::ReadingHead { since } => Some(since + limits.header_read_timeout),
+    /// When the current phase ends the connection, and why; `None` while serving.
+    fn deadline(&self, limits: &EdgeLimits) -> Option<(Instant, ConnectionEnd)> {
+        match self.state.lock().0 {
+            Phase::Idle { since } => {
+                Some((since + limits.idle_timeout, ConnectionEnd::idle_timeout))
+            }
+            Phase::ReadingHead { since } => Some((
+                since + limits.header_read_timeout,
+                ConnectionEnd::header_timeout,
+            )),
             Phase::Serving { .. } => None,
         }
     }
 
     fn expired(&self, limits: &EdgeLimits, now: Instant) -> Option<ConnectionEnd> {
-        match *self.phase.lock() {
-            Phase::Idle { since } if now >= since + limits.idle_timeout => {
-                Some(ConnectionEnd::idle_timeout)
-            }
-            Phase::ReadingHead { since } if now >= since + limits.header_read_timeout => {
-                Some(ConnectionEnd::header_timeout)
-            }
-            _ => None,
-        }
+        self.deadline(limits)
+            .filter(|(deadline, _)| now >= *deadline)
+            .map(|(_, reason)| reason)
     }
 
     fn framing_conflict(&self) -> bool {
-        self.heads.lock().conflict
+        self.state.lock().1.conflict
     }
 }
 
@@ -563,14 +562,17 @@ mod tests {
         let start = Instant::now();
         assert_eq!(
             activity.deadline(&limits),
-            Some(start + limits.idle_timeout)
+            Some((start + limits.idle_timeout, ConnectionEnd::idle_timeout))
         );
         tokio::time::advance(Duration::from_secs(1)).await;
         activity.bytes_read(b"GET / HT");
         let head_started = Instant::now();
         assert_eq!(
             activity.deadline(&limits),
-            Some(head_started + limits.header_read_timeout)
+            Some((
+                head_started + limits.header_read_timeout,
+                ConnectionEnd::header_timeout
+            ))
         );
         assert_eq!(
             activity.expired(&limits, head_started + limits.header_read_timeout),
@@ -585,7 +587,10 @@ mod tests {
         activity.request_finished();
         assert_eq!(
             activity.deadline(&limits),
-            Some(Instant::now() + limits.idle_timeout)
+            Some((
+                Instant::now() + limits.idle_timeout,
+                ConnectionEnd::idle_timeout
+            ))
         );
     }
 }
