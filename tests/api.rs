@@ -317,13 +317,7 @@ async fn redeem_success_retry_exhaustion_and_lookup() {
     let server = TestServer::start().await;
     server.create_voucher("REDEEM", 2000, 2).await;
     let alice = "+989371209055";
-    server
-        .post_json(
-            "/api/profiles",
-            &json!({"phone_number": alice, "balance": 1000}),
-        )
-        .await
-        .expect_status(201);
+    server.create_profile(alice, 1000).await;
 
     let first = server.redeem(alice, "REDEEM").await;
     first.expect_status(200);
@@ -592,13 +586,7 @@ async fn phone_number_validation() {
 
     // The edges that are valid: 8 and 15 digits.
     for phone_number in ["+12345678", "+123456789012345"] {
-        server
-            .post_json(
-                "/api/profiles",
-                &json!({"phone_number": phone_number, "balance": 0}),
-            )
-            .await
-            .expect_status(201);
+        server.create_profile(phone_number, 0).await;
         server
             .redeem(phone_number, "PHONES")
             .await
@@ -832,13 +820,7 @@ async fn profiles_create_duplicate_and_opening_balance() {
     }
 
     let zero = phone(501);
-    server
-        .post_json(
-            "/api/profiles",
-            &json!({"phone_number": zero, "balance": 0}),
-        )
-        .await
-        .expect_status(201);
+    server.create_profile(&zero, 0).await;
     let (balance, transactions) = server.profile_all(&zero).await.expect("exists");
     assert_eq!((balance, transactions.len()), (0, 0));
 
@@ -878,13 +860,7 @@ async fn profile_transactions_page_newest_first() {
     // Goal: GET /api/profiles/{phone} pages transactions newest first (limit/offset/cursor).
     let server = TestServer::start().await;
     let user = phone(600);
-    server
-        .post_json(
-            "/api/profiles",
-            &json!({"phone_number": user, "balance": 500}),
-        )
-        .await
-        .expect_status(201);
+    server.create_profile(&user, 500).await;
     let mut ids = Vec::new();
     for amount in 1..=5 {
         let resp = server

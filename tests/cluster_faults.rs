@@ -32,6 +32,46 @@ async fn three_instances() -> (PgServer, RedisServer, Cluster) {
     (pg, redis, cluster)
 }
 
+/// Three instances with a voucher `code` of [`LIMIT`], and a crowd (seeded by
+/// `seed`) on it that has had [`FAULT_AFTER`] answers: the moment to inject a fault.
+struct AtFault {
+    pg: PgServer,
+    redis: RedisServer,
+    cluster: Cluster,
+    client: reqwest::Client,
+    crowd: RunningCrowd,
+}
+
+async fn crowd_at_fault_point(code: &str, seed: u64) -> AtFault {
+    let (pg, redis, cluster) = three_instances().await;
+    let client = http::client();
+    create_voucher(&client, &cluster, code, LIMIT).await;
+    let crowd = RunningCrowd::start(
+        &client,
+        cluster.urls(),
+        code,
+        0,
+        DISTINCT_USERS,
+        REPEATS,
+        seed,
+    );
+    crowd.progress.reached(FAULT_AFTER).await;
+    AtFault {
+        pg,
+        redis,
+        cluster,
+        client,
+        crowd,
+    }
+}
+
+/// The end of every scenario: no instance panicked, all stop cleanly.
+async fn finish(cluster: &mut Cluster, scenario: &str, started: Instant) {
+    cluster.assert_no_panic();
+    cluster.stop_all().await;
+    eprintln!("{scenario} took {:.1?}", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn launchers_start_stop_and_restart_private_servers() {
     // Goal: the harness works: private Redis stops/starts on its port; private PostgreSQL restarts on its port with its data.
@@ -94,13 +134,14 @@ async fn sigkill_one_instance_midway() {
     // Goal: SIGKILL of one of three instances mid-crowd loses no acknowledged redemption, and its leased slots come back (I1–I5, exact fill).
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let (_pg, _redis, mut cluster) = three_instances().await;
-    let client = http::client();
     let code = "KILL1";
-    create_voucher(&client, &cluster, code, LIMIT).await;
-
-    let crowd = RunningCrowd::start(&client, cluster.urls(), code, 0, DISTINCT_USERS, REPEATS, 1);
-    crowd.progress.reached(FAULT_AFTER).await;
+    let AtFault {
+        pg: _pg,
+        redis: _redis,
+        mut cluster,
+        client,
+        crowd,
+    } = crowd_at_fault_point(code, 1).await;
     // No new request goes to v1 from now on; those in flight fail in transport.
     crowd.targets.mark_dead(1);
     cluster.instances[1].kill_hard().await;
@@ -114,9 +155,7 @@ async fn sigkill_one_instance_midway() {
     let survivors = cluster.live_urls();
     assert_eq!(survivors.len(), 2, "two instances survive");
     verify_and_fill(&client, &survivors, code, LIMIT, seen, 1).await;
-    cluster.assert_no_panic();
-    cluster.stop_all().await;
-    eprintln!("sigkill_one_instance_midway took {:.1?}", started.elapsed());
+    finish(&mut cluster, "sigkill_one_instance_midway", started).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,13 +163,14 @@ async fn redis_flushall_midway() {
     // Goal: FLUSHALL of the shared Redis mid-crowd costs no correctness: pools are rebuilt from the ledger (I1–I5, exact fill).
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let (_pg, redis, mut cluster) = three_instances().await;
-    let client = http::client();
     let code = "FLUSH1";
-    create_voucher(&client, &cluster, code, LIMIT).await;
-
-    let crowd = RunningCrowd::start(&client, cluster.urls(), code, 0, DISTINCT_USERS, REPEATS, 2);
-    crowd.progress.reached(FAULT_AFTER).await;
+    let AtFault {
+        pg: _pg,
+        redis,
+        mut cluster,
+        client,
+        crowd,
+    } = crowd_at_fault_point(code, 2).await;
     let keys_before = redis.keys("voucherd:*").await;
     redis.flushall().await;
     eprintln!(
@@ -151,9 +191,7 @@ async fn redis_flushall_midway() {
         redis.keys(&pool).await.contains(&pool),
         "after FLUSHALL the instances rebuild the slot pool in Redis from the ledger ({pool} exists again)"
     );
-    cluster.assert_no_panic();
-    cluster.stop_all().await;
-    eprintln!("redis_flushall_midway took {:.1?}", started.elapsed());
+    finish(&mut cluster, "redis_flushall_midway", started).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -236,13 +274,14 @@ async fn postgres_restart_midway() {
     // Goal: a PostgreSQL restart (down 1 s) mid-crowd costs at most 503s, no hang, no lost redemption; then all works (I1–I5, exact fill).
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let (mut pg, _redis, mut cluster) = three_instances().await;
-    let client = http::client();
     let code = "PGRESTART1";
-    create_voucher(&client, &cluster, code, LIMIT).await;
-
-    let crowd = RunningCrowd::start(&client, cluster.urls(), code, 0, DISTINCT_USERS, REPEATS, 4);
-    crowd.progress.reached(FAULT_AFTER).await;
+    let AtFault {
+        mut pg,
+        redis: _redis,
+        mut cluster,
+        client,
+        crowd,
+    } = crowd_at_fault_point(code, 4).await;
     let restart_started = Instant::now();
     // Fast shutdown, down for a second (as a real restart with a shutdown checkpoint and
     // crash recovery is), then up again on the same port and data directory.
@@ -259,7 +298,5 @@ async fn postgres_restart_midway() {
     summary("crowd with a PostgreSQL restart", &seen, started);
 
     verify_and_fill(&client, &cluster.urls(), code, LIMIT, seen, 1).await;
-    cluster.assert_no_panic();
-    cluster.stop_all().await;
-    eprintln!("postgres_restart_midway took {:.1?}", started.elapsed());
+    finish(&mut cluster, "postgres_restart_midway", started).await;
 }

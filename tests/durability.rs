@@ -51,13 +51,7 @@ async fn graceful_restart_serves_the_same_state() {
         .await
         .expect_status(201);
     let users: Vec<String> = (0..3).map(|n| phone(10 + n)).collect();
-    server
-        .post_json(
-            "/api/profiles",
-            &json!({"phone_number": users[0], "balance": 250}),
-        )
-        .await
-        .expect_status(201);
+    server.create_profile(&users[0], 250).await;
     let mut won = HashMap::new();
     for user in &users[..2] {
         let resp = server.redeem(user, "KEEP").await;

@@ -57,6 +57,11 @@ async fn call(routes: &Routes, method: &str, path: &str, body: Option<Value>) ->
     (response.status().as_u16(), value)
 }
 
+async fn redeem_window(routes: &Routes, phone: &str) -> (u16, Value) {
+    let body = json!({"phone_number": phone, "code": "WINDOW"});
+    call(routes, "POST", "/api/vouchers/redeem", Some(body)).await
+}
+
 fn rfc3339(micros: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
         .unwrap()
@@ -81,38 +86,19 @@ async fn a_voucher_is_redeemable_only_inside_its_window() {
             .0,
         201
     );
-    let redeem = |phone: &str| json!({"phone_number": phone, "code": "WINDOW"});
 
-    let (status, body) = call(
-        &routes,
-        "POST",
-        "/api/vouchers/redeem",
-        Some(redeem("+989120000001")),
-    )
-    .await;
+    let (status, body) = redeem_window(&routes, "+989120000001").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("voucher_not_active"))
     );
 
     routes.clock.advance_secs(3_601);
-    let (status, body) = call(
-        &routes,
-        "POST",
-        "/api/vouchers/redeem",
-        Some(redeem("+989120000001")),
-    )
-    .await;
+    let (status, body) = redeem_window(&routes, "+989120000001").await;
     assert_eq!(status, 200, "{body}");
 
     routes.clock.advance_secs(3_600);
-    let (status, body) = call(
-        &routes,
-        "POST",
-        "/api/vouchers/redeem",
-        Some(redeem("+989120000002")),
-    )
-    .await;
+    let (status, body) = redeem_window(&routes, "+989120000002").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("voucher_not_active"))

@@ -16,13 +16,12 @@
 mod common;
 
 use std::fs::File;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{binary, phone, redeem_retrying, TestServer};
 use futures::StreamExt;
 use tempfile::TempDir;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use voucherd::limits::MAX_VOUCHER_METRIC_SERIES;
 
 /// Vouchers of the RSS test; each gets one redemption.
@@ -62,20 +61,8 @@ impl MeasuredServer {
         let store = tempfile::tempdir().expect("store directory");
         let log = tempfile::tempdir().expect("log directory");
         let stderr = File::create(log.path().join("stderr.log")).expect("stderr log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_voucherd"));
-        command
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--store")
-            .arg(store.path())
-            .env_remove("VOUCHERD_LISTEN")
-            .env_remove("VOUCHERD_STORE")
-            .env("MIMALLOC_ALLOW_THP", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true);
+        let mut command = binary::serve_command(store.path(), stderr);
+        command.env("MIMALLOC_ALLOW_THP", "0");
         let log_path = log.path().join("stderr.log");
         let log_text = move || std::fs::read_to_string(&log_path).unwrap_or_default();
         let (child, base_url) = binary::start(&mut command, "voucherd", log_text).await;

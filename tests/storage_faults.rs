@@ -12,16 +12,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use common::{binary, encode_phone, phone, profile_all, try_send, Resp};
 use futures::StreamExt;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// The disk the ledger fills: small, so that it fills within seconds.
 const SMALL_DISK: &str = "4m";
@@ -41,7 +39,6 @@ const MAX_FILL_REQUESTS: u64 = 400_000;
 const MAX_FILL_TIME: Duration = Duration::from_secs(240);
 /// Generous bound on any state change the test waits for.
 const WAIT: Duration = Duration::from_secs(60);
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A tmpfs mounted on a fresh directory; unmounted (lazily, so a process still
 /// using it cannot keep it) on Drop, also when the test fails.
@@ -139,17 +136,7 @@ impl Server {
             .append(true)
             .open(self.log_path())
             .expect("open stderr log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_voucherd"));
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-            .arg(&self.store)
-            .env_remove("VOUCHERD_LISTEN")
-            .env_remove("VOUCHERD_STORE")
-            .env_remove("VOUCHERD_REDIS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
+        let mut command = binary::serve_command(&self.store, log);
         let (child, base) = binary::start(&mut command, "voucherd", || self.log()).await;
         self.child = Some(child);
         self.base = base;
@@ -157,16 +144,8 @@ impl Server {
 
     /// SIGTERM, and the exit status (bounded).
     async fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("server is running");
-        let pid = child.id().expect("child has a pid") as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("send SIGTERM");
-        match tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait()).await {
-            Ok(status) => status.expect("wait for voucherd"),
-            Err(_) => panic!(
-                "voucherd did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM; stderr:\n{}",
-                self.log()
-            ),
-        }
+        let child = self.child.take().expect("server is running");
+        binary::terminate(child, "voucherd", || self.log()).await
     }
 
     /// SIGTERM must end the process with exit code 0 and no panic in its log.

@@ -103,14 +103,7 @@ async fn a_panicking_voucher_shard_is_restarted_and_no_request_hangs() {
     // The restarted shard serves again: fresh users fill the voucher to its limit exactly.
     let mut fresh = 10_000;
     loop {
-        let voucher: Value = client
-            .get(format!("{}/api/vouchers/PANIC", app.base))
-            .send()
-            .await
-            .expect("voucher read")
-            .json()
-            .await
-            .expect("JSON");
+        let voucher: Value = app.voucher(&client, "PANIC").await;
         if voucher["remaining"] == 0 {
             assert_eq!(
                 voucher["redeemed"], 50,

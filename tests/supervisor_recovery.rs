@@ -172,14 +172,7 @@ async fn a_shard_whose_restart_fails_while_postgres_is_down_comes_back_with_it()
     }
     let (status, body) = redeem(&client, &app.base, "PGDOWN", 10).await;
     assert_eq!((status, &body["error"]), (409, &json!("already_redeemed")));
-    let voucher: Value = client
-        .get(format!("{}/api/vouchers/PGDOWN", app.base))
-        .send()
-        .await
-        .expect("voucher read")
-        .json()
-        .await
-        .expect("JSON");
+    let voucher: Value = app.voucher(&client, "PGDOWN").await;
     assert_eq!(
         voucher["redeemed"], won,
         "I1/I2: one redemption per winner: {voucher}"

@@ -13,13 +13,7 @@ async fn references_the_service_writes_are_reserved() {
     // credit without its redemption); the service's own references still appear.
     let server = TestServer::start().await;
     let user = phone(1);
-    server
-        .post_json(
-            "/api/profiles",
-            &json!({"phone_number": user, "balance": 500}),
-        )
-        .await
-        .expect_status(201);
+    server.create_profile(&user, 500).await;
     server.create_voucher("V1", 1_000, 10).await;
 
     for reference in [

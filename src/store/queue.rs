@@ -5,12 +5,102 @@
 //! actor handling its mailbox) get their writes applied in that order (the
 //! contract of [`super::Ledger`]). A full queue is an immediate `Overloaded`
 //! rather than an unbounded wait.
+//!
+//! The reply plumbing is shared too: a write travels as a [`Request`] with the
+//! [`Waiter`] that gets its answer; a backend's writer turns each request into
+//! an [`Outcome`] and, once its batch committed (or failed), hands it to the
+//! waiter. A backend writes only how a request is applied.
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::LedgerFuture;
+use super::{Claim, LedgerFuture, NewProfile, NewTransaction};
+use crate::domain::{Redemption, Voucher, VoucherStatus, Wallet, WalletTransaction};
 use crate::error::{Error, Result};
 use crate::limits::MAX_LEDGER_QUEUE_OPS;
+
+/// Where a write's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A write, as queued for a ledger's writer.
+pub enum Request {
+    CreateVoucher(Voucher),
+    Claim(Claim),
+    CreateProfile(NewProfile),
+    Transact(NewTransaction),
+}
+
+/// Whoever waits for a write's outcome.
+pub enum Waiter {
+    Voucher(Reply<VoucherStatus>),
+    Redemption(Reply<Redemption>),
+    Wallet(Reply<Wallet>),
+    Transaction(Reply<WalletTransaction>),
+}
+
+/// What a write came to, before its batch commits.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Voucher(Result<VoucherStatus>),
+    Redemption(Result<Redemption>),
+    Wallet(Result<Wallet>),
+    Transaction(Result<WalletTransaction>),
+}
+
+/// A queued write and whoever waits for it.
+pub type Pending = (Request, Waiter);
+
+impl Outcome {
+    /// The outcome of `request` when it was not applied, or its batch failed.
+    pub fn failed(request: &Request, error: Error) -> Self {
+        match request {
+            Request::CreateVoucher(_) => Outcome::Voucher(Err(error)),
+            Request::Claim(_) => Outcome::Redemption(Err(error)),
+            Request::CreateProfile(_) => Outcome::Wallet(Err(error)),
+            Request::Transact(_) => Outcome::Transaction(Err(error)),
+        }
+    }
+
+    /// The ledger failure the write met, which stops its batch; business
+    /// answers such as `AlreadyRedeemed` are not failures.
+    pub fn failure(&self) -> Option<&Error> {
+        let error = match self {
+            Outcome::Voucher(r) => r.as_ref().err(),
+            Outcome::Redemption(r) => r.as_ref().err(),
+            Outcome::Wallet(r) => r.as_ref().err(),
+            Outcome::Transaction(r) => r.as_ref().err(),
+        };
+        error.filter(|e| matches!(e, Error::Storage { .. } | Error::Unavailable { .. }))
+    }
+}
+
+impl Waiter {
+    /// Sends the outcome. A caller that stopped waiting (its request timed out)
+    /// is not an error here.
+    pub fn answer(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Waiter::Voucher(reply), Outcome::Voucher(result)) => drop(reply.send(result)),
+            (Waiter::Redemption(reply), Outcome::Redemption(result)) => drop(reply.send(result)),
+            (Waiter::Wallet(reply), Outcome::Wallet(result)) => drop(reply.send(result)),
+            (Waiter::Transaction(reply), Outcome::Transaction(result)) => drop(reply.send(result)),
+            (waiter, _) => {
+                tracing::error!("ledger outcome does not match its operation");
+                waiter.fail(Error::storage(
+                    "ledger outcome does not match its operation",
+                ));
+            }
+        }
+    }
+
+    /// Answers with `error`.
+    pub fn fail(self, error: Error) {
+        match self {
+            Waiter::Voucher(reply) => drop(reply.send(Err(error))),
+            Waiter::Redemption(reply) => drop(reply.send(Err(error))),
+            Waiter::Wallet(reply) => drop(reply.send(Err(error))),
+            Waiter::Transaction(reply) => drop(reply.send(Err(error))),
+        }
+    }
+}
 
 /// What the writer receives: a backend's write, or the request to finish.
 pub enum Queued<Op> {
@@ -20,25 +110,28 @@ pub enum Queued<Op> {
 }
 
 /// The submitting side of a writer's queue.
-pub struct WriteQueue<Op> {
-    sender: mpsc::Sender<Queued<Op>>,
+pub struct WriteQueue {
+    sender: mpsc::Sender<Queued<Pending>>,
 }
 
-impl<Op: Send + 'static> WriteQueue<Op> {
+impl WriteQueue {
     /// A queue of at most [`MAX_LEDGER_QUEUE_OPS`] writes, and its receiving end.
-    pub fn bounded() -> (Self, mpsc::Receiver<Queued<Op>>) {
+    pub fn bounded() -> (Self, mpsc::Receiver<Queued<Pending>>) {
         let (sender, receiver) = mpsc::channel(MAX_LEDGER_QUEUE_OPS);
         (Self { sender }, receiver)
     }
 
-    /// Queues `op` now and returns the future of its answer, which the writer
-    /// sends through the sender paired with `answer`.
+    /// Queues `request` now and returns the future of its answer, which the
+    /// writer sends to the waiter `waiter` makes (`Waiter::Redemption`, …).
     pub fn submit<T: Send + 'static>(
         &self,
-        op: Op,
-        answer: oneshot::Receiver<Result<T>>,
+        request: Request,
+        waiter: fn(Reply<T>) -> Waiter,
     ) -> LedgerFuture<T> {
-        let submitted = self.sender.try_send(Queued::Write(op));
+        let (reply, answer) = oneshot::channel();
+        let submitted = self
+            .sender
+            .try_send(Queued::Write((request, waiter(reply))));
         Box::pin(async move {
             match submitted {
                 Ok(()) => answer

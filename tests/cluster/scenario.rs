@@ -9,6 +9,7 @@ use super::crowd::{self, check_crowd, crowd_users, Attempt, Progress, Seen, Targ
 use super::http;
 use super::verify::{check_invariants, final_wave, Expect};
 use super::voucherd::Cluster;
+use stress::verify::ReportEntry;
 
 /// Voucher limit of a crowd.
 pub const LIMIT: u32 = 500;
@@ -83,6 +84,23 @@ pub fn summary(label: &str, seen: &Seen, started: Instant) {
     );
 }
 
+/// I1–I5 over the voucher `code` (of [`AMOUNT`]) and what the clients saw; the report.
+async fn check_seen(
+    client: &reqwest::Client,
+    urls: &[String],
+    code: &str,
+    limit: u32,
+    seen: &Seen,
+) -> Vec<ReportEntry> {
+    let expect = Expect {
+        code,
+        limit,
+        amount: AMOUNT,
+        seen,
+    };
+    check_invariants(client, urls, &expect).await
+}
+
 /// After a crowd: I1–I5 on what it saw, then a final wave of fresh users that must bring
 /// the voucher to exactly its limit, then I1–I5 again over crowd and wave together.
 pub async fn verify_and_fill(
@@ -94,13 +112,7 @@ pub async fn verify_and_fill(
     wave: u64,
 ) -> Seen {
     let started = Instant::now();
-    let expect = Expect {
-        code,
-        limit,
-        amount: AMOUNT,
-        seen: &seen,
-    };
-    let report = check_invariants(client, urls, &expect).await;
+    let report = check_seen(client, urls, code, limit, &seen).await;
     for phone in &seen.violating_users {
         let held = report.iter().any(|entry| &entry.phone_number == phone);
         eprintln!("VIOLATION user {phone}: in the report of {code}: {held}");
@@ -113,13 +125,7 @@ pub async fn verify_and_fill(
     let wave_seen = final_wave(client, urls, code, limit, AMOUNT, wave).await;
     summary(&format!("{code}: final wave"), &wave_seen, started);
     seen.merge(wave_seen);
-    let expect = Expect {
-        code,
-        limit,
-        amount: AMOUNT,
-        seen: &seen,
-    };
-    let report = check_invariants(client, urls, &expect).await;
+    let report = check_seen(client, urls, code, limit, &seen).await;
     assert_eq!(
         report.len(),
         limit as usize,

@@ -2,16 +2,10 @@
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::ExitStatus;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tempfile::TempDir;
-use tokio::process::{Child, Command};
-
-/// How long a graceful stop (SIGTERM) may take before the test fails.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+use tokio::process::Child;
 
 /// One running `voucherd serve`; killed (SIGKILL) on Drop.
 pub struct Instance {
@@ -36,26 +30,8 @@ impl Instance {
             .append(true)
             .open(&log)
             .expect("open voucherd log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_voucherd"));
-        command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                store,
-                "--redis",
-                redis,
-            ])
-            .env_remove("VOUCHERD_LISTEN")
-            .env_remove("VOUCHERD_STORE")
-            .env_remove("VOUCHERD_REDIS")
-            .env_remove("VOUCHERD_VOUCHER_SHARDS")
-            .env_remove("VOUCHERD_WALLET_ACTORS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true);
+        let mut command = super::binary::serve_command(store, file);
+        command.args(["--redis", redis]);
         let (child, url) = super::binary::start(&mut command, &format!("voucherd {name}"), || {
             super::process::log_tail(&log, 60)
         })
@@ -94,21 +70,9 @@ impl Instance {
 
     /// SIGTERM and the exit status (bounded).
     async fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("instance is not running");
-        let pid = child.id().expect("child has a pid") as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("send SIGTERM");
-        match tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait()).await {
-            Ok(status) => status.expect("wait for voucherd"),
-            Err(_) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                panic!(
-                    "voucherd {} did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM; stderr:\n{}",
-                    self.name,
-                    self.log_tail(60)
-                );
-            }
-        }
+        let child = self.child.take().expect("voucherd is not running");
+        let name = format!("voucherd {}", self.name);
+        super::binary::terminate(child, &name, || self.log_tail(60)).await
     }
 
     /// Graceful stop: SIGTERM, and the process must exit with code 0.

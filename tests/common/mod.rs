@@ -5,15 +5,13 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 #[path = "../support/mod.rs"]
 pub mod support;
@@ -28,7 +26,6 @@ pub use support::http::{
 pub use support::rng::Rng;
 
 /// How long a graceful stop (SIGTERM) may take before the test fails.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound on one HTTP request, so that a hung server fails the test instead of hanging it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -141,22 +138,10 @@ impl TestServer {
             .append(true)
             .open(self.log_path())
             .expect("open stderr log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_voucherd"));
+        let mut command = binary::serve_command(self.store.path(), log);
         command
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--store")
-            .arg(self.store.path())
             .args(&self.options.args)
-            .env_remove("VOUCHERD_LISTEN")
-            .env_remove("VOUCHERD_STORE")
-            .env_remove("VOUCHERD_ADMIN_TOKEN")
-            .envs(self.options.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
+            .envs(self.options.env.iter().cloned());
         if let Some(limit) = self.options.open_files {
             // SAFETY: only an async-signal-safe system call runs between fork and exec.
             unsafe {
@@ -185,20 +170,8 @@ impl TestServer {
 
     /// Sends SIGTERM and waits for the exit status (no assertion on it).
     pub async fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("server is not running");
-        let pid = child.id().expect("child has a pid") as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("send SIGTERM");
-        match tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait()).await {
-            Ok(status) => status.expect("wait for voucherd"),
-            Err(_) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                panic!(
-                    "voucherd did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM; stderr:\n{}",
-                    self.log()
-                );
-            }
-        }
+        let child = self.child.take().expect("voucherd is not running");
+        support::binary::terminate(child, "voucherd", || self.log()).await
     }
 
     /// Graceful stop: SIGTERM, then the process must exit with code 0.
@@ -263,6 +236,14 @@ impl TestServer {
             .await;
         resp.expect_status(201);
         resp.json
+    }
+
+    /// Creates the wallet of `phone` with `balance`; it must not exist yet.
+    pub async fn create_profile(&self, phone: &str, balance: i64) {
+        let body = serde_json::json!({"phone_number": phone, "balance": balance});
+        self.post_json("/api/profiles", &body)
+            .await
+            .expect_status(201);
     }
 
     pub async fn redeem(&self, phone: &str, code: &str) -> Resp {

@@ -2,8 +2,11 @@
 //! it prints on stdout. Shared by `tests/common` (one instance per test) and
 //! `tests/cluster` (several instances per test).
 
+use std::process::ExitStatus;
 use std::time::Duration;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -12,6 +15,58 @@ pub const LISTENING_PREFIX: &str = "voucherd listening on ";
 
 /// How long the binary may take from spawn to printing its listening line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The environment variables that would change how a test's voucherd runs: the
+/// command line alone decides, whatever the shell running the tests exports.
+const VOUCHERD_ENV: [&str; 7] = [
+    "VOUCHERD_LISTEN",
+    "VOUCHERD_STORE",
+    "VOUCHERD_REDIS",
+    "VOUCHERD_ADMIN_TOKEN",
+    "VOUCHERD_ROLE",
+    "VOUCHERD_VOUCHER_SHARDS",
+    "VOUCHERD_WALLET_ACTORS",
+];
+
+/// `voucherd serve` on an ephemeral loopback port over the store `store` (a
+/// directory or a database URL), its
+/// stderr to `stderr`, stdout piped for [`start`], killed when dropped.
+pub fn serve_command(store: impl AsRef<std::ffi::OsStr>, stderr: std::fs::File) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_voucherd"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+        .arg(store)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(stderr))
+        .kill_on_drop(true);
+    for name in VOUCHERD_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// How long the binary may take from SIGTERM to its exit.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends SIGTERM to `child` and waits for its exit status (no assertion on it);
+/// kills it and panics naming `name`, with `log_text()`, if it does not exit in
+/// time.
+pub async fn terminate(mut child: Child, name: &str, log_text: impl Fn() -> String) -> ExitStatus {
+    let pid = child.id().expect("child has a pid") as i32;
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("send SIGTERM");
+    match tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait()).await {
+        Ok(status) => status.expect("wait for voucherd"),
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            panic!(
+                "{name} did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                log_text()
+            );
+        }
+    }
+}
 
 /// Spawns `command` (the binary with its arguments; stdout must be piped) and waits
 /// for its listening line. Returns the child and its base URL without a trailing

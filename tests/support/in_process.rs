@@ -38,6 +38,18 @@ impl InProcess {
         }
     }
 
+    /// The voucher `code` as `GET /api/vouchers/{code}` shows it.
+    pub async fn voucher(&self, client: &reqwest::Client, code: &str) -> serde_json::Value {
+        client
+            .get(format!("{}/api/vouchers/{code}", self.base))
+            .send()
+            .await
+            .expect("voucher read")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     /// Stops the app and asserts it stopped cleanly.
     pub async fn shutdown(self) {
         let result = self.stop_and_wait().await;

@@ -25,7 +25,9 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::queue::{stop_process_after_writer_panic, Queued, WriteQueue};
+use super::queue::{
+    stop_process_after_writer_panic, Outcome, Pending, Queued, Reply, Request, Waiter, WriteQueue,
+};
 use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
@@ -54,19 +56,10 @@ use writer::{Applied, Writer};
 
 const DATABASE_FILE: &str = "voucherd.redb";
 
-type Reply<T> = oneshot::Sender<Result<T>>;
-
-enum WriteOp {
-    CreateVoucher(Voucher, Reply<VoucherStatus>),
-    Claim(Claim, Reply<Redemption>),
-    CreateProfile(NewProfile, Reply<Wallet>),
-    Transact(NewTransaction, Reply<WalletTransaction>),
-}
-
 /// The redb-backed ledger. Cheap to share: it is a queue sender and a database handle.
 pub struct EmbeddedLedger {
     database: Arc<SharedDatabase>,
-    writes: WriteQueue<WriteOp>,
+    writes: WriteQueue,
 }
 
 /// The database handle readers share with the writer, which replaces it after
@@ -124,14 +117,17 @@ impl EmbeddedLedger {
         Ok(Self { database, writes })
     }
 
-    fn submit<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> WriteOp) -> LedgerFuture<T> {
+    fn submit<T: Send + 'static>(
+        &self,
+        request: Request,
+        waiter: fn(Reply<T>) -> Waiter,
+    ) -> LedgerFuture<T> {
         // While the writer recovers, refuse at once rather than queue writes it
         // could only refuse later.
         if !self.database.is_writable() {
             return Box::pin(async { Err(Error::not_written(RECOVERING)) });
         }
-        let (reply, answer) = oneshot::channel();
-        self.writes.submit(make(reply), answer)
+        self.writes.submit(request, waiter)
     }
 
     fn read<T: Send + 'static>(
@@ -176,19 +172,19 @@ fn is_io_failure(error: &Error) -> bool {
 
 impl Ledger for EmbeddedLedger {
     fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
-        self.submit(|reply| WriteOp::CreateVoucher(voucher, reply))
+        self.submit(Request::CreateVoucher(voucher), Waiter::Voucher)
     }
 
     fn claim(&self, claim: Claim) -> LedgerFuture<Redemption> {
-        self.submit(|reply| WriteOp::Claim(claim, reply))
+        self.submit(Request::Claim(claim), Waiter::Redemption)
     }
 
     fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet> {
-        self.submit(|reply| WriteOp::CreateProfile(profile, reply))
+        self.submit(Request::CreateProfile(profile), Waiter::Wallet)
     }
 
     fn transact(&self, transaction: NewTransaction) -> LedgerFuture<WalletTransaction> {
-        self.submit(|reply| WriteOp::Transact(transaction, reply))
+        self.submit(Request::Transact(transaction), Waiter::Transaction)
     }
 
     fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>> {

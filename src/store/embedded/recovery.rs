@@ -12,6 +12,8 @@
 //! `Unavailable` if that cannot be told. So no write is acknowledged that is not
 //! durable, and none refused as `NotWritten` was applied.
 
+use std::ops::ControlFlow;
+
 use super::*;
 
 /// A scratch file the recovering writer writes (and removes) to see whether the
@@ -78,13 +80,13 @@ impl Unresolved {
             return Ok(Some(found));
         }
         for done in &self.applied {
-            match done {
-                Applied::Voucher(_, Ok(status)) => {
+            match &done.outcome {
+                Outcome::Voucher(Ok(status)) => {
                     let vouchers = txn.open_table(VOUCHERS).map_err(db_error)?;
                     let code = status.voucher.code.as_str();
                     return Ok(Some(vouchers.get(code).map_err(db_error)?.is_some()));
                 }
-                Applied::Wallet(_, Ok(wallet)) => {
+                Outcome::Wallet(Ok(wallet)) => {
                     let accounts = txn.open_table(ACCOUNTS).map_err(db_error)?;
                     let key = (wallet.phone.stored(), WALLET_HEAD);
                     return Ok(Some(accounts.get(key).map_err(db_error)?.is_some()));
@@ -113,81 +115,76 @@ impl Writer {
     /// since every write it acknowledged is durable.
     pub(super) fn recover(
         &mut self,
-        queue: &mut mpsc::Receiver<Queued<WriteOp>>,
-        mut unresolved: Option<Unresolved>,
+        queue: &mut mpsc::Receiver<Queued<Pending>>,
+        unresolved: Option<Unresolved>,
     ) -> Option<oneshot::Sender<()>> {
         self.database.writable.store(false, Ordering::Release);
-        let since = Instant::now();
         tracing::error!("the ledger cannot write; refusing writes until a probe write succeeds");
-        let mut delays = recovery_delays();
-        let mut poisoned = true;
-        let mut next_reopen = since;
-        let mut next_probe = since + next_delay(&mut delays);
+        let mut recovery = Recovery::start(unresolved);
         loop {
-            loop {
-                match queue.try_recv() {
-                    Ok(Queued::Write(op)) => op.refuse(Error::not_written(RECOVERING)),
-                    Ok(Queued::Shutdown(done)) => {
-                        if let Some(batch) = unresolved.take() {
-                            batch.give_up("the ledger shut down before it could tell");
-                        }
-                        return Some(done);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        if let Some(batch) = unresolved.take() {
-                            batch.give_up("the ledger was dropped before it could tell");
-                        }
-                        return None;
-                    }
-                }
+            if let ControlFlow::Break(shutdown) = recovery.refuse_queued(queue) {
+                return shutdown;
             }
             let now = Instant::now();
-            if poisoned && now >= next_reopen {
-                match self.reopen() {
-                    Reopen::Opened => {
-                        poisoned = false;
-                        if let (Some(batch), Some(db)) = (unresolved.take(), &self.db) {
-                            batch.resolve(db);
-                        }
-                    }
-                    Reopen::ReadersBusy => {}
-                    Reopen::Failed(error) => {
-                        self.record_failure("reopening the ledger database failed", &error);
-                        if let Some(batch) = unresolved.take() {
-                            batch.give_up(&error);
-                        }
-                        next_reopen = now + next_delay(&mut delays);
-                    }
-                }
+            if recovery.poisoned && now >= recovery.next_reopen {
+                self.reopen_step(&mut recovery, now);
             }
-            if !poisoned && now >= next_probe {
-                match self.probe() {
-                    Ok(last_sequence) => {
-                        self.last_sequence = last_sequence;
-                        self.database.writable.store(true, Ordering::Release);
-                        tracing::info!(
-                            unwritable_ms = since.elapsed().as_millis() as u64,
-                            "the ledger writes again"
-                        );
-                        return None;
-                    }
-                    Err(Probe::NoRoom(error)) => {
-                        self.record_failure("the ledger's disk has no room yet", &error);
-                        next_probe = now + next_delay(&mut delays);
-                    }
-                    Err(Probe::Failed(error)) => {
-                        // The failed write poisoned the handle: replace it at
-                        // once, so reads go on while the next probe waits.
-                        self.record_failure("ledger probe write failed", &error);
-                        poisoned = true;
-                        next_reopen = now;
-                        next_probe = now + next_delay(&mut delays);
-                    }
-                }
+            if !recovery.poisoned
+                && now >= recovery.next_probe
+                && self.probe_step(&mut recovery, now)
+            {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(LEDGER_RECOVERY_POLL_MS));
         }
+    }
+
+    /// Tries to replace the poisoned handle; once it is replaced, the batch
+    /// whose commit failed can be told.
+    fn reopen_step(&mut self, recovery: &mut Recovery, now: Instant) {
+        match self.reopen() {
+            Reopen::Opened => {
+                recovery.poisoned = false;
+                if let (Some(batch), Some(db)) = (recovery.unresolved.take(), &self.db) {
+                    batch.resolve(db);
+                }
+            }
+            Reopen::ReadersBusy => {}
+            Reopen::Failed(error) => {
+                self.record_failure("reopening the ledger database failed", &error);
+                if let Some(batch) = recovery.unresolved.take() {
+                    batch.give_up(&error);
+                }
+                recovery.next_reopen = now + recovery.next_delay();
+            }
+        }
+    }
+
+    /// Probes once; true when the ledger writes again.
+    fn probe_step(&mut self, recovery: &mut Recovery, now: Instant) -> bool {
+        match self.probe() {
+            Ok(last_sequence) => {
+                self.last_sequence = last_sequence;
+                self.database.writable.store(true, Ordering::Release);
+                tracing::info!(
+                    unwritable_ms = recovery.since.elapsed().as_millis() as u64,
+                    "the ledger writes again"
+                );
+                return true;
+            }
+            Err(Probe::NoRoom(error)) => {
+                self.record_failure("the ledger's disk has no room yet", &error);
+            }
+            Err(Probe::Failed(error)) => {
+                // The failed write poisoned the handle: replace it at once, so
+                // reads go on while the next probe waits.
+                self.record_failure("ledger probe write failed", &error);
+                recovery.poisoned = true;
+                recovery.next_reopen = now;
+            }
+        }
+        recovery.next_probe = now + recovery.next_delay();
+        false
     }
 
     /// Replaces the handle: takes it from readers, waits for those still using
@@ -232,6 +229,65 @@ impl Writer {
     pub(super) fn record_failure(&mut self, failure: &'static str, error: &Error) {
         self.metrics.count_ledger_write_error();
         self.errors.log(failure, error);
+    }
+}
+
+/// Where a recovering writer stands.
+struct Recovery {
+    since: Instant,
+    delays: ExponentialBackoff,
+    /// Whether the handle still has to be replaced.
+    poisoned: bool,
+    next_reopen: Instant,
+    next_probe: Instant,
+    /// The batch whose commit failed, until it can be told whether it landed.
+    unresolved: Option<Unresolved>,
+}
+
+impl Recovery {
+    fn start(unresolved: Option<Unresolved>) -> Self {
+        let since = Instant::now();
+        let mut delays = recovery_delays();
+        let next_probe = since + next_delay(&mut delays);
+        Recovery {
+            since,
+            delays,
+            poisoned: true,
+            next_reopen: since,
+            next_probe,
+            unresolved,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        next_delay(&mut self.delays)
+    }
+
+    /// Refuses every queued write; breaks (with the shutdown request, if that
+    /// is why) when the ledger is to stop, giving up on the unresolved batch.
+    fn refuse_queued(
+        &mut self,
+        queue: &mut mpsc::Receiver<Queued<Pending>>,
+    ) -> ControlFlow<Option<oneshot::Sender<()>>> {
+        loop {
+            let (why, shutdown) = match queue.try_recv() {
+                Ok(Queued::Write(op)) => {
+                    writer::refuse(op, Error::not_written(RECOVERING));
+                    continue;
+                }
+                Ok(Queued::Shutdown(done)) => {
+                    ("the ledger shut down before it could tell", Some(done))
+                }
+                Err(TryRecvError::Empty) => return ControlFlow::Continue(()),
+                Err(TryRecvError::Disconnected) => {
+                    ("the ledger was dropped before it could tell", None)
+                }
+            };
+            if let Some(batch) = self.unresolved.take() {
+                batch.give_up(why);
+            }
+            return ControlFlow::Break(shutdown);
+        }
     }
 }
 

@@ -9,60 +9,25 @@
 
 use super::*;
 
-/// An operation applied inside the open batch, waiting for the commit to answer.
-pub(super) enum Applied {
-    Voucher(Reply<VoucherStatus>, Result<VoucherStatus>),
-    Redemption(Reply<Redemption>, Result<Redemption>),
-    Wallet(Reply<Wallet>, Result<Wallet>),
-    Transaction(Reply<WalletTransaction>, Result<WalletTransaction>),
+/// A write applied inside the open batch, waiting for the commit to answer.
+pub(super) struct Applied {
+    pub(super) waiter: Waiter,
+    pub(super) outcome: Outcome,
 }
 
 impl Applied {
-    /// The ledger failure the operation met, which stops its batch; business
-    /// answers such as `AlreadyRedeemed` are not failures.
-    pub(super) fn failure(&self) -> Option<&Error> {
-        fn failed<T>(result: &Result<T>) -> Option<&Error> {
-            result
-                .as_ref()
-                .err()
-                .filter(|e| matches!(e, Error::Storage { .. } | Error::Unavailable { .. }))
-        }
-        match self {
-            Applied::Voucher(_, r) => failed(r),
-            Applied::Redemption(_, r) => failed(r),
-            Applied::Wallet(_, r) => failed(r),
-            Applied::Transaction(_, r) => failed(r),
-        }
-    }
-
-    /// Sends the outcome, or `instead` if the batch did not commit. A caller that
-    /// stopped waiting (its request timed out) is not an error here.
+    /// Sends the outcome, or `instead` if the batch did not commit.
     pub(super) fn answer(self, instead: Option<&Error>) {
-        fn send<T>(reply: Reply<T>, result: Result<T>, instead: Option<&Error>) {
-            let _ = reply.send(match instead {
-                Some(error) => Err(error.clone()),
-                None => result,
-            });
-        }
-        match self {
-            Applied::Voucher(reply, result) => send(reply, result, instead),
-            Applied::Redemption(reply, result) => send(reply, result, instead),
-            Applied::Wallet(reply, result) => send(reply, result, instead),
-            Applied::Transaction(reply, result) => send(reply, result, instead),
+        match instead {
+            Some(error) => self.waiter.fail(error.clone()),
+            None => self.waiter.answer(self.outcome),
         }
     }
 }
 
-impl WriteOp {
-    /// Answers an operation that was never applied.
-    pub(super) fn refuse(self, error: Error) {
-        match self {
-            WriteOp::CreateVoucher(_, reply) => drop(reply.send(Err(error))),
-            WriteOp::Claim(_, reply) => drop(reply.send(Err(error))),
-            WriteOp::CreateProfile(_, reply) => drop(reply.send(Err(error))),
-            WriteOp::Transact(_, reply) => drop(reply.send(Err(error))),
-        }
-    }
+/// Answers a write that was never applied.
+pub(super) fn refuse((_, waiter): Pending, error: Error) {
+    waiter.fail(error)
 }
 
 /// Why a batch did not commit.
@@ -96,7 +61,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Queued<WriteOp>>) {
+    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Queued<Pending>>) {
         let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut shutdown = None;
         while shutdown.is_none() {
@@ -145,7 +110,7 @@ impl Writer {
     /// (operations queued behind it are still in the batch and are applied first).
     pub(super) fn commit_batch(
         &mut self,
-        batch: &mut Vec<Queued<WriteOp>>,
+        batch: &mut Vec<Queued<Pending>>,
     ) -> (BatchEnd, Option<oneshot::Sender<()>>) {
         let mut applied = Vec::with_capacity(batch.len());
         let mut shutdown = None;
@@ -155,7 +120,7 @@ impl Writer {
         // the batch, all of it; after a failed write, what came behind it.
         for op in batch.drain(..).chain(not_reached) {
             match op {
-                Queued::Write(op) => op.refuse(Error::not_written("its batch failed")),
+                Queued::Write(op) => refuse(op, Error::not_written("its batch failed")),
                 Queued::Shutdown(done) => shutdown = Some(done),
             }
         }
@@ -181,7 +146,7 @@ impl Writer {
                 tracing::error!(%error, operations = applied.len(), "ledger batch not committed");
                 let refusal = Error::not_written("another write of its batch failed");
                 for done in applied {
-                    let own = done.failure().is_some();
+                    let own = done.outcome.failure().is_some();
                     done.answer((!own).then_some(&refusal));
                 }
                 BatchEnd::Done
@@ -206,9 +171,9 @@ impl Writer {
     /// leaves the writes behind it in `not_reached`.
     pub(super) fn apply_and_commit(
         &self,
-        batch: &mut Vec<Queued<WriteOp>>,
+        batch: &mut Vec<Queued<Pending>>,
         applied: &mut Vec<Applied>,
-        not_reached: &mut Vec<Queued<WriteOp>>,
+        not_reached: &mut Vec<Queued<Pending>>,
         shutdown: &mut Option<oneshot::Sender<()>>,
     ) -> Result<u64, Failed> {
         let db = self
@@ -224,25 +189,21 @@ impl Writer {
                 Tables::open(&txn, self.last_sequence).map_err(Failed::BeforeCommit)?;
             let mut ops = batch.drain(..);
             while let Some(op) = ops.next() {
-                let done = match op {
-                    Queued::Write(WriteOp::CreateVoucher(v, reply)) => {
-                        Applied::Voucher(reply, tables.create_voucher(v))
-                    }
-                    Queued::Write(WriteOp::Claim(c, reply)) => {
-                        Applied::Redemption(reply, tables.claim(c))
-                    }
-                    Queued::Write(WriteOp::CreateProfile(p, reply)) => {
-                        Applied::Wallet(reply, tables.create_profile(p))
-                    }
-                    Queued::Write(WriteOp::Transact(t, reply)) => {
-                        Applied::Transaction(reply, tables.transact(t))
-                    }
+                let (request, waiter) = match op {
+                    Queued::Write(pending) => pending,
                     Queued::Shutdown(done) => {
                         *shutdown = Some(done);
                         continue;
                     }
                 };
-                let failure = done.failure().cloned();
+                let outcome = match request {
+                    Request::CreateVoucher(v) => Outcome::Voucher(tables.create_voucher(v)),
+                    Request::Claim(c) => Outcome::Redemption(tables.claim(c)),
+                    Request::CreateProfile(p) => Outcome::Wallet(tables.create_profile(p)),
+                    Request::Transact(t) => Outcome::Transaction(tables.transact(t)),
+                };
+                let failure = outcome.failure().cloned();
+                let done = Applied { waiter, outcome };
                 applied.push(done);
                 if let Some(error) = failure {
                     not_reached.extend(ops);

@@ -53,7 +53,9 @@ use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
-use super::queue::{stop_process_after_writer_panic, Queued, WriteQueue};
+use super::queue::{
+    stop_process_after_writer_panic, Outcome, Pending, Queued, Request, Waiter, WriteQueue,
+};
 use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
@@ -84,9 +86,9 @@ use errors::{describe, storage_failure, Failure};
 use health::watch_database;
 use outcome::{Probe, Progress};
 use reads::{
-    column, phone_column, read_error, read_row, read_rows, stored_phone, stored_u32, stored_u64,
-    voucher_status, SELECT_REDEMPTION, SELECT_REPORT, SELECT_SLOT_GAPS, SELECT_VOUCHER,
-    SELECT_VOUCHERS, SELECT_WALLET, SELECT_WALLET_PAGE, SELECT_WINNERS,
+    column, phone_column, read_error, read_row, read_rows, read_wallet, stored_phone, stored_u32,
+    stored_u64, voucher_status, SELECT_REDEMPTION, SELECT_REPORT, SELECT_SLOT_GAPS, SELECT_VOUCHER,
+    SELECT_VOUCHERS, SELECT_WINNERS,
 };
 use schema::migrate_database;
 use wallet_writes::{apply_wallet_ops, insert_transactions, NewRow};
@@ -105,85 +107,10 @@ const POOL_WAIT_TIMEOUT_MS: u64 = 5_000;
 /// How long opening a TCP connection to the database may take.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
-type Reply<T> = oneshot::Sender<Result<T>>;
-
-/// A write, as queued for the writer.
-enum Request {
-    CreateVoucher(Voucher),
-    Claim(Claim),
-    CreateProfile(NewProfile),
-    Transact(NewTransaction),
-}
-
-/// Whoever waits for a write's outcome.
-enum Waiter {
-    Voucher(Reply<VoucherStatus>),
-    Redemption(Reply<Redemption>),
-    Wallet(Reply<Wallet>),
-    Transaction(Reply<WalletTransaction>),
-}
-
-/// What a write came to, before the batch commits.
-#[derive(Debug, Clone)]
-enum Outcome {
-    Voucher(Result<VoucherStatus>),
-    Redemption(Result<Redemption>),
-    Wallet(Result<Wallet>),
-    Transaction(Result<WalletTransaction>),
-}
-
-impl Outcome {
-    /// The outcome of `request` when its batch failed as a whole.
-    fn failed(request: &Request, error: Error) -> Self {
-        match request {
-            Request::CreateVoucher(_) => Outcome::Voucher(Err(error)),
-            Request::Claim(_) => Outcome::Redemption(Err(error)),
-            Request::CreateProfile(_) => Outcome::Wallet(Err(error)),
-            Request::Transact(_) => Outcome::Transaction(Err(error)),
-        }
-    }
-}
-
-impl Waiter {
-    /// Sends the outcome. A caller that stopped waiting (its request timed out)
-    /// is not an error here.
-    fn answer(self, outcome: Outcome) {
-        match (self, outcome) {
-            (Waiter::Voucher(reply), Outcome::Voucher(result)) => {
-                let _ = reply.send(result);
-            }
-            (Waiter::Redemption(reply), Outcome::Redemption(result)) => {
-                let _ = reply.send(result);
-            }
-            (Waiter::Wallet(reply), Outcome::Wallet(result)) => {
-                let _ = reply.send(result);
-            }
-            (Waiter::Transaction(reply), Outcome::Transaction(result)) => {
-                let _ = reply.send(result);
-            }
-            (waiter, _) => {
-                tracing::error!("ledger outcome does not match its operation");
-                waiter.fail(Error::storage(
-                    "ledger outcome does not match its operation",
-                ));
-            }
-        }
-    }
-
-    fn fail(self, error: Error) {
-        match self {
-            Waiter::Voucher(reply) => drop(reply.send(Err(error))),
-            Waiter::Redemption(reply) => drop(reply.send(Err(error))),
-            Waiter::Wallet(reply) => drop(reply.send(Err(error))),
-            Waiter::Transaction(reply) => drop(reply.send(Err(error))),
-        }
-    }
-}
-
 /// The PostgreSQL/CockroachDB ledger. Cheap to share: a queue sender and a pool.
 pub struct PostgresLedger {
     reads: Pool,
-    writes: WriteQueue<(Request, Waiter)>,
+    writes: WriteQueue,
     /// Whether the database answered its last probe (see [`watch_database`]).
     reachable: Arc<AtomicBool>,
     /// Dropped with the ledger, which ends the probe task.
@@ -217,15 +144,6 @@ impl PostgresLedger {
             reachable,
             _stop_watching: stop_watching,
         })
-    }
-
-    fn submit<T: Send + 'static>(
-        &self,
-        request: Request,
-        waiter: fn(Reply<T>) -> Waiter,
-    ) -> LedgerFuture<T> {
-        let (reply, answer) = oneshot::channel();
-        self.writes.submit((request, waiter(reply)), answer)
     }
 
     /// Runs `work` on a pooled connection.
@@ -281,19 +199,23 @@ fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Res
 
 impl Ledger for PostgresLedger {
     fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
-        self.submit(Request::CreateVoucher(voucher), Waiter::Voucher)
+        self.writes
+            .submit(Request::CreateVoucher(voucher), Waiter::Voucher)
     }
 
     fn claim(&self, claim: Claim) -> LedgerFuture<Redemption> {
-        self.submit(Request::Claim(claim), Waiter::Redemption)
+        self.writes
+            .submit(Request::Claim(claim), Waiter::Redemption)
     }
 
     fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet> {
-        self.submit(Request::CreateProfile(profile), Waiter::Wallet)
+        self.writes
+            .submit(Request::CreateProfile(profile), Waiter::Wallet)
     }
 
     fn transact(&self, transaction: NewTransaction) -> LedgerFuture<WalletTransaction> {
-        self.submit(Request::Transact(transaction), Waiter::Transaction)
+        self.writes
+            .submit(Request::Transact(transaction), Waiter::Transaction)
     }
 
     fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>> {
@@ -422,82 +344,7 @@ impl Ledger for PostgresLedger {
         phone: PhoneNumber,
         page: PageRequest,
     ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>> {
-        self.read(move |mut client| async move {
-            // The head and the page come from one snapshot, so the balance
-            // matches the newest transaction shown.
-            let transaction = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(read_error)?;
-            let head = transaction
-                .prepare_cached(SELECT_WALLET)
-                .await
-                .map_err(read_error)?;
-            let Some(head) = transaction
-                .query_opt(&head, &[&phone_column(phone)])
-                .await
-                .map_err(read_error)?
-            else {
-                return Ok(None);
-            };
-            let wallet = Wallet {
-                phone,
-                balance: column(&head, 0)?,
-                created_at: Timestamp(column(&head, 2)?),
-            };
-            let last_sequence: i64 = column(&head, 1)?;
-            let before = match page.cursor {
-                None => i64::MAX,
-                // A cursor is the sequence of one of this wallet's transactions.
-                Some(cursor) => match i64::try_from(cursor) {
-                    Ok(cursor) if (1..=last_sequence).contains(&cursor) => cursor,
-                    _ => {
-                        return Err(Error::invalid(
-                            "invalid_cursor",
-                            "cursor must be a next_cursor this service returned",
-                        ))
-                    }
-                },
-            };
-            let statement = transaction
-                .prepare_cached(SELECT_WALLET_PAGE)
-                .await
-                .map_err(read_error)?;
-            let rows = transaction
-                .query(
-                    &statement,
-                    &[
-                        &phone_column(phone),
-                        &before,
-                        &(i64::from(page.limit) + 1),
-                        &i64::from(page.offset),
-                    ],
-                )
-                .await
-                .map_err(read_error)?;
-            transaction.commit().await.map_err(read_error)?;
-            let more = rows.len() > page.limit as usize;
-            let items = rows
-                .iter()
-                .take(page.limit as usize)
-                .map(|row| {
-                    Ok(WalletTransaction {
-                        id: column(row, 0)?,
-                        phone,
-                        sequence: stored_u64(column(row, 1)?, "sequence")?,
-                        amount: column(row, 2)?,
-                        reference: column(row, 3)?,
-                        created_at: Timestamp(column(row, 4)?),
-                        balance_after: column(row, 5)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let next_cursor = more.then(|| items.last().map(|t| t.sequence)).flatten();
-            Ok(Some((wallet, Page { items, next_cursor })))
-        })
+        self.read(move |client| read_wallet(client, phone, page))
     }
 
     fn shutdown(&self) -> LedgerFuture<()> {

@@ -105,3 +105,84 @@ pub(super) fn voucher_status(row: &Row) -> Result<VoucherStatus> {
         redeemed: stored_u32(column(row, 6)?, "redemption count")?,
     })
 }
+
+/// A wallet's head and one page of its transactions, newest first, from one
+/// snapshot, so the balance matches the newest transaction shown.
+pub(super) async fn read_wallet(
+    mut client: Object,
+    phone: PhoneNumber,
+    page: PageRequest,
+) -> Result<Option<(Wallet, Page<WalletTransaction>)>> {
+    let transaction = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(read_error)?;
+    let head = transaction
+        .prepare_cached(SELECT_WALLET)
+        .await
+        .map_err(read_error)?;
+    let Some(head) = transaction
+        .query_opt(&head, &[&phone_column(phone)])
+        .await
+        .map_err(read_error)?
+    else {
+        return Ok(None);
+    };
+    let wallet = Wallet {
+        phone,
+        balance: column(&head, 0)?,
+        created_at: Timestamp(column(&head, 2)?),
+    };
+    let before = page_start(page.cursor, column(&head, 1)?)?;
+    let statement = transaction
+        .prepare_cached(SELECT_WALLET_PAGE)
+        .await
+        .map_err(read_error)?;
+    let window = [
+        &phone_column(phone) as &(dyn ToSql + Sync),
+        &before,
+        &(i64::from(page.limit) + 1),
+        &i64::from(page.offset),
+    ];
+    let rows = transaction
+        .query(&statement, &window)
+        .await
+        .map_err(read_error)?;
+    transaction.commit().await.map_err(read_error)?;
+    let more = rows.len() > page.limit as usize;
+    let items = rows
+        .iter()
+        .take(page.limit as usize)
+        .map(|row| wallet_transaction(row, phone))
+        .collect::<Result<Vec<_>>>()?;
+    let next_cursor = more.then(|| items.last().map(|t| t.sequence)).flatten();
+    Ok(Some((wallet, Page { items, next_cursor })))
+}
+
+/// The sequence a wallet page starts below: a cursor is the sequence of one of
+/// this wallet's transactions.
+fn page_start(cursor: Option<u64>, last_sequence: i64) -> Result<i64> {
+    match cursor.map(i64::try_from) {
+        None => Ok(i64::MAX),
+        Some(Ok(cursor)) if (1..=last_sequence).contains(&cursor) => Ok(cursor),
+        Some(_) => Err(Error::invalid(
+            "invalid_cursor",
+            "cursor must be a next_cursor this service returned",
+        )),
+    }
+}
+
+fn wallet_transaction(row: &Row, phone: PhoneNumber) -> Result<WalletTransaction> {
+    Ok(WalletTransaction {
+        id: column(row, 0)?,
+        phone,
+        sequence: stored_u64(column(row, 1)?, "sequence")?,
+        amount: column(row, 2)?,
+        reference: column(row, 3)?,
+        created_at: Timestamp(column(row, 4)?),
+        balance_after: column(row, 5)?,
+    })
+}

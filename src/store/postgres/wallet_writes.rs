@@ -116,59 +116,8 @@ pub(super) async fn apply_wallet_ops(
     if indices.is_empty() {
         return Ok(());
     }
-    // The first transaction of each replayable id already stored.
-    let replay_ids: Vec<Uuid> = indices
-        .iter()
-        .filter_map(|&i| match &requests[i] {
-            Request::Transact(t) if t.replayable => Some(t.id),
-            _ => None,
-        })
-        .collect();
-    let mut replays: HashMap<Uuid, WalletTransaction> = HashMap::new();
-    if !replay_ids.is_empty() {
-        let statement = transaction.prepare_cached(FIND_REPLAYS).await?;
-        for row in transaction.query(&statement, &[&replay_ids]).await? {
-            let first = WalletTransaction {
-                id: row.try_get(0)?,
-                phone: stored_phone(row.try_get(1)?).map_err(storage_failure)?,
-                sequence: stored_u64(row.try_get(2)?, "sequence").map_err(storage_failure)?,
-                amount: row.try_get(3)?,
-                reference: row.try_get(4)?,
-                created_at: Timestamp(row.try_get(5)?),
-                balance_after: row.try_get(6)?,
-            };
-            replays.insert(first.id, first);
-        }
-    }
-
-    let mut phones: Vec<i64> = indices
-        .iter()
-        .filter_map(|&i| match &requests[i] {
-            Request::CreateProfile(p) => Some(phone_column(p.phone)),
-            Request::Transact(t) => Some(phone_column(t.phone)),
-            _ => None,
-        })
-        .collect();
-    phones.sort_unstable();
-    phones.dedup();
-    let statement = transaction.prepare_cached(LOCK_WALLETS).await?;
-    let mut heads: HashMap<i64, Head> = HashMap::with_capacity(phones.len());
-    for row in transaction.query(&statement, &[&phones]).await? {
-        let balance: i64 = row.try_get(1)?;
-        // I5: a stored balance is never negative (and the CHECK agrees).
-        assert!(balance >= 0, "I5: a stored wallet balance is negative");
-        heads.insert(
-            row.try_get(0)?,
-            Head {
-                stored: true,
-                changed: false,
-                balance,
-                last_sequence: row.try_get(2)?,
-                created_at: row.try_get(3)?,
-            },
-        );
-    }
-
+    let mut replays = find_replays(transaction, requests, indices).await?;
+    let mut heads = lock_heads(transaction, requests, indices).await?;
     let mut rows: Vec<NewRow> = Vec::new();
     for &index in indices {
         let outcome = match &requests[index] {
@@ -184,10 +133,96 @@ pub(super) async fn apply_wallet_ops(
         };
         progress.decide(index, outcome);
     }
+    write_heads(transaction, &heads, rows.is_empty(), progress).await?;
+    if let Some(first) = rows.first() {
+        let (phone, sequence, id) = (first.phone, first.sequence, first.id);
+        progress.wrote(|| Probe::Transaction {
+            phone,
+            sequence,
+            id,
+        });
+    }
+    insert_transactions(transaction, &rows).await
+}
 
+/// The first stored transaction of each replayable id the wave carries.
+async fn find_replays(
+    transaction: &Transaction<'_>,
+    requests: &[Request],
+    indices: &[usize],
+) -> Result<HashMap<Uuid, WalletTransaction>, Failure> {
+    let replay_ids: Vec<Uuid> = indices
+        .iter()
+        .filter_map(|&i| match &requests[i] {
+            Request::Transact(t) if t.replayable => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    let mut replays = HashMap::new();
+    if replay_ids.is_empty() {
+        return Ok(replays);
+    }
+    let statement = transaction.prepare_cached(FIND_REPLAYS).await?;
+    for row in transaction.query(&statement, &[&replay_ids]).await? {
+        let first = WalletTransaction {
+            id: row.try_get(0)?,
+            phone: stored_phone(row.try_get(1)?).map_err(storage_failure)?,
+            sequence: stored_u64(row.try_get(2)?, "sequence").map_err(storage_failure)?,
+            amount: row.try_get(3)?,
+            reference: row.try_get(4)?,
+            created_at: Timestamp(row.try_get(5)?),
+            balance_after: row.try_get(6)?,
+        };
+        replays.insert(first.id, first);
+    }
+    Ok(replays)
+}
+
+/// Locks and reads the stored heads of every wallet the wave touches.
+async fn lock_heads(
+    transaction: &Transaction<'_>,
+    requests: &[Request],
+    indices: &[usize],
+) -> Result<HashMap<i64, Head>, Failure> {
+    let mut phones: Vec<i64> = indices
+        .iter()
+        .filter_map(|&i| match &requests[i] {
+            Request::CreateProfile(p) => Some(phone_column(p.phone)),
+            Request::Transact(t) => Some(phone_column(t.phone)),
+            _ => None,
+        })
+        .collect();
+    phones.sort_unstable();
+    phones.dedup();
+    let statement = transaction.prepare_cached(LOCK_WALLETS).await?;
+    let mut heads = HashMap::with_capacity(phones.len());
+    for row in transaction.query(&statement, &[&phones]).await? {
+        let balance: i64 = row.try_get(1)?;
+        // I5: a stored balance is never negative (and the CHECK agrees).
+        assert!(balance >= 0, "I5: a stored wallet balance is negative");
+        let head = Head {
+            stored: true,
+            changed: false,
+            balance,
+            last_sequence: row.try_get(2)?,
+            created_at: row.try_get(3)?,
+        };
+        heads.insert(row.try_get(0)?, head);
+    }
+    Ok(heads)
+}
+
+/// Inserts the wallets the wave opened and updates those it changed. With no
+/// transaction rows to probe, a new wallet tells whether a lost commit landed.
+async fn write_heads(
+    transaction: &Transaction<'_>,
+    heads: &HashMap<i64, Head>,
+    no_rows: bool,
+    progress: &mut Progress,
+) -> Result<(), Failure> {
     let mut opened = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut updated = (Vec::new(), Vec::new(), Vec::new());
-    for (&phone, head) in &heads {
+    for (&phone, head) in heads {
         assert!(head.balance >= 0, "I5: wallet {phone} would go negative");
         if !head.stored {
             opened.0.push(phone);
@@ -208,7 +243,7 @@ pub(super) async fn apply_wallet_ops(
         if inserted.len() != opened.0.len() {
             return Err(Failure::conflict("a wallet was opened by another writer"));
         }
-        if rows.is_empty() {
+        if no_rows {
             let (phone, created_at) = (opened.0[0], opened.3[0]);
             progress.wrote(|| Probe::Wallet { phone, created_at });
         }
@@ -219,15 +254,20 @@ pub(super) async fn apply_wallet_ops(
             .execute(&statement, &[&updated.0, &updated.1, &updated.2])
             .await?;
     }
-    if let Some(first) = rows.first() {
-        let (phone, sequence, id) = (first.phone, first.sequence, first.id);
-        progress.wrote(|| Probe::Transaction {
-            phone,
-            sequence,
-            id,
-        });
+    Ok(())
+}
+
+impl Head {
+    /// A wallet this wave opens.
+    fn opened(at: Timestamp) -> Self {
+        Head {
+            stored: false,
+            changed: true,
+            balance: 0,
+            last_sequence: 0,
+            created_at: at.0,
+        }
     }
-    insert_transactions(transaction, &rows).await
 }
 
 /// Appends one transaction to a wallet's head as the wave sees it.
@@ -247,13 +287,7 @@ fn open_profile(
     if heads.contains_key(&phone) {
         return Err(Error::ProfileExists);
     }
-    let head = heads.entry(phone).or_insert(Head {
-        stored: false,
-        changed: true,
-        balance: 0,
-        last_sequence: 0,
-        created_at: profile.at.0,
-    });
+    let head = heads.entry(phone).or_insert(Head::opened(profile.at));
     if profile.opening_balance > 0 {
         append(
             head,
@@ -294,13 +328,7 @@ fn apply_transaction(
         .map_or((0, 0), |head| (head.balance, head.last_sequence));
     let new_balance = wallet::balance_after(balance, new.amount)?;
     // A credit opens the wallet if needed, as the embedded ledger does.
-    let head = heads.entry(phone).or_insert(Head {
-        stored: false,
-        changed: true,
-        balance: 0,
-        last_sequence: 0,
-        created_at: new.at.0,
-    });
+    let head = heads.entry(phone).or_insert(Head::opened(new.at));
     let row = NewRow {
         phone,
         sequence: last_sequence + 1,

@@ -36,7 +36,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) async fn run(self, mut queue: mpsc::Receiver<Queued<(Request, Waiter)>>) {
+    pub(super) async fn run(self, mut queue: mpsc::Receiver<Queued<Pending>>) {
         let mut requests = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut waiters = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut shutdowns = Vec::new();
