@@ -258,7 +258,48 @@ pub fn parse_reference(raw: &str) -> Result<String> {
     Ok(raw.to_owned())
 }
 
-/// A successful redemption.
+/// Where a redemption stands. In one process (role `all`) a redemption is born
+/// `Credited`: its claim and its credit are one write. Across two services it is
+/// born `Pending` and the protocol in [`crate::redemption`] moves it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RedemptionStatus {
+    /// Slot and user key are held; the wallet credit has not been confirmed.
+    Pending,
+    /// The wallet holds the credit whose id is the redemption id.
+    Credited,
+    /// The wallet refused the credit for good; slot and user key were released.
+    Void,
+}
+
+impl RedemptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedemptionStatus::Pending => "pending",
+            RedemptionStatus::Credited => "credited",
+            RedemptionStatus::Void => "void",
+        }
+    }
+
+    /// The number a ledger stores for this status.
+    pub fn stored(self) -> u8 {
+        match self {
+            RedemptionStatus::Pending => 0,
+            RedemptionStatus::Credited => 1,
+            RedemptionStatus::Void => 2,
+        }
+    }
+
+    pub fn from_stored(stored: u8) -> Result<Self> {
+        match stored {
+            0 => Ok(RedemptionStatus::Pending),
+            1 => Ok(RedemptionStatus::Credited),
+            2 => Ok(RedemptionStatus::Void),
+            other => Err(Error::storage(format!("unknown redemption status {other}"))),
+        }
+    }
+}
+
+/// A redemption: the claim of one slot by one user, and where its credit stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redemption {
     pub id: Uuid,
@@ -267,8 +308,11 @@ pub struct Redemption {
     pub amount: i64,
     pub slot: u32,
     pub redeemed_at: Timestamp,
-    /// Wallet balance right after the credit.
-    pub balance: i64,
+    pub status: RedemptionStatus,
+    /// Wallet balance right after the credit, once the redemption is credited
+    /// and the ledger knows it (a credited redemption settled by recovery on
+    /// another instance may not).
+    pub balance: Option<i64>,
 }
 
 /// One line of a voucher's report.

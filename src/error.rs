@@ -35,6 +35,10 @@ pub enum Error {
     InsufficientFunds,
     #[error("this idempotency key was used for a different request")]
     IdempotencyKeyReused,
+    /// The wallet refused this credit before, for good: a credit's answer is
+    /// final, so the same id is refused again.
+    #[error("this credit was refused: {reason}")]
+    CreditRefused { reason: String },
     /// The ledger refused a slot another claim already holds. Internal: a voucher
     /// shard retries with another slot and never shows this to a client.
     #[error("slot already taken")]

@@ -42,6 +42,7 @@ pub mod limits;
 pub mod metrics;
 pub mod rate_limit;
 pub mod readiness;
+pub mod redemption;
 pub mod service;
 pub mod slots;
 pub mod store;

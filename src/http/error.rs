@@ -102,6 +102,7 @@ impl ApiError {
                     E::AlreadyRedeemed => (StatusCode::CONFLICT, "already_redeemed"),
                     E::InsufficientFunds => (StatusCode::CONFLICT, "insufficient_funds"),
                     E::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
+                    E::CreditRefused { .. } => (StatusCode::CONFLICT, "credit_refused"),
                     E::VoucherExhausted => (StatusCode::GONE, "voucher_exhausted"),
                     E::VoucherNotActive => (StatusCode::FORBIDDEN, "voucher_not_active"),
                     E::RateLimited { .. } => {

@@ -31,6 +31,7 @@ use super::queue::{
 use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
+    RedemptionStatus,
     ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
     OPENING_BALANCE_REFERENCE,
 };
@@ -232,7 +233,8 @@ impl Ledger for EmbeddedLedger {
                 amount: credit.amount,
                 slot: slot as u32,
                 redeemed_at: Timestamp(redeemed_at),
-                balance: credit.balance_after,
+                status: RedemptionStatus::Credited,
+                balance: Some(credit.balance_after),
             }))
         })
     }

@@ -179,7 +179,8 @@ impl<'txn> Tables<'txn> {
             amount,
             slot: claim.slot,
             redeemed_at: claim.at,
-            balance: credit.balance_after,
+            status: RedemptionStatus::Credited,
+                balance: Some(credit.balance_after),
         })
     }
 

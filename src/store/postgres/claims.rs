@@ -257,7 +257,8 @@ async fn credit_winners(
                 amount,
                 slot: claim.slot,
                 redeemed_at: claim.at,
-                balance: row.balance_after,
+                status: RedemptionStatus::Credited,
+                balance: Some(row.balance_after),
             })),
         );
         rows.push(row);

@@ -59,6 +59,7 @@ use super::queue::{
 use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
 use crate::domain::{
     redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
+    RedemptionStatus,
     ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
     OPENING_BALANCE_REFERENCE,
 };
@@ -259,7 +260,8 @@ impl Ledger for PostgresLedger {
                 slot: stored_u32(column(&row, 0)?, "slot")?,
                 amount: column(&row, 1)?,
                 redeemed_at: Timestamp(column(&row, 2)?),
-                balance: column(&row, 3)?,
+                status: RedemptionStatus::Credited,
+                balance: Some(column(&row, 3)?),
                 code,
                 phone,
             }))
