@@ -328,10 +328,10 @@ mod cases {
         assert_eq!(first.amount, 50_000);
         assert_eq!(first.slot, 1);
         assert_eq!(first.redeemed_at, claim("GOAL", 1, 1).at);
-        assert_eq!(first.balance, 50_000);
+        assert_eq!(first.balance, Some(50_000));
 
         let second = ledger.claim(claim("GOAL", 2, 2)).await.expect("claim");
-        assert_eq!(second.balance, 51_000, "the credit adds to an open wallet");
+        assert_eq!(second.balance, Some(51_000), "the credit adds to an open wallet");
 
         assert_eq!(
             ledger
@@ -650,7 +650,7 @@ mod cases {
         assert_eq!(credited.expect("credit").balance_after, 100);
         assert_eq!(debited.expect("debit").balance_after, 0);
         assert_eq!(overdrawn, Err(Error::InsufficientFunds));
-        assert_eq!(claimed.expect("claim").balance, 1_000);
+        assert_eq!(claimed.expect("claim").balance, Some(1_000));
         assert_eq!(spent.expect("debit").balance_after, 0);
         assert_eq!(opened, Err(Error::ProfileExists));
 
@@ -989,7 +989,7 @@ mod cases {
             Err(Error::AlreadyRedeemed)
         );
         let next = reopened.claim(claim("GOAL", 9, 3)).await.expect("claim");
-        assert_eq!(next.balance, 250);
+        assert_eq!(next.balance, Some(250));
         reopened.shutdown().await.expect("shut down");
     }
 }
