@@ -321,6 +321,7 @@ pub struct ReportEntry {
     pub slot: u32,
     pub phone: PhoneNumber,
     pub redeemed_at: Timestamp,
+    pub status: RedemptionStatus,
 }
 
 /// A wallet transaction.

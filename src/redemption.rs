@@ -79,9 +79,13 @@ pub enum CreditAnswer {
 /// How a pending redemption ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    Credited { balance: i64 },
+    Credited {
+        balance: i64,
+    },
     /// Releases the redemption's slot and user key.
-    Void { reason: String },
+    Void {
+        reason: String,
+    },
 }
 
 impl Resolution {
@@ -177,9 +181,12 @@ pub async fn recover_once(
     }
     let credits = stuck.iter().map(Credit::of).collect();
     let answers = wallet.credit(credits).await;
-    let settles = stuck.iter().zip(answers).filter_map(|(redemption, answer)| {
-        resolution(answer).map(|resolution| ledger.settle(redemption.id, resolution))
-    });
+    let settles = stuck
+        .iter()
+        .zip(answers)
+        .filter_map(|(redemption, answer)| {
+            resolution(answer).map(|resolution| ledger.settle(redemption.id, resolution))
+        });
     for settled in futures::future::join_all(settles).await {
         match settled.map(|r| r.status) {
             Ok(RedemptionStatus::Credited) => pass.credited += 1,

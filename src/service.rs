@@ -322,6 +322,7 @@ impl Service {
             amount: request.amount,
             reference: request.reference,
             at: self.now(),
+            refusal_is_final: false,
         };
         let wallet = self.wallet_actor(request.phone);
         call(&wallet, |reply| WalletMsg::Transact { transaction, reply }).await

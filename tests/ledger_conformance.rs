@@ -244,6 +244,7 @@ mod fixtures {
             amount,
             reference: format!("test {offset}"),
             at: at(offset),
+            refusal_is_final: false,
         }
     }
 
@@ -331,7 +332,11 @@ mod cases {
         assert_eq!(first.balance, Some(50_000));
 
         let second = ledger.claim(claim("GOAL", 2, 2)).await.expect("claim");
-        assert_eq!(second.balance, Some(51_000), "the credit adds to an open wallet");
+        assert_eq!(
+            second.balance,
+            Some(51_000),
+            "the credit adds to an open wallet"
+        );
 
         assert_eq!(
             ledger

@@ -25,6 +25,7 @@ use crate::domain::{
     VoucherStatus, Wallet, WalletTransaction,
 };
 use crate::error::Result;
+pub use crate::redemption::PendingLedger;
 
 /// What a ledger future resolves to.
 pub type LedgerFuture<T> = BoxFuture<'static, Result<T>>;
@@ -52,6 +53,10 @@ pub struct NewTransaction {
     pub amount: i64,
     pub reference: String,
     pub at: Timestamp,
+    /// True for the voucher service's credits: a refusal is remembered, so the
+    /// id is refused again however its wallet changes later (the credit's
+    /// answer is final, which lets the voucher service void the redemption).
+    pub refusal_is_final: bool,
 }
 
 /// A wallet to open, with an optional opening balance (>= 0).
@@ -71,6 +76,17 @@ pub struct SlotUsage {
     pub taken: u32,
 }
 
+/// Which halves of the ledger a store holds (see `--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    /// Role `all`: both, and a claim carries its credit (one write).
+    Both,
+    /// Role `voucher`: claims are born pending and settled later.
+    Voucher,
+    /// Role `wallet`: wallets only.
+    Wallet,
+}
+
 /// Whether a ledger can take writes now, as its backend last found out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedgerHealth {
@@ -82,48 +98,8 @@ pub enum LedgerHealth {
     Unreachable,
 }
 
-/// The durable store of vouchers, redemptions and wallets.
-pub trait Ledger: Send + Sync + 'static {
-    /// Stores a new voucher; `VoucherExists` if the code is taken.
-    fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus>;
-
-    /// Claims `claim.slot` and the user's key in one atomic write, crediting the
-    /// wallet with the voucher's amount. `AlreadyRedeemed` if the user holds a
-    /// redemption, `SlotTaken` if another claim holds the slot, `VoucherNotFound`.
-    fn claim(&self, claim: Claim) -> LedgerFuture<Redemption>;
-
-    /// Opens a wallet; `ProfileExists` if it is open.
-    fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet>;
-
-    /// Applies a credit or debit, opening the wallet on a credit if needed.
-    /// `InsufficientFunds` if a debit would go below zero; replaying an id
-    /// answers the first transaction, or `IdempotencyKeyReused` if it differs.
-    fn transact(&self, transaction: NewTransaction) -> LedgerFuture<WalletTransaction>;
-
-    fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>>;
-
-    fn vouchers(&self) -> LedgerFuture<Vec<VoucherStatus>>;
-
-    /// The user's redemption of the voucher, with the balance right after its credit.
-    fn redemption(&self, code: VoucherCode, phone: PhoneNumber)
-        -> LedgerFuture<Option<Redemption>>;
-
-    /// The voucher's redemptions in slot order; the cursor is a slot number.
-    fn report(&self, code: VoucherCode, page: PageRequest) -> LedgerFuture<Page<ReportEntry>>;
-
-    /// Every user holding a redemption of the voucher.
-    fn winners(&self, code: VoucherCode) -> LedgerFuture<Vec<PhoneNumber>>;
-
-    fn slot_usage(&self, code: VoucherCode) -> LedgerFuture<SlotUsage>;
-
-    /// A wallet and a page of its transactions, newest first; the cursor is the
-    /// sequence of the last transaction of the previous page.
-    fn wallet(
-        &self,
-        phone: PhoneNumber,
-        page: PageRequest,
-    ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>>;
-
+/// What every ledger half has: a durable shutdown and a health signal.
+pub trait Durable: Send + Sync + 'static {
     /// Finishes every write submitted so far, makes it durable, and refuses new ones.
     /// Writes the ledger cannot apply (it is unwritable) are answered as failed;
     /// the shutdown itself still succeeds, since nothing acknowledged is pending.
@@ -132,3 +108,63 @@ pub trait Ledger: Send + Sync + 'static {
     /// Whether writes can succeed now; feeds readiness. Cheap: no I/O.
     fn health(&self) -> LedgerHealth;
 }
+
+/// The voucher half: vouchers, slots, user keys and redemptions. Opened alone by
+/// the voucher service, where a claim is born `Pending` and settled through
+/// [`PendingLedger`]; in an all-in-one ledger a claim carries its credit and is
+/// born `Credited`.
+pub trait VoucherLedger: Durable + PendingLedger {
+    /// Stores a new voucher; `VoucherExists` if the code is taken.
+    fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus>;
+
+    /// Claims `claim.slot` and the user's key in one atomic write, with the
+    /// redemption (and, in an all-in-one ledger, the wallet credit).
+    /// `AlreadyRedeemed` if the user holds a redemption, `SlotTaken` if another
+    /// claim holds the slot, `VoucherNotFound`.
+    fn claim(&self, claim: Claim) -> LedgerFuture<Redemption>;
+
+    fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>>;
+
+    fn vouchers(&self) -> LedgerFuture<Vec<VoucherStatus>>;
+
+    /// The user's redemption of the voucher, as it stands (a void one too).
+    fn redemption(&self, code: VoucherCode, phone: PhoneNumber)
+        -> LedgerFuture<Option<Redemption>>;
+
+    /// The voucher's redemptions (pending and credited) in slot order; the
+    /// cursor is a slot number.
+    fn report(&self, code: VoucherCode, page: PageRequest) -> LedgerFuture<Page<ReportEntry>>;
+
+    /// Every user holding a redemption of the voucher.
+    fn winners(&self, code: VoucherCode) -> LedgerFuture<Vec<PhoneNumber>>;
+
+    fn slot_usage(&self, code: VoucherCode) -> LedgerFuture<SlotUsage>;
+}
+
+/// The wallet half: wallets and their transactions. Opened alone by the wallet
+/// service, which applies the voucher service's credits as replayable
+/// transactions whose refusals are final.
+pub trait WalletLedger: Durable {
+    /// Opens a wallet; `ProfileExists` if it is open.
+    fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet>;
+
+    /// Applies a credit or debit, opening the wallet on a credit if needed.
+    /// `InsufficientFunds` if a debit would go below zero; replaying an id
+    /// answers the first transaction, or `IdempotencyKeyReused` if it differs.
+    /// With `refusal_is_final`, a refusal is remembered and the id is refused
+    /// again (`CreditRefused`).
+    fn transact(&self, transaction: NewTransaction) -> LedgerFuture<WalletTransaction>;
+
+    /// A wallet and a page of its transactions, newest first; the cursor is the
+    /// sequence of the last transaction of the previous page.
+    fn wallet(
+        &self,
+        phone: PhoneNumber,
+        page: PageRequest,
+    ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>>;
+}
+
+/// Both halves in one store (role `all`), where a claim and its credit are one write.
+pub trait Ledger: VoucherLedger + WalletLedger {}
+
+impl<T: VoucherLedger + WalletLedger> Ledger for T {}

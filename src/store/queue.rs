@@ -13,10 +13,13 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use uuid::Uuid;
+
 use super::{Claim, LedgerFuture, NewProfile, NewTransaction};
 use crate::domain::{Redemption, Voucher, VoucherStatus, Wallet, WalletTransaction};
 use crate::error::{Error, Result};
 use crate::limits::MAX_LEDGER_QUEUE_OPS;
+use crate::redemption::Resolution;
 
 /// Where a write's answer goes.
 pub type Reply<T> = oneshot::Sender<Result<T>>;
@@ -27,6 +30,8 @@ pub enum Request {
     Claim(Claim),
     CreateProfile(NewProfile),
     Transact(NewTransaction),
+    /// Settles a pending redemption (voucher half only).
+    Settle(Uuid, Resolution),
 }
 
 /// Whoever waits for a write's outcome.
@@ -54,7 +59,7 @@ impl Outcome {
     pub fn failed(request: &Request, error: Error) -> Self {
         match request {
             Request::CreateVoucher(_) => Outcome::Voucher(Err(error)),
-            Request::Claim(_) => Outcome::Redemption(Err(error)),
+            Request::Claim(_) | Request::Settle(..) => Outcome::Redemption(Err(error)),
             Request::CreateProfile(_) => Outcome::Wallet(Err(error)),
             Request::Transact(_) => Outcome::Transaction(Err(error)),
         }

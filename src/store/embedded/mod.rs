@@ -28,12 +28,14 @@ use uuid::Uuid;
 use super::queue::{
     stop_process_after_writer_panic, Outcome, Pending, Queued, Reply, Request, Waiter, WriteQueue,
 };
-use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
+use super::{
+    Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
+    SlotUsage, VoucherLedger, WalletLedger,
+};
 use crate::domain::{
     redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
-    RedemptionStatus,
-    ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
-    OPENING_BALANCE_REFERENCE,
+    RedemptionStatus, ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet,
+    WalletTransaction, OPENING_BALANCE_REFERENCE,
 };
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -41,17 +43,20 @@ use crate::limits::{
     LEDGER_RECOVERY_POLL_MS, LEDGER_SPACE_PROBE_BYTES, MAX_COMMIT_BATCH_OPS,
 };
 use crate::metrics::Metrics;
+use crate::redemption::Resolution;
 
 mod reads;
 mod recovery;
 mod tables;
 mod writer;
 
-use reads::{previous_of, read_transaction, read_transaction_and_previous, read_voucher};
+use reads::{
+    read_pending, read_redemption, read_transaction, read_voucher, read_wallet, report_status,
+};
 use recovery::{ErrorLog, Unresolved};
 use tables::{
-    create_tables, Tables, TransactionRow, VoucherRow, ACCOUNTS, PROBES, REDEEMED, SLOTS,
-    TRANSACTIONS, VOUCHERS, WALLET_HEAD,
+    create_tables, redemption_of_state, StateRow, Tables, TransactionRow, VoucherRow, ACCOUNTS,
+    PENDING, PROBES, REDEEMED, SLOTS, STATES, TRANSACTIONS, VOUCHERS, WALLET_HEAD,
 };
 use writer::{Applied, Writer};
 
@@ -89,8 +94,14 @@ impl SharedDatabase {
 }
 
 impl EmbeddedLedger {
-    /// Opens (or creates) the store in directory `path` and starts its writer thread.
+    /// Opens (or creates) the all-in-one store in directory `path` and starts
+    /// its writer thread.
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Self::open_half(path, Half::Both, metrics)
+    }
+
+    /// Opens (or creates) the store in directory `path` holding `half`.
+    pub fn open_half(path: &Path, half: Half, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(path)?;
         let db = Arc::new(Database::create(path.join(DATABASE_FILE))?);
         let last_sequence = create_tables(&db)?;
@@ -104,6 +115,7 @@ impl EmbeddedLedger {
             database: database.clone(),
             db: Some(db),
             last_sequence,
+            half,
             metrics,
             errors: ErrorLog::default(),
         };
@@ -171,21 +183,55 @@ fn is_io_failure(error: &Error) -> bool {
     matches!(error, Error::Unavailable { .. })
 }
 
-impl Ledger for EmbeddedLedger {
-    fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
-        self.submit(Request::CreateVoucher(voucher), Waiter::Voucher)
+impl Durable for EmbeddedLedger {
+    fn shutdown(&self) -> LedgerFuture<()> {
+        self.writes.shutdown()
     }
 
-    fn claim(&self, claim: Claim) -> LedgerFuture<Redemption> {
-        self.submit(Request::Claim(claim), Waiter::Redemption)
+    fn health(&self) -> LedgerHealth {
+        if self.database.is_writable() {
+            LedgerHealth::Healthy
+        } else {
+            LedgerHealth::Unwritable
+        }
+    }
+}
+
+impl PendingLedger for EmbeddedLedger {
+    fn settle(&self, id: Uuid, resolution: Resolution) -> LedgerFuture<Redemption> {
+        self.submit(Request::Settle(id, resolution), Waiter::Redemption)
     }
 
+    fn pending(&self, claimed_before: Timestamp, limit: usize) -> LedgerFuture<Vec<Redemption>> {
+        self.read(move |txn| read_pending(txn, claimed_before, limit))
+    }
+}
+
+impl WalletLedger for EmbeddedLedger {
     fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet> {
         self.submit(Request::CreateProfile(profile), Waiter::Wallet)
     }
 
     fn transact(&self, transaction: NewTransaction) -> LedgerFuture<WalletTransaction> {
         self.submit(Request::Transact(transaction), Waiter::Transaction)
+    }
+
+    fn wallet(
+        &self,
+        phone: PhoneNumber,
+        page: PageRequest,
+    ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>> {
+        self.read(move |txn| read_wallet(txn, phone, page))
+    }
+}
+
+impl VoucherLedger for EmbeddedLedger {
+    fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
+        self.submit(Request::CreateVoucher(voucher), Waiter::Voucher)
+    }
+
+    fn claim(&self, claim: Claim) -> LedgerFuture<Redemption> {
+        self.submit(Request::Claim(claim), Waiter::Redemption)
     }
 
     fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>> {
@@ -215,33 +261,13 @@ impl Ledger for EmbeddedLedger {
         code: VoucherCode,
         phone: PhoneNumber,
     ) -> LedgerFuture<Option<Redemption>> {
-        self.read(move |txn| {
-            let accounts = txn.open_table(ACCOUNTS).map_err(db_error)?;
-            let Some(row) = accounts
-                .get((phone.stored(), code.as_str()))
-                .map_err(db_error)?
-            else {
-                return Ok(None);
-            };
-            let (slot, credit_sequence, redeemed_at) = row.value();
-            let transactions = txn.open_table(TRANSACTIONS).map_err(db_error)?;
-            let credit = read_transaction(&transactions, credit_sequence)?;
-            Ok(Some(Redemption {
-                id: redemption_id(&code, phone),
-                code,
-                phone,
-                amount: credit.amount,
-                slot: slot as u32,
-                redeemed_at: Timestamp(redeemed_at),
-                status: RedemptionStatus::Credited,
-                balance: Some(credit.balance_after),
-            }))
-        })
+        self.read(move |txn| read_redemption(txn, code, phone))
     }
 
     fn report(&self, code: VoucherCode, page: PageRequest) -> LedgerFuture<Page<ReportEntry>> {
         self.read(move |txn| {
             let slots = txn.open_table(SLOTS).map_err(db_error)?;
+            let states = txn.open_table(STATES).map_err(db_error)?;
             let first_slot = match page.cursor {
                 // A cursor past the largest slot reads as an empty page.
                 Some(after) => u32::try_from(after.saturating_add(1)).unwrap_or(u32::MAX),
@@ -259,10 +285,12 @@ impl Ledger for EmbeddedLedger {
                     break;
                 }
                 let (phone, redeemed_at) = value.value();
+                let phone = PhoneNumber::from_stored(phone);
                 items.push(ReportEntry {
                     slot: key.value().1,
-                    phone: PhoneNumber::from_stored(phone),
+                    phone,
                     redeemed_at: Timestamp(redeemed_at),
+                    status: report_status(&states, &code, phone)?,
                 });
             }
             let next_cursor = more
@@ -305,73 +333,5 @@ impl Ledger for EmbeddedLedger {
             usage.highest_taken = next_expected - 1;
             Ok(usage)
         })
-    }
-
-    fn wallet(
-        &self,
-        phone: PhoneNumber,
-        page: PageRequest,
-    ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>> {
-        self.read(move |txn| {
-            let accounts = txn.open_table(ACCOUNTS).map_err(db_error)?;
-            let Some(head) = accounts
-                .get((phone.stored(), WALLET_HEAD))
-                .map_err(db_error)?
-            else {
-                return Ok(None);
-            };
-            let (balance, last_sequence, created_at) = head.value();
-            let wallet = Wallet {
-                phone,
-                balance,
-                created_at: Timestamp(created_at),
-            };
-            let transactions = txn.open_table(TRANSACTIONS).map_err(db_error)?;
-            // Newest first: follow the wallet's back-chain from the head, or from
-            // the transaction before the cursor.
-            let mut next = match page.cursor {
-                None => last_sequence,
-                Some(cursor) => {
-                    let (_, previous) = read_transaction_and_previous(&transactions, cursor)
-                        .ok()
-                        .filter(|(after, _)| after.phone == phone)
-                        .ok_or_else(|| {
-                            Error::invalid(
-                                "invalid_cursor",
-                                "cursor must be a next_cursor this service returned",
-                            )
-                        })?;
-                    previous
-                }
-            };
-            for _ in 0..page.offset {
-                if next == 0 {
-                    break;
-                }
-                next = previous_of(&transactions, next)?;
-            }
-            let mut items = Vec::new();
-            while next != 0 && items.len() < page.limit as usize {
-                let (transaction, previous) = read_transaction_and_previous(&transactions, next)?;
-                next = previous;
-                items.push(transaction);
-            }
-            let next_cursor = (next != 0)
-                .then(|| items.last().map(|t| t.sequence))
-                .flatten();
-            Ok(Some((wallet, Page { items, next_cursor })))
-        })
-    }
-
-    fn shutdown(&self) -> LedgerFuture<()> {
-        self.writes.shutdown()
-    }
-
-    fn health(&self) -> LedgerHealth {
-        if self.database.is_writable() {
-            LedgerHealth::Healthy
-        } else {
-            LedgerHealth::Unwritable
-        }
     }
 }

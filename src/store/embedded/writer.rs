@@ -56,6 +56,7 @@ pub(super) struct Writer {
     /// The handle writes go through; None only while it is being replaced.
     pub(super) db: Option<Arc<Database>>,
     pub(super) last_sequence: u64,
+    pub(super) half: Half,
     pub(super) metrics: Arc<Metrics>,
     pub(super) errors: ErrorLog,
 }
@@ -186,7 +187,7 @@ impl Writer {
         txn.set_durability(Durability::Immediate);
         let batch_sequence = {
             let mut tables =
-                Tables::open(&txn, self.last_sequence).map_err(Failed::BeforeCommit)?;
+                Tables::open(&txn, self.last_sequence, self.half).map_err(Failed::BeforeCommit)?;
             let mut ops = batch.drain(..);
             while let Some(op) = ops.next() {
                 let (request, waiter) = match op {
@@ -201,6 +202,7 @@ impl Writer {
                     Request::Claim(c) => Outcome::Redemption(tables.claim(c)),
                     Request::CreateProfile(p) => Outcome::Wallet(tables.create_profile(p)),
                     Request::Transact(t) => Outcome::Transaction(tables.transact(t)),
+                    Request::Settle(id, r) => Outcome::Redemption(tables.settle(id, r)),
                 };
                 let failure = outcome.failure().cloned();
                 let done = Applied { waiter, outcome };

@@ -56,12 +56,14 @@ use uuid::Uuid;
 use super::queue::{
     stop_process_after_writer_panic, Outcome, Pending, Queued, Request, Waiter, WriteQueue,
 };
-use super::{Claim, Ledger, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, SlotUsage};
+use super::{
+    Claim, Durable, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
+    SlotUsage, VoucherLedger, WalletLedger,
+};
 use crate::domain::{
     redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
-    RedemptionStatus,
-    ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
-    OPENING_BALANCE_REFERENCE,
+    RedemptionStatus, ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet,
+    WalletTransaction, OPENING_BALANCE_REFERENCE,
 };
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -69,6 +71,7 @@ use crate::limits::{
     MAX_COMMIT_BATCH_OPS,
 };
 use crate::metrics::Metrics;
+use crate::redemption::Resolution;
 
 mod claims;
 mod errors;
@@ -87,9 +90,9 @@ use errors::{describe, storage_failure, Failure};
 use health::watch_database;
 use outcome::{Probe, Progress};
 use reads::{
-    column, phone_column, read_error, read_row, read_rows, read_wallet, stored_phone, stored_u32,
-    stored_u64, voucher_status, SELECT_REDEMPTION, SELECT_REPORT, SELECT_SLOT_GAPS, SELECT_VOUCHER,
-    SELECT_VOUCHERS, SELECT_WINNERS,
+    column, phone_column, read_error, read_pending, read_row, read_rows, read_wallet, stored_phone,
+    stored_u32, stored_u64, voucher_status, SELECT_REDEMPTION, SELECT_REPORT, SELECT_SLOT_GAPS,
+    SELECT_VOUCHER, SELECT_VOUCHERS, SELECT_WINNERS,
 };
 use schema::migrate_database;
 use wallet_writes::{apply_wallet_ops, insert_transactions, NewRow};
@@ -198,17 +201,21 @@ fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Res
         .build()?)
 }
 
-impl Ledger for PostgresLedger {
-    fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
-        self.writes
-            .submit(Request::CreateVoucher(voucher), Waiter::Voucher)
+impl Durable for PostgresLedger {
+    fn shutdown(&self) -> LedgerFuture<()> {
+        self.writes.shutdown()
     }
 
-    fn claim(&self, claim: Claim) -> LedgerFuture<Redemption> {
-        self.writes
-            .submit(Request::Claim(claim), Waiter::Redemption)
+    fn health(&self) -> LedgerHealth {
+        if self.reachable.load(Ordering::Acquire) {
+            LedgerHealth::Healthy
+        } else {
+            LedgerHealth::Unreachable
+        }
     }
+}
 
+impl WalletLedger for PostgresLedger {
     fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet> {
         self.writes
             .submit(Request::CreateProfile(profile), Waiter::Wallet)
@@ -217,6 +224,37 @@ impl Ledger for PostgresLedger {
     fn transact(&self, transaction: NewTransaction) -> LedgerFuture<WalletTransaction> {
         self.writes
             .submit(Request::Transact(transaction), Waiter::Transaction)
+    }
+
+    fn wallet(
+        &self,
+        phone: PhoneNumber,
+        page: PageRequest,
+    ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>> {
+        self.read(move |client| read_wallet(client, phone, page))
+    }
+}
+
+impl PendingLedger for PostgresLedger {
+    fn settle(&self, id: Uuid, resolution: Resolution) -> LedgerFuture<Redemption> {
+        self.writes
+            .submit(Request::Settle(id, resolution), Waiter::Redemption)
+    }
+
+    fn pending(&self, claimed_before: Timestamp, limit: usize) -> LedgerFuture<Vec<Redemption>> {
+        self.read(move |client| read_pending(client, claimed_before, limit))
+    }
+}
+
+impl VoucherLedger for PostgresLedger {
+    fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
+        self.writes
+            .submit(Request::CreateVoucher(voucher), Waiter::Voucher)
+    }
+
+    fn claim(&self, claim: Claim) -> LedgerFuture<Redemption> {
+        self.writes
+            .submit(Request::Claim(claim), Waiter::Redemption)
     }
 
     fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>> {
@@ -295,6 +333,7 @@ impl Ledger for PostgresLedger {
                 .take(page.limit as usize)
                 .map(|row| {
                     Ok(ReportEntry {
+                        status: RedemptionStatus::Credited,
                         slot: stored_u32(column(row, 0)?, "slot")?,
                         phone: stored_phone(column(row, 1)?)?,
                         redeemed_at: Timestamp(column(row, 2)?),
@@ -339,25 +378,5 @@ impl Ledger for PostgresLedger {
                 .ok_or_else(|| Error::storage("more gaps than slots below the highest"))?;
             Ok(usage)
         })
-    }
-
-    fn wallet(
-        &self,
-        phone: PhoneNumber,
-        page: PageRequest,
-    ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>> {
-        self.read(move |client| read_wallet(client, phone, page))
-    }
-
-    fn shutdown(&self) -> LedgerFuture<()> {
-        self.writes.shutdown()
-    }
-
-    fn health(&self) -> LedgerHealth {
-        if self.reachable.load(Ordering::Acquire) {
-            LedgerHealth::Healthy
-        } else {
-            LedgerHealth::Unreachable
-        }
     }
 }

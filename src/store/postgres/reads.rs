@@ -186,3 +186,14 @@ fn wallet_transaction(row: &Row, phone: PhoneNumber) -> Result<WalletTransaction
         balance_after: column(row, 5)?,
     })
 }
+
+/// Up to `limit` pending redemptions claimed before `claimed_before`, oldest first.
+pub(super) async fn read_pending(
+    _client: Object,
+    _claimed_before: Timestamp,
+    _limit: usize,
+) -> Result<Vec<Redemption>> {
+    // The PostgreSQL voucher half (pending claims) is being built; until then
+    // this ledger holds no pending redemption: its claims carry their credit.
+    Ok(Vec::new())
+}

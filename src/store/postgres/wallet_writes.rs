@@ -127,7 +127,7 @@ pub(super) async fn apply_wallet_ops(
             Request::Transact(new) => {
                 Outcome::Transaction(apply_transaction(new, &mut heads, &mut replays, &mut rows))
             }
-            Request::CreateVoucher(_) | Request::Claim(_) => {
+            Request::CreateVoucher(_) | Request::Claim(_) | Request::Settle(..) => {
                 return Err(Failure::permanent("a wave mixed up its operations"));
             }
         };

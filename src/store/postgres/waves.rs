@@ -22,6 +22,8 @@ enum Key<'a> {
     Wallet(u64),
     /// A transaction's id, an idempotency key when replayable.
     TransactionId(Uuid),
+    /// A redemption being settled.
+    Redemption(Uuid),
 }
 
 fn keys(request: &Request) -> Vec<Key<'_>> {
@@ -36,6 +38,7 @@ fn keys(request: &Request) -> Vec<Key<'_>> {
             ]
         }
         Request::CreateProfile(profile) => vec![Key::Wallet(profile.phone.stored())],
+        Request::Settle(id, _) => vec![Key::Redemption(*id)],
         Request::Transact(transaction) => vec![
             Key::Wallet(transaction.phone.stored()),
             Key::TransactionId(transaction.id),
@@ -83,7 +86,9 @@ pub(super) fn plan_wave(requests: &[Request], pending: &[usize]) -> (Vec<usize>,
                     || claimed.contains(&Key::Slot(code, claim.slot))
                     || wallet_phones.contains(&claim.phone.stored())
             }
-            Request::CreateProfile(_) | Request::Transact(_) => behind_waiting,
+            Request::CreateProfile(_) | Request::Transact(_) | Request::Settle(..) => {
+                behind_waiting
+            }
         };
         if waits {
             deferred.push(index);
@@ -95,13 +100,13 @@ pub(super) fn plan_wave(requests: &[Request], pending: &[usize]) -> (Vec<usize>,
                 Request::Claim(claim) => {
                     deferred_claim_codes.insert(claim.code.as_str());
                 }
-                Request::CreateProfile(_) | Request::Transact(_) => {}
+                Request::CreateProfile(_) | Request::Transact(_) | Request::Settle(..) => {}
             }
             continue;
         }
         wave.push(index);
         match request {
-            Request::CreateVoucher(_) => {}
+            Request::CreateVoucher(_) | Request::Settle(..) => {}
             Request::Claim(claim) => {
                 let code = claim.code.as_str();
                 claimed.insert(Key::User(code, claim.phone.stored()));
@@ -148,6 +153,7 @@ mod tests {
             amount: 1,
             reference: String::new(),
             at: Timestamp(1),
+            refusal_is_final: false,
         })
     }
 
