@@ -28,8 +28,10 @@ use crate::limits::{DRAIN_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS};
 use crate::metrics::Metrics;
 use crate::rate_limit::PhoneRateLimiter;
 use crate::readiness::{NotReadyReason, Readiness};
+use crate::recovery::Recovery;
+use crate::service::Parts;
 use crate::service::Service;
-use crate::store::Ledger;
+use crate::store::{Durable, VoucherLedger};
 use crate::wiring;
 
 pub struct App {
@@ -38,7 +40,10 @@ pub struct App {
     routes: RouteOptions,
     edge: EdgeLimits,
     service: Arc<Service>,
-    ledger: Arc<dyn Ledger>,
+    /// The store of this instance's halves, flushed on stop.
+    store: Arc<dyn Durable>,
+    /// Role `voucher`: the task finishing pending redemptions.
+    recovery: Option<JoinHandle<()>>,
     supervisor: ActorRef<SupervisorMsg>,
     supervisor_task: JoinHandle<()>,
     /// Set by the supervisor when the actors cannot be restored; closed when
@@ -65,26 +70,31 @@ impl App {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let ledger = wiring::open_ledger(&settings.store, metrics.clone())
+        let (parts, store) = wiring::open_parts(&settings, metrics.clone())
             .await
             .context("opening the ledger")?;
-        let catalog = Arc::new(load_catalog(ledger.as_ref(), &metrics).await?);
-        let slots = wiring::slot_source(&settings, ledger.clone(), metrics.clone());
+        let catalog = Arc::new(Catalog::default());
+        let voucher_args = match &parts.vouchers {
+            Some(ledger) => {
+                load_catalog(&catalog, ledger.as_ref(), &metrics).await?;
+                Some(VoucherShardArgs {
+                    index: 0,
+                    shards: settings.voucher_shards,
+                    catalog: catalog.clone(),
+                    ledger: ledger.clone(),
+                    slots: wiring::slot_source(&settings, ledger.clone(), metrics.clone()),
+                    metrics: metrics.clone(),
+                    clock: settings.clock.clone(),
+                })
+            }
+            None => None,
+        };
+        let recovery = start_recovery(&parts, &settings, &metrics);
         let readiness = Arc::new(Readiness::default());
         let (fatal_sender, fatal) = watch::channel(None);
         let arguments = SupervisorArgs {
-            voucher_args: VoucherShardArgs {
-                index: 0,
-                shards: settings.voucher_shards,
-                catalog: catalog.clone(),
-                ledger: ledger.clone(),
-                slots,
-                metrics: metrics.clone(),
-                clock: settings.clock.clone(),
-            },
-            wallet_args: WalletArgs {
-                ledger: ledger.clone(),
-            },
+            voucher_args,
+            wallet_args: parts.wallets.clone().map(|ledger| WalletArgs { ledger }),
             wallet_actors: settings.wallet_actors,
             metrics: metrics.clone(),
             readiness: readiness.clone(),
@@ -104,7 +114,7 @@ impl App {
             Service::new(
                 catalog,
                 directory,
-                ledger.clone(),
+                parts,
                 metrics,
                 settings.store.is_shared(),
                 readiness,
@@ -120,10 +130,12 @@ impl App {
             routes: RouteOptions {
                 access: Arc::new(settings.access),
                 body_read_timeout: settings.edge.body_read_timeout,
+                role: settings.role,
             },
             edge: settings.edge,
             service,
-            ledger,
+            store,
+            recovery,
             supervisor,
             supervisor_task,
             fatal,
@@ -214,10 +226,10 @@ impl App {
                 }
             }
         }
-        self.ledger
-            .shutdown()
-            .await
-            .context("flushing the ledger")?;
+        if let Some(recovery) = self.recovery {
+            recovery.abort();
+        }
+        self.store.shutdown().await.context("flushing the ledger")?;
         self.supervisor.stop(None);
         let _ = self.supervisor_task.await;
         if let Ok(reason) = failure.await {
@@ -255,14 +267,36 @@ async fn supervision_lost(fatal: &mut watch::Receiver<Option<String>>) -> String
     }
 }
 
-async fn load_catalog(ledger: &dyn Ledger, metrics: &Metrics) -> anyhow::Result<Catalog> {
-    let catalog = Catalog::default();
+async fn load_catalog(
+    catalog: &Catalog,
+    ledger: &dyn VoucherLedger,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
     for status in ledger.vouchers().await? {
         let winners = ledger.winners(status.voucher.code.clone()).await?;
         let view = catalog.insert(VoucherView::new(status, winners));
         metrics.set_remaining_slots(view.voucher.code.as_str(), view.remaining());
     }
-    Ok(catalog)
+    Ok(())
+}
+
+/// A voucher service's recovery task (see [`crate::recovery`]); it runs until
+/// the app stops.
+fn start_recovery(
+    parts: &Parts,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> Option<JoinHandle<()>> {
+    let (Some(ledger), Some(wallet)) = (&parts.vouchers, &parts.credits) else {
+        return None;
+    };
+    let recovery = Recovery {
+        ledger: ledger.clone(),
+        wallet: wallet.clone(),
+        clock: settings.clock.clone(),
+        metrics: metrics.clone(),
+    };
+    Some(tokio::spawn(recovery.run()))
 }
 
 #[cfg(test)]

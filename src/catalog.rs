@@ -73,6 +73,18 @@ impl VoucherView {
         }
     }
 
+    /// Forgets a redemption the ledger voided (the wallet refused its credit for
+    /// good): the user may claim again and the slot is free again.
+    pub fn record_release(&self, phone: PhoneNumber) {
+        self.winners.write().remove(&phone.stored());
+        let _ = self
+            .redeemed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+        self.exhausted.store(false, Ordering::Release);
+    }
+
     /// Remembers a user the ledger says already holds a redemption.
     pub fn remember_winner(&self, phone: PhoneNumber) {
         self.winners.write().insert(phone.stored());

@@ -18,11 +18,15 @@ use crate::limits::{
     HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, RESERVED_FILE_DESCRIPTORS,
 };
 use crate::rate_limit::PhoneRate;
+use crate::role::Role;
 use crate::slots::redis::RedisTarget;
 
 /// The environment variable that may hold the admin token itself (instead of
 /// `--admin-token-file`); never a command-line flag, which `ps` would show.
 pub const ADMIN_TOKEN_ENV: &str = "VOUCHERD_ADMIN_TOKEN";
+/// The environment variable that may hold the service token itself (instead of
+/// `--service-token-file`).
+pub const SERVICE_TOKEN_ENV: &str = "VOUCHERD_SERVICE_TOKEN";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,7 +54,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the SQL schema (`migrations/`) to a PostgreSQL/CockroachDB ledger and
     /// exit. `serve` also applies it on start; this lets a deployment do it once,
     /// before instances start.
@@ -67,6 +71,23 @@ pub struct MigrateArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Which part of the system this instance runs: `all` (one process, one
+    /// store), `voucher` (the voucher API; credits go to --wallet-url) or
+    /// `wallet` (profiles, transactions and the credit endpoint).
+    #[arg(long, env = "VOUCHERD_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+
+    /// Role `voucher`: base URL(s) of the wallet service, comma-separated (a
+    /// wallet fleet is used in turn), e.g. `http://wallet:8001`.
+    #[arg(long, env = "VOUCHERD_WALLET_URL", value_delimiter = ',')]
+    pub wallet_url: Vec<String>,
+
+    /// A file holding the service token: the wallet service accepts it on its
+    /// credit endpoint, the voucher service presents it. Or set
+    /// VOUCHERD_SERVICE_TOKEN. Give both services the same token.
+    #[arg(long, env = "VOUCHERD_SERVICE_TOKEN_FILE")]
+    pub service_token_file: Option<PathBuf>,
+
     /// Address to listen on; port 0 picks a free port. Without an admin token only
     /// a loopback address is allowed (see --insecure-no-auth).
     #[arg(long, env = "VOUCHERD_LISTEN", default_value = "127.0.0.1:8000")]
@@ -144,7 +165,25 @@ impl ServeArgs {
         if let Some(token) = self.admin_token()? {
             access = access.with_token(Principal::Admin, token);
         }
+        let service_token = read_token(
+            "service",
+            self.service_token_file.as_deref(),
+            SERVICE_TOKEN_ENV,
+        )?;
+        if let (Role::Wallet | Role::All, Some(text)) = (self.role, &service_token) {
+            let token = Token::new(text).map_err(anyhow::Error::msg)?;
+            access = access.with_token(Principal::Service, token);
+        }
+        if self.role == Role::Voucher && self.wallet_url.is_empty() {
+            anyhow::bail!(
+                "role voucher needs the wallet service: give --wallet-url http://HOST:PORT \
+                 (or VOUCHERD_WALLET_URL)"
+            );
+        }
         Ok(Settings {
+            role: self.role,
+            wallet_urls: self.wallet_url.clone(),
+            service_token: service_token.map(ServiceToken),
             store: self.store.clone(),
             redis: self.redis.clone(),
             voucher_shards: usize::from(self.voucher_shards),
@@ -168,17 +207,9 @@ impl ServeArgs {
     }
 
     fn admin_token(&self) -> anyhow::Result<Option<Token>> {
-        let from_env = std::env::var(ADMIN_TOKEN_ENV)
-            .ok()
-            .filter(|t| !t.is_empty());
-        let text = match (&self.admin_token_file, from_env) {
-            (Some(_), Some(_)) => anyhow::bail!(
-                "the admin token is given twice: use --admin-token-file or {ADMIN_TOKEN_ENV}, not both"
-            ),
-            (Some(path), None) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading the admin token file {}", path.display()))?,
-            (None, Some(token)) => token,
-            (None, None) => return Ok(None),
+        let Some(text) = read_token("admin", self.admin_token_file.as_deref(), ADMIN_TOKEN_ENV)?
+        else {
+            return Ok(None);
         };
         let token = Token::new(&text)
             .map_err(|reason| anyhow::anyhow!("the admin token is not usable: {reason}"))?;
@@ -199,9 +230,49 @@ impl ServeArgs {
     }
 }
 
+/// A token's text from its file or its environment variable (not both); checked
+/// to be usable.
+fn read_token(
+    which: &str,
+    file: Option<&std::path::Path>,
+    env: &str,
+) -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var(env).ok().filter(|t| !t.is_empty());
+    let text = match (file, from_env) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "the {which} token is given twice: use --{which}-token-file or {env}, not both"
+        ),
+        (Some(path), None) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the {which} token file {}", path.display()))?,
+        (None, Some(token)) => token,
+        (None, None) => return Ok(None),
+    };
+    Token::new(&text)
+        .map_err(|reason| anyhow::anyhow!("the {which} token is not usable: {reason}"))?;
+    Ok(Some(text.trim().to_owned()))
+}
+
+/// The service token's text, which a voucher service presents to the wallet
+/// service. `Debug` never shows it.
+#[derive(Clone)]
+pub struct ServiceToken(pub String);
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceToken(***)")
+    }
+}
+
 /// What the application is built from (the listeners are passed separately).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Which part of the system this instance runs.
+    pub role: Role,
+    /// Role `voucher`: the wallet service's base URLs.
+    pub wallet_urls: Vec<String>,
+    /// The token between the services (accepted by a wallet service,
+    /// presented by a voucher service).
+    pub service_token: Option<ServiceToken>,
     pub store: StoreLocation,
     pub redis: Option<RedisTarget>,
     pub voucher_shards: usize,
@@ -225,6 +296,9 @@ impl Settings {
     /// Defaults with an embedded store at `path`: what tests and embedders use.
     pub fn embedded(path: impl Into<PathBuf>) -> Self {
         Self {
+            role: Role::All,
+            wallet_urls: Vec::new(),
+            service_token: None,
             store: StoreLocation::Embedded(path.into()),
             redis: None,
             voucher_shards: DEFAULT_SHARDS,

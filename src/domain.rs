@@ -215,7 +215,7 @@ pub fn transaction_id(idempotency_key: Option<&str>) -> Uuid {
 }
 
 /// What every voucher credit's reference starts with.
-const VOUCHER_REFERENCE_PREFIX: &str = "voucher:";
+pub const VOUCHER_REFERENCE_PREFIX: &str = "voucher:";
 
 /// The reference a voucher credit carries in the wallet.
 pub fn voucher_reference(code: &VoucherCode) -> String {

@@ -42,10 +42,13 @@ pub mod limits;
 pub mod metrics;
 pub mod rate_limit;
 pub mod readiness;
+pub mod recovery;
 pub mod redemption;
+pub mod role;
 pub mod service;
 pub mod slots;
 pub mod store;
+pub mod wallet_client;
 pub mod wiring;
 
 pub use app::App;

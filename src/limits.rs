@@ -42,6 +42,35 @@ pub const MAX_WALLET_WRITES_IN_FLIGHT: usize = 16_384;
 /// Covers one ledger commit under load with a wide margin.
 pub const ACTOR_CALL_TIMEOUT_MS: u64 = 10_000;
 
+/// Split mode: how long a redeem request waits for its wallet credit before it
+/// answers 202 `pending` (the credit goes on; recovery finishes it if needed).
+/// Short against a client's patience, long against a healthy credit (a few ms).
+pub const REDEEM_CREDIT_DEADLINE_MS: u64 = 2_000;
+/// Split mode: how long one call to the wallet service may take before its
+/// credits count as `unknown` (asked again by recovery).
+pub const WALLET_CALL_TIMEOUT_MS: u64 = 5_000;
+/// How long the voucher service waits for a connection to the wallet service.
+pub const WALLET_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Credits one call to the wallet service carries at most; one credit is about
+/// 150 bytes of JSON, so a full batch stays well under [`MAX_BODY_BYTES`].
+pub const MAX_CREDITS_PER_CALL: usize = 64;
+/// Calls to the wallet service in flight at once per voucher instance; credits
+/// beyond them wait in the batching queue (which is bounded too).
+pub const MAX_WALLET_CALLS_IN_FLIGHT: usize = 32;
+/// Credits waiting for a call to the wallet service; past it, a credit is
+/// `unknown` at once and left to recovery.
+pub const MAX_QUEUED_CREDITS: usize = 16_384;
+/// A redemption pending for longer than this is taken by recovery. Well above
+/// [`WALLET_CALL_TIMEOUT_MS`], so recovery rarely races a credit still in flight
+/// (racing is harmless: credits are idempotent).
+pub const RECOVERY_PENDING_AFTER_MS: u64 = 10_000;
+/// Time between two recovery passes (each instance adds up to half of it as
+/// jitter, so instances sharing a ledger do not pass in step).
+pub const RECOVERY_INTERVAL_MS: u64 = 2_000;
+/// Pending redemptions one recovery pass takes at most (in calls of
+/// [`MAX_CREDITS_PER_CALL`]).
+pub const RECOVERY_MAX_PER_PASS: usize = 1_024;
+
 /// Requests for one voucher that may wait for a slot while the pool is empty but
 /// claims are still in flight (a failed claim gives its slot back).
 pub const MAX_SLOT_WAITERS_PER_VOUCHER: usize = 4_096;
@@ -241,3 +270,8 @@ const _: () = assert!(MAX_URI_BYTES + MAX_HEADER_BYTES < PARSER_MAX_HEAD_BYTES);
 const _: () = assert!(MAX_HEADER_COUNT < PARSER_MAX_HEADERS);
 // The body timeout must outlast the time a full body takes at a modest rate.
 const _: () = assert!(BODY_READ_TIMEOUT_SECS >= HEADER_READ_TIMEOUT_SECS);
+const _: () = assert!(
+    RECOVERY_PENDING_AFTER_MS > WALLET_CALL_TIMEOUT_MS,
+    "recovery must not take redemptions whose credit is normally still in flight"
+);
+const _: () = assert!(MAX_CREDITS_PER_CALL * 200 < MAX_BODY_BYTES);

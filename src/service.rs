@@ -21,18 +21,20 @@ use crate::actors::Directory;
 use crate::catalog::{Catalog, VoucherView};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
-    transaction_id, Page, PageRequest, PhoneNumber, Redemption, ReportEntry, Timestamp, Voucher,
-    VoucherCode, VoucherStatus, Wallet, WalletTransaction,
+    transaction_id, Page, PageRequest, PhoneNumber, Redemption, RedemptionStatus, ReportEntry,
+    Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
 };
 use crate::error::{Error, Result};
 use crate::limits::{
     ACTOR_CALL_TIMEOUT_MS, MAX_REDEMPTIONS_IN_FLIGHT, MAX_UNKNOWN_VOUCHER_CACHE_ENTRIES,
-    MAX_WALLET_WRITES_IN_FLIGHT, UNKNOWN_VOUCHER_CACHE_MS,
+    MAX_WALLET_WRITES_IN_FLIGHT, REDEEM_CREDIT_DEADLINE_MS, UNKNOWN_VOUCHER_CACHE_MS,
 };
 use crate::metrics::{Metrics, RedemptionOutcome};
 use crate::rate_limit::PhoneRateLimiter;
 use crate::readiness::{NotReadyReason, Readiness};
-use crate::store::{Ledger, NewProfile, NewTransaction};
+use crate::redemption::{self, answer_of, Credit, CreditAnswer, CreditPort};
+use crate::store::{Ledger, LedgerHealth, NewProfile, NewTransaction, VoucherLedger, WalletLedger};
+use crate::wallet_client::CreditResultItem;
 
 /// Marks one HTTP request in flight while it lives.
 pub struct RequestGuard(Arc<AtomicUsize>);
@@ -60,10 +62,44 @@ pub struct Report {
     pub page: Page<ReportEntry>,
 }
 
+/// The parts of the system an instance runs (see [`crate::role`]).
+#[derive(Clone)]
+pub struct Parts {
+    /// The voucher half; absent in a wallet service.
+    pub vouchers: Option<Arc<dyn VoucherLedger>>,
+    /// The wallet half; absent in a voucher service.
+    pub wallets: Option<Arc<dyn WalletLedger>>,
+    /// A voucher service's way to the wallet service: claims are born pending
+    /// and credited through it. Absent where a claim carries its credit.
+    pub credits: Option<Arc<dyn CreditPort>>,
+}
+
+impl Parts {
+    /// Both halves in one ledger (role `all`).
+    pub fn all(ledger: Arc<dyn Ledger>) -> Self {
+        Parts {
+            vouchers: Some(ledger.clone()),
+            wallets: Some(ledger),
+            credits: None,
+        }
+    }
+
+    /// The health of the halves this instance runs: the worst of them.
+    pub fn health(&self) -> LedgerHealth {
+        let vouchers = self.vouchers.as_ref().map(|l| l.health());
+        let wallets = self.wallets.as_ref().map(|l| l.health());
+        [vouchers, wallets]
+            .into_iter()
+            .flatten()
+            .find(|health| *health != LedgerHealth::Healthy)
+            .unwrap_or(LedgerHealth::Healthy)
+    }
+}
+
 pub struct Service {
     catalog: Arc<Catalog>,
     directory: Arc<Directory>,
-    ledger: Arc<dyn Ledger>,
+    parts: Parts,
     metrics: Arc<Metrics>,
     redemption_permits: Semaphore,
     wallet_permits: Semaphore,
@@ -87,7 +123,7 @@ impl Service {
     pub fn new(
         catalog: Arc<Catalog>,
         directory: Arc<Directory>,
-        ledger: Arc<dyn Ledger>,
+        parts: Parts,
         metrics: Arc<Metrics>,
         shared_ledger: bool,
         readiness: Arc<Readiness>,
@@ -95,7 +131,7 @@ impl Service {
         Self {
             catalog,
             directory,
-            ledger,
+            parts,
             metrics,
             redemption_permits: Semaphore::new(MAX_REDEMPTIONS_IN_FLIGHT),
             wallet_permits: Semaphore::new(MAX_WALLET_WRITES_IN_FLIGHT),
@@ -144,7 +180,7 @@ impl Service {
 
     /// Every reason this instance should not get traffic now; empty when ready.
     pub fn not_ready_reasons(&self) -> Vec<NotReadyReason> {
-        self.readiness.reasons(self.ledger.health())
+        self.readiness.reasons(self.parts.health())
     }
 
     /// The reasons the instance's parts raise and clear.
@@ -169,7 +205,7 @@ impl Service {
     }
 
     pub async fn create_voucher(&self, voucher: Voucher) -> Result<VoucherStatus> {
-        let status = self.ledger.create_voucher(voucher).await?;
+        let status = self.vouchers()?.create_voucher(voucher).await?;
         self.unknown_codes
             .lock()
             .remove(status.voucher.code.as_str());
@@ -180,7 +216,7 @@ impl Service {
     }
 
     pub async fn voucher(&self, code: VoucherCode) -> Result<VoucherStatus> {
-        self.ledger
+        self.vouchers()?
             .voucher(code)
             .await?
             .ok_or(Error::VoucherNotFound)
@@ -196,7 +232,9 @@ impl Service {
             Err(refused) => Err(refused),
         };
         self.metrics.count_redemption(match &result {
+            Ok(r) if r.status == RedemptionStatus::Pending => RedemptionOutcome::pending,
             Ok(_) => RedemptionOutcome::redeemed,
+            Err(Error::CreditRefused { .. }) => RedemptionOutcome::voided,
             Err(Error::AlreadyRedeemed) => RedemptionOutcome::already_redeemed,
             Err(Error::VoucherExhausted) => RedemptionOutcome::exhausted,
             Err(Error::VoucherNotFound) => RedemptionOutcome::not_found,
@@ -228,12 +266,74 @@ impl Service {
             .try_acquire()
             .map_err(|_| Error::Overloaded)?;
         let shard = self.directory.voucher_shard(code.as_str());
-        call(&shard, |reply| VoucherShardMsg::Redeem {
+        let claimed = call(&shard, |reply| VoucherShardMsg::Redeem {
             code,
             phone,
             reply,
         })
-        .await
+        .await?;
+        match &self.parts.credits {
+            Some(wallet) => self.complete(claimed, wallet.clone()).await,
+            None => Ok(claimed),
+        }
+    }
+
+    /// Split mode: credits a fresh pending redemption in the wallet service and
+    /// settles it, in a task of its own so the credit goes on when the request
+    /// stops waiting at [`REDEEM_CREDIT_DEADLINE_MS`] and answers it pending.
+    async fn complete(
+        &self,
+        claimed: Redemption,
+        wallet: Arc<dyn CreditPort>,
+    ) -> Result<Redemption> {
+        let ledger = self.vouchers()?.clone();
+        let pending = claimed.clone();
+        let settled = tokio::spawn(async move {
+            let ledger: Arc<dyn redemption::PendingLedger> = ledger;
+            redemption::complete(ledger.as_ref(), wallet.as_ref(), pending).await
+        });
+        let deadline = Duration::from_millis(REDEEM_CREDIT_DEADLINE_MS);
+        let redemption = match tokio::time::timeout(deadline, settled).await {
+            Ok(Ok(Ok(settled))) => settled,
+            // Settling failed or the deadline passed: the redemption is pending,
+            // and recovery finishes it.
+            Ok(Ok(Err(_)) | Err(_)) | Err(_) => claimed,
+        };
+        if redemption.status == RedemptionStatus::Void {
+            self.release(&redemption).await;
+            return Err(Error::CreditRefused {
+                reason: "the wallet refused the credit".to_owned(),
+            });
+        }
+        Ok(redemption)
+    }
+
+    /// A void redemption gave its slot and user key back in the ledger; the
+    /// shard puts the slot back in its pool and forgets the winner.
+    async fn release(&self, redemption: &Redemption) {
+        self.metrics.protocol.count_voided();
+        let shard = self.directory.voucher_shard(redemption.code.as_str());
+        let _ = shard.cast(VoucherShardMsg::Released {
+            code: redemption.code.clone(),
+            phone: redemption.phone,
+            slot: redemption.slot,
+        });
+    }
+
+    /// The voucher half, or an error where this instance does not run it (the
+    /// routes already answer `not_served_here` before reaching here).
+    fn vouchers(&self) -> Result<&Arc<dyn VoucherLedger>> {
+        self.parts
+            .vouchers
+            .as_ref()
+            .ok_or_else(|| Error::unavailable("this instance does not run the voucher half"))
+    }
+
+    fn wallets(&self) -> Result<&Arc<dyn WalletLedger>> {
+        self.parts
+            .wallets
+            .as_ref()
+            .ok_or_else(|| Error::unavailable("this instance does not run the wallet half"))
     }
 
     /// Looks a code up in the shared ledger (another instance may have created
@@ -248,7 +348,7 @@ impl Service {
         if recently_unknown {
             return Err(Error::VoucherNotFound);
         }
-        match self.ledger.voucher(code.clone()).await? {
+        match self.vouchers()?.voucher(code.clone()).await? {
             Some(status) => {
                 // Winners elsewhere are not loaded: the ledger refuses them, and
                 // each refusal is remembered.
@@ -269,7 +369,7 @@ impl Service {
     }
 
     pub async fn redemption(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
-        self.ledger
+        self.vouchers()?
             .redemption(code, phone)
             .await?
             .ok_or(Error::RedemptionNotFound)
@@ -277,7 +377,7 @@ impl Service {
 
     pub async fn report(&self, code: VoucherCode, page: PageRequest) -> Result<Report> {
         let status = self.voucher(code.clone()).await?;
-        let page = self.ledger.report(code.clone(), page).await?;
+        let page = self.vouchers()?.report(code.clone(), page).await?;
         Ok(Report {
             code,
             total: status.redeemed,
@@ -304,7 +404,7 @@ impl Service {
         phone: PhoneNumber,
         page: PageRequest,
     ) -> Result<(Wallet, Page<WalletTransaction>)> {
-        self.ledger
+        self.wallets()?
             .wallet(phone, page)
             .await?
             .ok_or(Error::ProfileNotFound)
@@ -326,6 +426,49 @@ impl Service {
         };
         let wallet = self.wallet_actor(request.phone);
         call(&wallet, |reply| WalletMsg::Transact { transaction, reply }).await
+    }
+
+    /// The wallet service's side of the protocol: applies the voucher service's
+    /// credits (each idempotent by its id, its refusal final) and answers each.
+    /// All are submitted at once, so they share the ledger's group commit.
+    /// Overloaded: every credit is `unknown`, and the voucher service asks again.
+    pub async fn apply_credits(&self, credits: Vec<Credit>) -> Vec<CreditResultItem> {
+        let count = u32::try_from(credits.len()).unwrap_or(u32::MAX);
+        let Ok(_permits) = self.wallet_permits.try_acquire_many(count) else {
+            return credits
+                .iter()
+                .map(|credit| CreditResultItem::Unknown { id: credit.id })
+                .collect();
+        };
+        let applied = credits.iter().map(|credit| {
+            let transaction = NewTransaction {
+                id: credit.id,
+                replayable: true,
+                phone: credit.phone,
+                amount: credit.amount,
+                reference: credit.reference.clone(),
+                at: self.now(),
+                refusal_is_final: true,
+            };
+            let wallet = self.wallet_actor(credit.phone);
+            async move { call(&wallet, |reply| WalletMsg::Transact { transaction, reply }).await }
+        });
+        let results = futures::future::join_all(applied).await;
+        credits
+            .iter()
+            .zip(results)
+            .map(|(credit, result)| match answer_of(result) {
+                CreditAnswer::Applied { balance } => CreditResultItem::Applied {
+                    id: credit.id,
+                    balance,
+                },
+                CreditAnswer::Refused { reason } => CreditResultItem::Refused {
+                    id: credit.id,
+                    reason,
+                },
+                CreditAnswer::Unknown => CreditResultItem::Unknown { id: credit.id },
+            })
+            .collect()
     }
 
     fn wallet_actor(&self, phone: PhoneNumber) -> ActorRef<WalletMsg> {

@@ -1,5 +1,6 @@
-//! Wiring from configuration to the two seams: which ledger a `--store` value
-//! opens, and which slot source a `--redis` value (or its absence) starts.
+//! Wiring from configuration to the seams: which ledger halves a `--role` and
+//! `--store` open (and for a voucher service, its wallet client), and which
+//! slot source a `--redis` value (or its absence) starts.
 //!
 //! This is the one place that knows both `config` and the backends, so that
 //! `store` and `slots` depend on the domain, errors, metrics and limits only.
@@ -11,29 +12,68 @@ use std::sync::Arc;
 
 use crate::config::{Settings, StoreLocation};
 use crate::metrics::Metrics;
+use crate::role::Role;
+use crate::service::Parts;
 use crate::slots::local::LocalSlots;
 use crate::slots::redis::RedisSlots;
 use crate::slots::SlotSource;
 use crate::store::embedded::EmbeddedLedger;
 use crate::store::postgres::PostgresLedger;
-use crate::store::Ledger;
+use crate::store::{Durable, Half, Ledger, VoucherLedger};
+use crate::wallet_client::HttpWalletClient;
 
-/// Opens the ledger a `--store` value names.
+/// Opens the ledger a `--store` value names, holding both halves (role `all`).
 pub async fn open_ledger(
     store: &StoreLocation,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn Ledger>> {
+    open_store(store, Half::Both, metrics).await
+}
+
+/// Opens the store a `--store` value names, holding `half`.
+async fn open_store(
+    store: &StoreLocation,
+    half: Half,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Ledger>> {
     match store {
         StoreLocation::Embedded(path) => {
-            let ledger = EmbeddedLedger::open(path, metrics)
+            let ledger = EmbeddedLedger::open_half(path, half, metrics)
                 .map_err(|error| explain_embedded_open_error(path, error))?;
             Ok(Arc::new(ledger))
         }
         StoreLocation::Postgres(url) => {
-            let ledger = PostgresLedger::open(url, metrics).await?;
+            let ledger = PostgresLedger::open_half(url, half, metrics).await?;
             Ok(Arc::new(ledger))
         }
     }
+}
+
+/// What the settings' role runs: its halves of the ledger, and for a voucher
+/// service its client of the wallet service. Also the store to flush on stop.
+pub async fn open_parts(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Parts, Arc<dyn Durable>)> {
+    let ledger = open_store(&settings.store, settings.role.half(), metrics.clone()).await?;
+    let parts = match settings.role {
+        Role::All => Parts::all(ledger.clone()),
+        Role::Voucher => {
+            let token = settings.service_token.as_ref().map(|t| t.0.clone());
+            let client = HttpWalletClient::start(settings.wallet_urls.clone(), token, metrics)?;
+            Parts {
+                vouchers: Some(ledger.clone()),
+                wallets: None,
+                credits: Some(Arc::new(client)),
+            }
+        }
+        Role::Wallet => Parts {
+            vouchers: None,
+            wallets: Some(ledger.clone()),
+            credits: None,
+        },
+    };
+    Ok((parts, ledger))
 }
 
 /// Names the directory and the likely cause when the embedded store cannot be
@@ -61,7 +101,7 @@ fn explain_embedded_open_error(path: &Path, error: anyhow::Error) -> anyhow::Err
 /// else slots claimed from the ledger directly.
 pub fn slot_source(
     settings: &Settings,
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn VoucherLedger>,
     metrics: Arc<Metrics>,
 ) -> Arc<dyn SlotSource> {
     match &settings.redis {

@@ -35,6 +35,7 @@ async fn routes_with(access: AccessPolicy) -> Routes {
     let options = RouteOptions {
         access: Arc::new(access),
         body_read_timeout: Duration::from_secs(10),
+        role: voucherd::role::Role::All,
     };
     Routes {
         filter: routes(app.service(), options),

@@ -77,8 +77,10 @@ impl Directory {
 pub struct Supervisor;
 
 pub struct SupervisorArgs {
-    pub voucher_args: VoucherShardArgs,
-    pub wallet_args: WalletArgs,
+    /// The shards' arguments; None where the instance runs no voucher half.
+    pub voucher_args: Option<VoucherShardArgs>,
+    /// The wallet actors' arguments; None where it runs no wallet half.
+    pub wallet_args: Option<WalletArgs>,
     pub wallet_actors: usize,
     pub metrics: Arc<Metrics>,
     /// Where `actor_restarting` and `supervisor_failed` are raised.
@@ -128,12 +130,18 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut vouchers = Vec::with_capacity(args.voucher_args.shards);
-        for index in 0..args.voucher_args.shards {
+        let shards = args.voucher_args.as_ref().map_or(0, |a| a.shards);
+        let mut vouchers = Vec::with_capacity(shards);
+        for index in 0..shards {
             vouchers.push(spawn_shard(&myself, &args, index).await?);
         }
-        let mut wallets = Vec::with_capacity(args.wallet_actors);
-        for _ in 0..args.wallet_actors {
+        let wallet_actors = if args.wallet_args.is_some() {
+            args.wallet_actors
+        } else {
+            0
+        };
+        let mut wallets = Vec::with_capacity(wallet_actors);
+        for _ in 0..wallet_actors {
             wallets.push(spawn_wallet(&myself, &args).await?);
         }
         let directory = Arc::new(Directory {
@@ -285,9 +293,13 @@ async fn spawn_shard(
     args: &SupervisorArgs,
     index: usize,
 ) -> Result<ActorRef<VoucherShardMsg>, ActorProcessingErr> {
+    let shared = args
+        .voucher_args
+        .as_ref()
+        .ok_or("no voucher half: no shard to start")?;
     let shard_args = VoucherShardArgs {
         index,
-        ..args.voucher_args.clone()
+        ..shared.clone()
     };
     let (shard, _) = Actor::spawn_linked(None, VoucherShard, shard_args, myself.get_cell()).await?;
     Ok(shard)
@@ -297,12 +309,11 @@ async fn spawn_wallet(
     myself: &ActorRef<SupervisorMsg>,
     args: &SupervisorArgs,
 ) -> Result<ActorRef<WalletMsg>, ActorProcessingErr> {
-    let (wallet, _) = Actor::spawn_linked(
-        None,
-        WalletActor,
-        args.wallet_args.clone(),
-        myself.get_cell(),
-    )
-    .await?;
+    let wallet_args = args
+        .wallet_args
+        .clone()
+        .ok_or("no wallet half: no wallet actor to start")?;
+    let (wallet, _) =
+        Actor::spawn_linked(None, WalletActor, wallet_args, myself.get_cell()).await?;
     Ok(wallet)
 }

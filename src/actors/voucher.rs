@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::limits::{LOCAL_LEASE_BATCH_SLOTS, MAX_CLAIM_ATTEMPTS, MAX_SLOT_WAITERS_PER_VOUCHER};
 use crate::metrics::Metrics;
 use crate::slots::{SlotBatch, SlotSource};
-use crate::store::{Claim, Ledger};
+use crate::store::{Claim, VoucherLedger};
 
 /// The behaviour of a voucher shard.
 pub struct VoucherShard;
@@ -36,7 +36,7 @@ pub struct VoucherShardArgs {
     pub index: usize,
     pub shards: usize,
     pub catalog: Arc<Catalog>,
-    pub ledger: Arc<dyn Ledger>,
+    pub ledger: Arc<dyn VoucherLedger>,
     pub slots: Arc<dyn SlotSource>,
     pub metrics: Arc<Metrics>,
     /// Where a redemption's time comes from.
@@ -96,6 +96,12 @@ pub enum VoucherShardMsg {
         code: VoucherCode,
         slot: u32,
         outcome: Settlement,
+    },
+    /// A redemption the ledger voided (split mode): its slot is free again.
+    Released {
+        code: VoucherCode,
+        phone: PhoneNumber,
+        slot: u32,
     },
     /// Makes the shard panic; used by tests to prove the supervisor restarts it.
     #[cfg(feature = "test-hooks")]
@@ -175,6 +181,9 @@ impl Actor for VoucherShard {
                 };
                 state.settle(&myself, &view, slot, outcome).await;
             }
+            VoucherShardMsg::Released { code, phone, slot } => {
+                state.release(&code, phone, slot).await;
+            }
             #[cfg(feature = "test-hooks")]
             VoucherShardMsg::InjectPanic => panic!("injected voucher shard panic"),
         }
@@ -183,6 +192,30 @@ impl Actor for VoucherShard {
 }
 
 impl VoucherShardState {
+    /// Takes a voided redemption's slot back: into the shard's pool while it
+    /// holds one for the voucher, else back to the slot source.
+    async fn release(&mut self, code: &VoucherCode, phone: PhoneNumber, slot: u32) {
+        let Some(view) = self.args.catalog.get(code.as_str()) else {
+            return;
+        };
+        view.record_release(phone);
+        self.args
+            .metrics
+            .set_remaining_slots(code.as_str(), view.remaining());
+        match self.pools.get_mut(code) {
+            Some(pool) => {
+                pool.free.insert(slot);
+            }
+            None => {
+                let batch = SlotBatch::from_range(slot, slot);
+                if let Err(error) = self.args.slots.give_back(code, batch).await {
+                    // The source rebuilds from the ledger on its next refresh.
+                    tracing::warn!(%code, slot, %error, "a released slot was not given back");
+                }
+            }
+        }
+    }
+
     /// Gives the contender a slot, parks it until one comes back, or rejects it.
     async fn contend(
         &mut self,

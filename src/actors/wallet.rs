@@ -13,18 +13,18 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::domain::{Wallet, WalletTransaction};
 use crate::error::Result;
-use crate::store::{Ledger, LedgerFuture, NewProfile, NewTransaction};
+use crate::store::{LedgerFuture, NewProfile, NewTransaction, WalletLedger};
 
 /// The behaviour of a wallet actor.
 pub struct WalletActor;
 
 #[derive(Clone)]
 pub struct WalletArgs {
-    pub ledger: Arc<dyn Ledger>,
+    pub ledger: Arc<dyn WalletLedger>,
 }
 
 pub struct WalletState {
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn WalletLedger>,
 }
 
 pub enum WalletMsg {

@@ -1,9 +1,8 @@
 //! Who may call which route: bearer tokens, compared in constant time.
 //!
 //! Each route declares an [`Access`]: public, or the principals whose token it
-//! accepts. Today there is one principal, the operator's admin token; the wallet
-//! service will add a second kind (the token the voucher service presents to it)
-//! as another [`Principal`] with its own routes, without changing this shape.
+//! accepts: the operator's admin token, and the service token the voucher
+//! service presents to the wallet service (its credit endpoint only).
 //!
 //! Tokens are kept only as SHA-256 digests, so comparing fixed-size digests with
 //! `subtle` leaks neither content nor length, and no token text stays in memory
@@ -23,6 +22,8 @@ pub const MIN_TOKEN_BYTES: usize = 16;
 pub enum Principal {
     /// The operator: creates vouchers, reads reports and wallets, moves money.
     Admin,
+    /// The voucher service, calling the wallet service's credit endpoint.
+    Service,
 }
 
 /// What a route requires.
@@ -36,6 +37,8 @@ pub enum Access {
 
 /// Routes only the operator may call.
 pub const ADMIN: Access = Access::Only(&[Principal::Admin]);
+/// The credit endpoint: only the voucher service (its service token).
+pub const SERVICE: Access = Access::Only(&[Principal::Service]);
 
 /// A secret token, held as its digest. `Debug` never shows it.
 #[derive(Clone)]

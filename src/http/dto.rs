@@ -213,20 +213,26 @@ impl From<Redemption> for RedeemResponse {
 #[derive(Debug, Serialize)]
 pub struct RedemptionResponse {
     pub redemption_id: String,
+    /// `pending`, `credited` or `void`.
+    pub status: &'static str,
     pub code: String,
     pub phone_number: String,
     pub amount: i64,
     pub redeemed_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
 }
 
 impl From<Redemption> for RedemptionResponse {
     fn from(r: Redemption) -> Self {
         Self {
             redemption_id: r.id.to_string(),
+            status: r.status.as_str(),
             code: r.code.to_string(),
             phone_number: r.phone.to_string(),
             amount: r.amount,
             redeemed_at: r.redeemed_at.to_rfc3339(),
+            balance: r.balance,
         }
     }
 }
@@ -234,6 +240,8 @@ impl From<Redemption> for RedemptionResponse {
 #[derive(Debug, Serialize)]
 pub struct ReportItem {
     pub redemption_id: String,
+    /// `pending` or `credited` (a void redemption left the report).
+    pub status: &'static str,
     pub phone_number: String,
     pub redeemed_at: String,
 }
@@ -255,9 +263,13 @@ impl From<Report> for ReportResponse {
             .into_iter()
             .map(
                 |ReportEntry {
-                     phone, redeemed_at, ..
+                     phone,
+                     redeemed_at,
+                     status,
+                     ..
                  }| ReportItem {
                     redemption_id: redemption_id(&report.code, phone).to_string(),
+                    status: status.as_str(),
                     phone_number: phone.to_string(),
                     redeemed_at: redeemed_at.to_rfc3339(),
                 },

@@ -29,6 +29,8 @@ pub enum ApiError {
     HeadersTooLarge,
     /// Content-Length and Transfer-Encoding in one request (request smuggling).
     AmbiguousFraming,
+    /// The route belongs to the other service of a split deployment.
+    NotServedHere(crate::role::Serves),
 }
 
 impl From<Error> for ApiError {
@@ -79,6 +81,16 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 "ambiguous_framing",
                 "Content-Length and Transfer-Encoding must not be sent together",
+            ),
+            ApiError::NotServedHere(crate::role::Serves::Wallets) => opaque(
+                StatusCode::MISDIRECTED_REQUEST,
+                "not_served_here",
+                "this is the voucher service; profiles, transactions and credits are served by the wallet service",
+            ),
+            ApiError::NotServedHere(_) => opaque(
+                StatusCode::MISDIRECTED_REQUEST,
+                "not_served_here",
+                "this is the wallet service; vouchers and redemptions are served by the voucher service",
             ),
             ApiError::MethodNotAllowed => opaque(
                 StatusCode::METHOD_NOT_ALLOWED,

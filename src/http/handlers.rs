@@ -11,10 +11,13 @@ use super::dto::{
     TransactionBody, TransactionResponse, VoucherResponse,
 };
 use super::error::ApiError;
-use crate::domain::{parse_reference, PhoneNumber, VoucherCode};
+use crate::domain::{parse_reference, PhoneNumber, VoucherCode, VOUCHER_REFERENCE_PREFIX};
 use crate::error::Error;
+use crate::limits::MAX_CREDITS_PER_CALL;
 use crate::limits::MAX_IDEMPOTENCY_KEY_BYTES;
+use crate::redemption::Credit;
 use crate::service::{Service, TransactionRequest};
+use crate::wallet_client::{CreditBatch, CreditItem, CreditResults};
 
 type Query = HashMap<String, String>;
 type Outcome<T> = Result<T, ApiError>;
@@ -155,4 +158,55 @@ pub async fn transaction(
         idempotency_key,
     };
     Ok(service.transact(request).await?.into())
+}
+
+/// The wallet service's credit endpoint, called by the voucher service with
+/// its service token: 1 to [`MAX_CREDITS_PER_CALL`] credits, each answered
+/// `applied`, `refused` (for good) or `unknown` (ask again).
+pub async fn credits(service: &Service, body: &[u8]) -> Outcome<CreditResults> {
+    let batch: CreditBatch = parse_json(body)?;
+    if batch.credits.is_empty() || batch.credits.len() > MAX_CREDITS_PER_CALL {
+        return Err(Error::invalid(
+            "invalid_body",
+            format!("credits must hold 1 to {MAX_CREDITS_PER_CALL} credits"),
+        )
+        .into());
+    }
+    let now = service.now();
+    let credits = batch
+        .credits
+        .into_iter()
+        .map(|item| credit_of(item, now))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let results = service.apply_credits(credits).await;
+    Ok(CreditResults { results })
+}
+
+/// A credit as the voucher service sent it: a positive amount under the
+/// reserved reference `voucher:<code>`, which only this endpoint accepts.
+fn credit_of(item: CreditItem, now: crate::domain::Timestamp) -> Result<Credit, Error> {
+    let phone = PhoneNumber::parse(&item.phone_number)?;
+    if item.amount <= 0 {
+        return Err(Error::invalid(
+            "invalid_amount",
+            "a credit's amount must be positive",
+        ));
+    }
+    let code = item
+        .reference
+        .strip_prefix(VOUCHER_REFERENCE_PREFIX)
+        .ok_or_else(|| {
+            Error::invalid(
+                "invalid_reference",
+                format!("a credit's reference is {VOUCHER_REFERENCE_PREFIX}<code>"),
+            )
+        })?;
+    VoucherCode::parse(code)?;
+    Ok(Credit {
+        id: item.id,
+        phone,
+        amount: item.amount,
+        reference: item.reference,
+        at: now,
+    })
 }

@@ -25,6 +25,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::limits::MAX_BODY_BYTES;
+use crate::role::Role;
 use crate::service::{RequestGuard, Service};
 use auth::AccessPolicy;
 use dto::StatusResponse;
@@ -39,6 +40,8 @@ type Query = HashMap<String, String>;
 pub struct RouteOptions {
     pub access: Arc<AccessPolicy>,
     pub body_read_timeout: Duration,
+    /// Which routes this instance serves; the others answer 421 `not_served_here`.
+    pub role: Role,
 }
 
 /// Every route of the service, with its access rule, request metrics and JSON
@@ -78,6 +81,9 @@ pub fn routes(service: Arc<Service>, options: RouteOptions) -> BoxedFilter<(Resp
                 let service = service.clone();
                 let options = options.clone();
                 async move {
+                    if !options.role.serves(matched.spec.serves) {
+                        return ApiError::NotServedHere(matched.spec.serves).into_response();
+                    }
                     let gate = options
                         .access
                         .check(matched.spec.access, authorization.as_deref());
@@ -143,7 +149,7 @@ async fn dispatch(service: &Service, endpoint: Endpoint, inputs: Inputs) -> Resp
     } = inputs;
     let ok = StatusCode::OK;
     match endpoint {
-        E::Redeem => respond(ok, async { handlers::redeem(service, &body?).await }.await),
+        E::Redeem => redeemed(async { handlers::redeem(service, &body?).await }.await),
         E::CreateVoucher => respond(
             StatusCode::CREATED,
             async { handlers::create_voucher(service, &body?).await }.await,
@@ -170,10 +176,20 @@ async fn dispatch(service: &Service, endpoint: Endpoint, inputs: Inputs) -> Resp
             ok,
             async { handlers::transaction(service, idempotency_key, &body?).await }.await,
         ),
+        E::Credits => respond(ok, async { handlers::credits(service, &body?).await }.await),
         E::Healthz => respond(ok, Ok(StatusResponse { status: "ok" })),
         E::Readyz => readiness(service),
         E::Metrics => metrics_text(service),
     }
+}
+
+/// 200 with the balance when the credit landed, 202 while it is pending.
+fn redeemed(outcome: Result<dto::RedeemResponse, ApiError>) -> Response {
+    let status = match &outcome {
+        Ok(redemption) if redemption.status == "pending" => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    respond(status, outcome)
 }
 
 /// 200 when ready, else 503 with every reason that holds.

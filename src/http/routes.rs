@@ -5,8 +5,9 @@
 
 use warp::http::Method;
 
-use super::auth::{Access, ADMIN};
+use super::auth::{Access, ADMIN, SERVICE};
 use crate::metrics::Route;
+use crate::role::Serves;
 
 /// One segment of a route's path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,7 @@ pub enum Endpoint {
     CreateProfile,
     Profile,
     Transaction,
+    Credits,
     Healthz,
     Readyz,
     Metrics,
@@ -47,12 +49,14 @@ pub struct RouteSpec {
     pub access: Access,
     /// Whether the route reads a request body (read only once access is granted).
     pub reads_body: bool,
+    /// Which service answers it (see `--role`).
+    pub serves: Serves,
 }
 
 /// Every route. The first that matches a request wins, so a literal segment must
 /// come before a parameter in the same position (`report` before `{code}`);
 /// redeem comes first because it carries the crowd.
-pub static ROUTES: [RouteSpec; 12] = [
+pub static ROUTES: [RouteSpec; 13] = [
     RouteSpec {
         endpoint: Endpoint::Redeem,
         label: Route::redeem,
@@ -60,6 +64,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("api"), L("vouchers"), L("redeem")],
         access: Access::Public,
         reads_body: true,
+        serves: Serves::Vouchers,
     },
     RouteSpec {
         endpoint: Endpoint::CreateVoucher,
@@ -68,6 +73,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("api"), L("vouchers")],
         access: ADMIN,
         reads_body: true,
+        serves: Serves::Vouchers,
     },
     RouteSpec {
         endpoint: Endpoint::VoucherByQuery,
@@ -76,6 +82,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("api"), L("vouchers")],
         access: Access::Public,
         reads_body: false,
+        serves: Serves::Vouchers,
     },
     RouteSpec {
         endpoint: Endpoint::Report,
@@ -85,6 +92,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         access: ADMIN,
         // The seed's client sends the report's fields as a JSON body on the GET.
         reads_body: true,
+        serves: Serves::Vouchers,
     },
     RouteSpec {
         endpoint: Endpoint::VoucherByPath,
@@ -93,6 +101,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("api"), L("vouchers"), P],
         access: Access::Public,
         reads_body: false,
+        serves: Serves::Vouchers,
     },
     RouteSpec {
         endpoint: Endpoint::Redemption,
@@ -101,6 +110,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("api"), L("vouchers"), P, L("redemptions"), P],
         access: Access::Public,
         reads_body: false,
+        serves: Serves::Vouchers,
     },
     RouteSpec {
         endpoint: Endpoint::CreateProfile,
@@ -109,6 +119,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("api"), L("profiles")],
         access: ADMIN,
         reads_body: true,
+        serves: Serves::Wallets,
     },
     RouteSpec {
         endpoint: Endpoint::Profile,
@@ -117,6 +128,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("api"), L("profiles"), P],
         access: ADMIN,
         reads_body: false,
+        serves: Serves::Wallets,
     },
     RouteSpec {
         endpoint: Endpoint::Transaction,
@@ -125,6 +137,16 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("api"), L("transactions")],
         access: ADMIN,
         reads_body: true,
+        serves: Serves::Wallets,
+    },
+    RouteSpec {
+        endpoint: Endpoint::Credits,
+        label: Route::credits,
+        method: Method::POST,
+        path: &[L("internal"), L("credits")],
+        access: SERVICE,
+        reads_body: true,
+        serves: Serves::Wallets,
     },
     RouteSpec {
         endpoint: Endpoint::Healthz,
@@ -133,6 +155,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("healthz")],
         access: Access::Public,
         reads_body: false,
+        serves: Serves::Any,
     },
     RouteSpec {
         endpoint: Endpoint::Readyz,
@@ -141,6 +164,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("readyz")],
         access: Access::Public,
         reads_body: false,
+        serves: Serves::Any,
     },
     RouteSpec {
         endpoint: Endpoint::Metrics,
@@ -149,6 +173,7 @@ pub static ROUTES: [RouteSpec; 12] = [
         path: &[L("metrics")],
         access: ADMIN,
         reads_body: false,
+        serves: Serves::Any,
     },
 ];
 

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use super::{SlotBatch, SlotSource};
 use crate::domain::VoucherCode;
 use crate::error::Result;
-use crate::store::Ledger;
+use crate::store::VoucherLedger;
 
 #[derive(Debug)]
 struct Pool {
@@ -75,14 +75,14 @@ impl Pool {
 
 /// A slot source local to this process, fed by the ledger.
 pub struct LocalSlots {
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn VoucherLedger>,
     pools: Arc<Mutex<HashMap<VoucherCode, Pool>>>,
     random_start: bool,
 }
 
 impl LocalSlots {
     /// The source of a single instance: slots go out lowest first.
-    pub fn new(ledger: Arc<dyn Ledger>) -> Self {
+    pub fn new(ledger: Arc<dyn VoucherLedger>) -> Self {
         Self {
             ledger,
             pools: Arc::default(),
@@ -92,7 +92,7 @@ impl LocalSlots {
 
     /// The fallback of one of several instances sharing a ledger: fresh slots go
     /// out from a random point, so instances rarely pick the same ones.
-    pub fn shared(ledger: Arc<dyn Ledger>) -> Self {
+    pub fn shared(ledger: Arc<dyn VoucherLedger>) -> Self {
         Self {
             random_start: true,
             ..Self::new(ledger)

@@ -38,7 +38,7 @@ use crate::limits::{
     REDIS_LEASE_BATCH_SLOTS, REDIS_OP_TIMEOUT_MS, REDIS_SLOTS_PER_CALL,
 };
 use crate::metrics::{Metrics, SlotSourceKind};
-use crate::store::Ledger;
+use crate::store::VoucherLedger;
 
 /// Leases up to ARGV[1] slots into this instance's held set. Returns
 /// `{-1}` when the pool does not exist, else `{pool left, slot, slot, ...}`.
@@ -253,7 +253,7 @@ impl Keys {
 struct Inner {
     link: Link,
     instance: String,
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn VoucherLedger>,
     fallback: LocalSlots,
     degraded: AtomicBool,
     metrics: Arc<Metrics>,
@@ -281,7 +281,11 @@ impl Drop for RedisSlots {
 impl RedisSlots {
     /// Starts the source and its maintenance task (lease renewal, health checks).
     /// Redis need not be reachable now: the instance starts degraded and recovers.
-    pub fn start(target: RedisTarget, ledger: Arc<dyn Ledger>, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        target: RedisTarget,
+        ledger: Arc<dyn VoucherLedger>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let inner = Arc::new(Inner {
             link: Link::new(target),

@@ -57,7 +57,7 @@ use super::queue::{
     stop_process_after_writer_panic, Outcome, Pending, Queued, Request, Waiter, WriteQueue,
 };
 use super::{
-    Claim, Durable, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
+    Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
     SlotUsage, VoucherLedger, WalletLedger,
 };
 use crate::domain::{
@@ -124,6 +124,10 @@ pub struct PostgresLedger {
 impl PostgresLedger {
     /// Connects to the database `url` names (`postgres://user@host:port/db`),
     /// applies the schema, and starts the writer task. Needs a Tokio runtime.
+    pub async fn open_half(url: &str, _half: Half, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Self::open(url, metrics).await
+    }
+
     pub async fn open(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let config = parse_url(url)?;
         migrate_database(&config).await?;

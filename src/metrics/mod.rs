@@ -16,6 +16,10 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::limits::MAX_VOUCHER_METRIC_SERIES;
 
+mod protocol;
+
+pub use protocol::ProtocolMetrics;
+
 /// The routes of the HTTP API, as a bounded label. Which request is which route
 /// is decided by the route table (`http::routes`), where each route names its label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -29,6 +33,7 @@ pub enum Route {
     create_profile,
     get_profile,
     transaction,
+    credits,
     healthz,
     readyz,
     metrics,
@@ -52,6 +57,10 @@ struct RouteLabels {
 pub enum RedemptionOutcome {
     /// Won a slot; the credit is durable.
     redeemed,
+    /// Won a slot; the credit was not confirmed in time (202, split mode).
+    pending,
+    /// Won a slot, but the wallet refused the credit for good: voided.
+    voided,
     /// Rejected from memory: the user already holds it.
     already_redeemed,
     /// Rejected from memory: no slot left.
@@ -113,6 +122,8 @@ pub struct Metrics {
     slot_source_degraded: Gauge,
     /// Connections, accept errors and timeouts at the HTTP edge.
     pub edge: EdgeMetrics,
+    /// Credits, the pending backlog and recovery (split mode).
+    pub protocol: ProtocolMetrics,
 }
 
 impl Default for Metrics {
@@ -221,9 +232,11 @@ impl Metrics {
             slot_source_degraded.clone(),
         );
         let edge = EdgeMetrics::register(&mut registry);
+        let protocol = ProtocolMetrics::register(&mut registry);
         Self {
             registry,
             edge,
+            protocol,
             leases,
             slots_leased,
             lease_duration,
