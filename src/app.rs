@@ -120,6 +120,7 @@ impl App {
                 readiness,
             )
             .with_phone_rate_limit(phone_rate)
+            .with_credit_deadline(settings.protocol.credit_deadline)
             .with_clock(settings.clock.clone()),
         );
         listener.set_nonblocking(true)?;
@@ -295,6 +296,7 @@ fn start_recovery(
         wallet: wallet.clone(),
         clock: settings.clock.clone(),
         metrics: metrics.clone(),
+        pending_after: settings.protocol.recovery_after,
     };
     Some(tokio::spawn(recovery.run()))
 }

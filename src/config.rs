@@ -15,7 +15,8 @@ use crate::http::server::EdgeLimits;
 use crate::limits::{
     ACTOR_RESTART_BUDGET_MS, BODY_READ_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REDEEM_BURST_PER_PHONE, DEFAULT_REDEEM_RATE_PER_PHONE, DEFAULT_SHARDS,
-    HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, RESERVED_FILE_DESCRIPTORS,
+    HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, RECOVERY_PENDING_AFTER_MS,
+    REDEEM_CREDIT_DEADLINE_MS, RESERVED_FILE_DESCRIPTORS,
 };
 use crate::rate_limit::PhoneRate;
 use crate::role::Role;
@@ -81,6 +82,16 @@ pub struct ServeArgs {
     /// wallet fleet is used in turn), e.g. `http://wallet:8001`.
     #[arg(long, env = "VOUCHERD_WALLET_URL", value_delimiter = ',')]
     pub wallet_url: Vec<String>,
+
+    /// Role `voucher`: milliseconds a redeem waits for its wallet credit before
+    /// answering 202 `pending` (the credit goes on; recovery finishes it).
+    #[arg(long, env = "VOUCHERD_CREDIT_DEADLINE_MS", default_value_t = REDEEM_CREDIT_DEADLINE_MS, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub credit_deadline_ms: u64,
+
+    /// Role `voucher`: milliseconds a redemption stays pending before recovery
+    /// re-sends its credit (keep it above the wallet call timeout, 5000).
+    #[arg(long, env = "VOUCHERD_RECOVERY_AFTER_MS", default_value_t = RECOVERY_PENDING_AFTER_MS, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub recovery_after_ms: u64,
 
     /// A file holding the service token: the wallet service accepts it on its
     /// credit endpoint, the voucher service presents it. Or set
@@ -183,6 +194,10 @@ impl ServeArgs {
         Ok(Settings {
             role: self.role,
             wallet_urls: self.wallet_url.clone(),
+            protocol: ProtocolTimes {
+                credit_deadline: Duration::from_millis(self.credit_deadline_ms),
+                recovery_after: Duration::from_millis(self.recovery_after_ms),
+            },
             service_token: service_token.map(ServiceToken),
             store: self.store.clone(),
             redis: self.redis.clone(),
@@ -252,6 +267,24 @@ fn read_token(
     Ok(Some(text.trim().to_owned()))
 }
 
+/// The times of the split-mode protocol an operator may tune.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtocolTimes {
+    /// How long a redeem waits for its credit before it answers 202.
+    pub credit_deadline: Duration,
+    /// How long a redemption stays pending before recovery takes it.
+    pub recovery_after: Duration,
+}
+
+impl Default for ProtocolTimes {
+    fn default() -> Self {
+        Self {
+            credit_deadline: Duration::from_millis(REDEEM_CREDIT_DEADLINE_MS),
+            recovery_after: Duration::from_millis(RECOVERY_PENDING_AFTER_MS),
+        }
+    }
+}
+
 /// The service token's text, which a voucher service presents to the wallet
 /// service. `Debug` never shows it.
 #[derive(Clone)]
@@ -270,6 +303,8 @@ pub struct Settings {
     pub role: Role,
     /// Role `voucher`: the wallet service's base URLs.
     pub wallet_urls: Vec<String>,
+    /// Role `voucher`: the redeem's wait for its credit, and recovery's threshold.
+    pub protocol: ProtocolTimes,
     /// The token between the services (accepted by a wallet service,
     /// presented by a voucher service).
     pub service_token: Option<ServiceToken>,
@@ -298,6 +333,7 @@ impl Settings {
         Self {
             role: Role::All,
             wallet_urls: Vec::new(),
+            protocol: ProtocolTimes::default(),
             service_token: None,
             store: StoreLocation::Embedded(path.into()),
             redis: None,

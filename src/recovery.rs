@@ -4,7 +4,8 @@
 //! was down, slow or partitioned away) or when the voucher service stopped
 //! between claim and settle. On start and then every [`RECOVERY_INTERVAL_MS`]
 //! (plus jitter, so instances sharing a ledger do not pass in step), a pass
-//! takes the redemptions pending for longer than [`RECOVERY_PENDING_AFTER_MS`],
+//! takes the redemptions pending for longer than a threshold
+//! ([`crate::limits::RECOVERY_PENDING_AFTER_MS`] unless configured),
 //! oldest first, re-sends their credits in batches (idempotent: the wallet
 //! applies an id once) and settles each by the answer, with
 //! [`crate::redemption::recover_once`]. Concurrency is bounded by the batch
@@ -17,9 +18,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::domain::Timestamp;
-use crate::limits::{
-    MAX_CREDITS_PER_CALL, RECOVERY_INTERVAL_MS, RECOVERY_MAX_PER_PASS, RECOVERY_PENDING_AFTER_MS,
-};
+use crate::limits::{MAX_CREDITS_PER_CALL, RECOVERY_INTERVAL_MS, RECOVERY_MAX_PER_PASS};
 use crate::metrics::Metrics;
 use crate::redemption::{recover_once, CreditPort, PendingLedger, RecoveryPass};
 
@@ -29,6 +28,9 @@ pub struct Recovery {
     pub wallet: Arc<dyn CreditPort>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// How long a redemption stays pending before a pass takes it
+    /// ([`RECOVERY_PENDING_AFTER_MS`] unless configured).
+    pub pending_after: Duration,
 }
 
 impl Recovery {
@@ -57,7 +59,7 @@ impl Recovery {
     /// batches of one wallet call each.
     pub async fn pass(&self) -> RecoveryPass {
         let now = self.clock.now();
-        let threshold = i64::try_from(RECOVERY_PENDING_AFTER_MS * 1_000).unwrap_or(i64::MAX);
+        let threshold = i64::try_from(self.pending_after.as_micros()).unwrap_or(i64::MAX);
         let claimed_before = Timestamp(now.0.saturating_sub(threshold));
         let mut total = RecoveryPass::default();
         while total.examined < RECOVERY_MAX_PER_PASS {

@@ -117,6 +117,8 @@ pub struct Service {
     phone_rate: Option<Arc<PhoneRateLimiter>>,
     /// Where voucher windows and timestamps read the time.
     clock: Arc<dyn Clock>,
+    /// Split mode: how long a redeem waits for its credit before 202.
+    credit_deadline: Duration,
 }
 
 impl Service {
@@ -141,7 +143,14 @@ impl Service {
             unknown_codes: parking_lot::Mutex::default(),
             phone_rate: None,
             clock: Arc::new(SystemClock),
+            credit_deadline: Duration::from_millis(REDEEM_CREDIT_DEADLINE_MS),
         }
+    }
+
+    /// How long a redeem waits for its wallet credit before answering pending.
+    pub fn with_credit_deadline(mut self, deadline: Duration) -> Self {
+        self.credit_deadline = deadline;
+        self
     }
 
     /// Reads the time from `clock` (windows, timestamps) instead of the system's.
@@ -280,7 +289,8 @@ impl Service {
 
     /// Split mode: credits a fresh pending redemption in the wallet service and
     /// settles it, in a task of its own so the credit goes on when the request
-    /// stops waiting at [`REDEEM_CREDIT_DEADLINE_MS`] and answers it pending.
+    /// stops waiting at its deadline ([`REDEEM_CREDIT_DEADLINE_MS`] unless
+    /// configured) and answers it pending.
     async fn complete(
         &self,
         claimed: Redemption,
@@ -292,8 +302,7 @@ impl Service {
             let ledger: Arc<dyn redemption::PendingLedger> = ledger;
             redemption::complete(ledger.as_ref(), wallet.as_ref(), pending).await
         });
-        let deadline = Duration::from_millis(REDEEM_CREDIT_DEADLINE_MS);
-        let redemption = match tokio::time::timeout(deadline, settled).await {
+        let redemption = match tokio::time::timeout(self.credit_deadline, settled).await {
             Ok(Ok(Ok(settled))) => settled,
             // Settling failed or the deadline passed: the redemption is pending,
             // and recovery finishes it.
