@@ -6,7 +6,15 @@
 #     and one PostgreSQL (or CockroachDB) database.
 #
 #   deploy/local-cluster.sh start [postgres://postgres@127.0.0.1:5432/voucherd]
+#   deploy/local-cluster.sh start-split [VOUCHER_DB_URL WALLET_DB_URL]
 #   deploy/local-cluster.sh stop
+#
+# start-split runs the two-service topology instead: two wallet services
+# (8101-8102, role wallet) sharing the wallet database, and three voucher
+# services (8001-8003, role voucher) sharing the voucher database and Redis,
+# each crediting through both wallet services (--wallet-url), with one service
+# token between them (in $CLUSTER_DIR/service-token). Databases default to
+# voucherd_vouchers and voucherd_wallets on 127.0.0.1:5432 (created if psql can).
 #
 # Put any HTTP load balancer in front of 127.0.0.1:8001-8003, or drive the three
 # directly: target/release/stress flash --url http://127.0.0.1:8001 \
@@ -21,11 +29,10 @@ REDIS_PORTS=(6380 6381)
 SENTINEL_PORTS=(26380 26381 26382)
 HTTP_PORTS=(8001 8002 8003)
 
-start() {
-    command -v redis-server >/dev/null || { echo "needs redis-server (Debian: redis-server, redis-sentinel)" >&2; exit 1; }
-    mkdir -p "$CLUSTER_DIR"
-    cargo build --release -p voucherd
-    local voucherd=target/release/voucherd
+WALLET_PORTS=(8101 8102)
+voucherd=target/release/voucherd
+
+start_redis() {
 
     redis-server --port "${REDIS_PORTS[0]}" --bind 127.0.0.1 --daemonize yes \
         --dir "$CLUSTER_DIR" --pidfile "$CLUSTER_DIR/redis-0.pid" --logfile "$CLUSTER_DIR/redis-0.log" \
@@ -49,31 +56,93 @@ CONF
         redis-server "$CLUSTER_DIR/sentinel-$i.conf" --sentinel
         i=$((i + 1))
     done
+}
 
-    # The schema once, before the instances (each would also apply it on start).
-    "$voucherd" migrate --store "$STORE"
+prepare() {
+    command -v redis-server >/dev/null || { echo "needs redis-server (Debian: redis-server, redis-sentinel)" >&2; exit 1; }
+    mkdir -p "$CLUSTER_DIR"
+    cargo build --release -p voucherd
+    start_redis
+}
+
+sentinel_url() {
     local sentinels
     sentinels=$(printf '127.0.0.1:%s,' "${SENTINEL_PORTS[@]}")
-    i=0
-    for port in "${HTTP_PORTS[@]}"; do
-        VOUCHERD_LISTEN="127.0.0.1:$port" VOUCHERD_STORE="$STORE" \
-            VOUCHERD_REDIS="redis+sentinel://${sentinels%,}/voucherd" \
-            nohup "$voucherd" serve >"$CLUSTER_DIR/voucherd-$i.out" 2>"$CLUSTER_DIR/voucherd-$i.log" &
-        echo $! >"$CLUSTER_DIR/voucherd-$i.pid"
-        i=$((i + 1))
-    done
-    for port in "${HTTP_PORTS[@]}"; do
+    echo "redis+sentinel://${sentinels%,}/voucherd"
+}
+
+# spawn NAME PORT [ENV=VALUE ...]: one voucherd serve in the background.
+spawn() {
+    local name=$1 port=$2
+    shift 2
+    env VOUCHERD_LISTEN="127.0.0.1:$port" "$@" \
+        nohup "$voucherd" serve >"$CLUSTER_DIR/$name.out" 2>"$CLUSTER_DIR/$name.log" &
+    echo $! >"$CLUSTER_DIR/$name.pid"
+}
+
+wait_ready() {
+    for port in "$@"; do
         for _ in $(seq 1 100); do
             curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
             sleep 0.1
         done
         curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "instance on $port did not start; see $CLUSTER_DIR" >&2; exit 1; }
     done
+}
+
+start() {
+    prepare
+    # The schema once, before the instances (each would also apply it on start).
+    "$voucherd" migrate --store "$STORE"
+    local i=0
+    for port in "${HTTP_PORTS[@]}"; do
+        spawn "voucherd-$i" "$port" VOUCHERD_STORE="$STORE" VOUCHERD_REDIS="$(sentinel_url)"
+        i=$((i + 1))
+    done
+    wait_ready "${HTTP_PORTS[@]}"
     echo "voucherd cluster up: http://127.0.0.1:{8001,8002,8003}; logs in $CLUSTER_DIR"
 }
 
+# Creates the database a postgres:// URL names, if psql can reach its server.
+create_database() {
+    local url=$1 name=${1##*/}
+    command -v psql >/dev/null || return 0
+    psql "${url%/*}/postgres" -Atc "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1 ||
+        psql "${url%/*}/postgres" -c "CREATE DATABASE \"$name\"" >/dev/null
+}
+
+start_split() {
+    local vouchers=${1:-postgres://postgres@127.0.0.1:5432/voucherd_vouchers}
+    local wallets=${2:-postgres://postgres@127.0.0.1:5432/voucherd_wallets}
+    prepare
+    create_database "$vouchers"
+    create_database "$wallets"
+    "$voucherd" migrate --store "$vouchers"
+    "$voucherd" migrate --store "$wallets"
+    local token="$CLUSTER_DIR/service-token"
+    [ -f "$token" ] || head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$token"
+    local i=0 wallet_urls=""
+    for port in "${WALLET_PORTS[@]}"; do
+        spawn "wallet-$i" "$port" VOUCHERD_ROLE=wallet VOUCHERD_STORE="$wallets" \
+            VOUCHERD_SERVICE_TOKEN_FILE="$token"
+        wallet_urls="${wallet_urls}http://127.0.0.1:$port,"
+        i=$((i + 1))
+    done
+    wait_ready "${WALLET_PORTS[@]}"
+    i=0
+    for port in "${HTTP_PORTS[@]}"; do
+        spawn "voucher-$i" "$port" VOUCHERD_ROLE=voucher VOUCHERD_STORE="$vouchers" \
+            VOUCHERD_REDIS="$(sentinel_url)" VOUCHERD_WALLET_URL="${wallet_urls%,}" \
+            VOUCHERD_SERVICE_TOKEN_FILE="$token"
+        i=$((i + 1))
+    done
+    wait_ready "${HTTP_PORTS[@]}"
+    echo "voucherd split topology up: vouchers http://127.0.0.1:{8001,8002,8003}," \
+        "wallets http://127.0.0.1:{8101,8102}; logs in $CLUSTER_DIR"
+}
+
 stop() {
-    for pidfile in "$CLUSTER_DIR"/voucherd-*.pid; do
+    for pidfile in "$CLUSTER_DIR"/voucherd-*.pid "$CLUSTER_DIR"/voucher-*.pid "$CLUSTER_DIR"/wallet-*.pid; do
         [ -f "$pidfile" ] && kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
     done
     sleep 1
@@ -86,9 +155,10 @@ stop() {
 
 case "${1:-}" in
 start) start ;;
+start-split) start_split "${2:-}" "${3:-}" ;;
 stop) stop ;;
 *)
-    echo "usage: $0 start [postgres://...] | stop" >&2
+    echo "usage: $0 start [postgres://...] | start-split [VOUCHER_DB_URL WALLET_DB_URL] | stop" >&2
     exit 2
     ;;
 esac

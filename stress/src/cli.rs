@@ -194,6 +194,11 @@ pub struct VerifyArgs {
     /// Concurrent requests while verifying.
     #[arg(long, default_value_t = 16)]
     pub verify_concurrency: usize,
+
+    /// Where verification reads wallets: the wallet service of a split
+    /// deployment (repeatable). Default: the --url targets.
+    #[arg(long = "wallet-url")]
+    pub wallet_urls: Vec<String>,
 }
 
 impl VerifyArgs {

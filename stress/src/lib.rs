@@ -216,8 +216,16 @@ async fn run(cli: Cli) -> Result<u8> {
     let (mut verify_report, mut verify_error) = (None, None);
     if let Some(v) = verify.filter(|v| v.enabled()) {
         eprintln!("verifying...");
+        let mut wallet_targets = Vec::new();
+        for url in &v.wallet_urls {
+            wallet_targets.push(client::Target::resolve(url).await?);
+        }
+        if wallet_targets.is_empty() {
+            wallet_targets = targets.clone();
+        }
         match verify::verify(
             &targets,
+            &wallet_targets,
             &wl.vouchers,
             &wl.winners(),
             wl.tx_wallets(),

@@ -23,6 +23,16 @@ use crate::scenarios::{VoucherSpec, Winner};
 pub struct ReportEntry {
     pub redemption_id: String,
     pub phone_number: String,
+    /// `pending` or `credited` (split mode); absent from older services.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+impl ReportEntry {
+    /// Whether the redemption's credit is still on its way (split mode).
+    pub fn is_pending(&self) -> bool {
+        self.status.as_deref() == Some("pending")
+    }
 }
 
 /// A voucher as created by the harness, with its full redemption report.
@@ -519,9 +529,48 @@ where
     Ok(all)
 }
 
-/// Fetches every report and every wallet involved, then checks.
+/// How long verification waits for pending redemptions (split mode) to settle.
+const SETTLE_WAIT: Duration = Duration::from_secs(120);
+
+/// Every voucher's report once no redemption is pending any more (or the wait
+/// is over: then the pending ones stay in, and the check reports their missing
+/// credits).
+async fn settled_reports(
+    targets: &[Arc<Target>],
+    concurrency: usize,
+    vouchers: &[VoucherSpec],
+) -> Result<Vec<VoucherReport>> {
+    let deadline = Instant::now() + SETTLE_WAIT;
+    loop {
+        let reports = bounded(
+            targets,
+            concurrency,
+            vouchers.to_vec(),
+            |mut conn, v: VoucherSpec| async move {
+                let r = fetch_report(&mut conn, &v).await;
+                (conn, r)
+            },
+        )
+        .await?;
+        let pending = reports
+            .iter()
+            .flat_map(|r| &r.entries)
+            .filter(|e| e.is_pending())
+            .count();
+        if pending == 0 || Instant::now() >= deadline {
+            return Ok(reports);
+        }
+        eprintln!("verify: {pending} redemption(s) still pending; waiting for their credits");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Fetches every report (from `targets`) and every wallet involved (from
+/// `wallet_targets`: the wallet service in split mode), then checks.
+#[allow(clippy::too_many_arguments)]
 pub async fn verify(
     targets: &[Arc<Target>],
+    wallet_targets: &[Arc<Target>],
     vouchers: &[VoucherSpec],
     winners: &[Winner],
     extra_wallets: Vec<String>,
@@ -529,16 +578,7 @@ pub async fn verify(
     concurrency: usize,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
-    let reports = bounded(
-        targets,
-        concurrency,
-        vouchers.to_vec(),
-        |mut conn, v: VoucherSpec| async move {
-            let r = fetch_report(&mut conn, &v).await;
-            (conn, r)
-        },
-    )
-    .await?;
+    let reports = settled_reports(targets, concurrency, vouchers).await?;
 
     let seen: Vec<Seen> = winners
         .iter()
@@ -555,7 +595,7 @@ pub async fn verify(
         .chain(extra_wallets)
         .collect();
     let wallets = bounded(
-        targets,
+        wallet_targets,
         concurrency,
         phones.into_iter().collect(),
         |mut conn, phone: String| async move {

@@ -19,6 +19,7 @@ fn clean(n: usize) -> Fetched {
         .map(|i| ReportEntry {
             redemption_id: rid(i),
             phone_number: phone(i),
+            status: Some("credited".to_owned()),
         })
         .collect();
     let wallets = (0..n)
