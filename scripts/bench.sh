@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh                 # every scenario (about 15 minutes)
 #   scripts/bench.sh flash hot       # some of them: flash half hot users40m
+#                                    # pg-hot cluster-flash cluster-hot split-flash split-hot
 #
 # Sizes can be reduced for a quick look, e.g. FLASH_REQUESTS=1000000 USERS_40M=4000000.
 set -euo pipefail
@@ -92,6 +93,51 @@ run_cluster_stress() {
         --out "$OUT/$name.json" --html "$OUT/$name.html" "$@" | tee "$OUT/$name.txt"
 }
 
+# ---- split mode (issue: two services) ----
+# split-flash / split-hot: a wallet service and a voucher service, each on its own
+# fresh PostgreSQL database (or SPLIT_STORE=embedded: each on its own directory),
+# the harness on the voucher service, verification reading wallets from the wallet service.
+SPLIT_STORE=${SPLIT_STORE:-postgres}
+split_pids=()
+split_store() {
+    if [ "$SPLIT_STORE" = embedded ]; then
+        mktemp -d
+        return
+    fi
+    local database
+    database="voucherd_bench_$1_$(date +%s)_$$"
+    psql "$BENCH_POSTGRES/postgres" -qc "CREATE DATABASE $database" >/dev/null
+    echo "$BENCH_POSTGRES/$database"
+}
+start_split() {
+    "$VOUCHERD" serve --role wallet --listen 127.0.0.1:0 --store "$(split_store wallets)" \
+        >"$OUT/wallet.out" 2>"$OUT/wallet.err" &
+    split_pids=($!)
+    wallet_url=$(wait_listening "$OUT/wallet.out")
+    "$VOUCHERD" serve --role voucher --listen 127.0.0.1:0 --store "$(split_store vouchers)" \
+        --wallet-url "$wallet_url" >"$OUT/voucher.out" 2>"$OUT/voucher.err" &
+    split_pids+=($!)
+    voucher_url=$(wait_listening "$OUT/voucher.out")
+}
+wait_listening() {
+    for _ in $(seq 1 100); do
+        grep -q "listening on" "$1" 2>/dev/null && break
+        sleep 0.1
+    done
+    sed -n 's/^voucherd listening on //p' "$1"
+}
+stop_split() {
+    for pid in "${split_pids[@]}"; do kill -TERM "$pid"; done
+    for pid in "${split_pids[@]}"; do wait "$pid"; done
+}
+run_split_stress() {
+    local name=$1
+    shift
+    "$STRESS" flash --url "$voucher_url" --wallet-url "$wallet_url" \
+        --server-pid "${split_pids[1]}" --quiet \
+        --out "$OUT/$name.json" --html "$OUT/$name.html" "$@" | tee "$OUT/$name.txt"
+}
+
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(flash half hot users40m pg-hot cluster-flash cluster-hot)
 
@@ -112,6 +158,22 @@ for scenario in "${scenarios[@]}"; do
         run_cluster_stress cluster-flash --max --concurrency 96 --connections 96 --duration 20s \
             --users 40000000 --repeat-share 0.1 --limit 1000 --baseline --baseline-secs 10
         stop_sql_instances
+        continue
+        ;;
+    split-flash)
+        # Split mode: the flash crowd on the voucher service (rejections never reach the wallet).
+        start_split
+        run_split_stress split-flash --max --concurrency "$CONNECTIONS" --requests "$FLASH_REQUESTS" \
+            --duration 3600s --users 40000000 --repeat-share 0.1 --limit 1000 --baseline --baseline-secs 10
+        stop_split
+        continue
+        ;;
+    split-hot)
+        # Split mode: hot wins, each credited in the wallet service (batched calls).
+        start_split
+        run_split_stress split-hot --max --concurrency "$CONNECTIONS" --duration "${HOT_SECONDS}s" \
+            --users 40000000 --repeat-share 0 --limit 1000000 --baseline --baseline-secs 10
+        stop_split
         continue
         ;;
     cluster-hot)
