@@ -1,5 +1,6 @@
 //! The ledger conformance suite: one specification of the `Ledger` trait, run
-//! against every backend.
+//! against every backend; the voucher and wallet halves of split mode are
+//! specified in `ledger_conformance/halves.rs`.
 //!
 //! Each case is a plain async function over a [`Store`]; the `conformance!`
 //! macro instantiates every case once per backend. The embedded backend runs on
@@ -22,7 +23,10 @@ use voucherd::error::Error;
 use voucherd::metrics::Metrics;
 use voucherd::store::embedded::EmbeddedLedger;
 use voucherd::store::postgres::PostgresLedger;
-use voucherd::store::{Claim, Ledger, NewProfile, NewTransaction, SlotUsage};
+use voucherd::store::{Claim, Half, Ledger, NewProfile, NewTransaction, SlotUsage};
+
+#[path = "ledger_conformance/halves.rs"]
+mod halves;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -47,6 +51,12 @@ impl Store {
     }
 
     async fn open(&self) -> Arc<dyn Ledger> {
+        self.open_half(Half::Both).await
+    }
+
+    /// Opens the store holding `half` (one type serves every half, so the
+    /// answer is a `Ledger` whatever half it holds).
+    async fn open_half(&self, half: Half) -> Arc<dyn Ledger> {
         let metrics = Arc::new(Metrics::new());
         match self {
             Store::Embedded(directory) => {
@@ -55,7 +65,7 @@ impl Store {
                 // moment.
                 let mut attempts = 0;
                 loop {
-                    match EmbeddedLedger::open(directory.path(), metrics.clone()) {
+                    match EmbeddedLedger::open_half(directory.path(), half, metrics.clone()) {
                         Ok(ledger) => break Arc::new(ledger),
                         Err(error) if attempts < 100 => {
                             attempts += 1;
@@ -67,7 +77,7 @@ impl Store {
                 }
             }
             Store::Postgres(database) => Arc::new(
-                PostgresLedger::open(&database.url, metrics)
+                PostgresLedger::open_half(&database.url, half, metrics)
                     .await
                     .expect("open the PostgreSQL ledger"),
             ),
@@ -190,6 +200,15 @@ macro_rules! every_case {
             slot_usage_reports_gaps_and_the_highest_slot,
             winners_are_the_users_holding_a_redemption,
             a_reopened_ledger_holds_the_same_state,
+            a_voucher_half_claim_is_pending_until_settled,
+            a_void_releases_the_slot_and_the_user_key,
+            pending_lists_the_oldest_pending_first,
+            settling_an_unknown_redemption_is_not_found,
+            settles_apply_in_submission_order,
+            a_reopened_voucher_half_holds_the_same_state,
+            a_final_refusal_is_remembered,
+            a_refusal_that_is_not_final_leaves_no_trace,
+            a_final_credit_replays_its_first_answer,
         );
     };
 }
@@ -306,6 +325,8 @@ mod fixtures {
 mod cases {
     use super::fixtures::*;
     use super::*;
+
+    pub use super::halves::*;
 
     /// A claim answers the redemption (id, slot, amount, time) and the balance
     /// right after its credit, which the wallet shows as a transaction of the

@@ -1,6 +1,7 @@
 //! The claim path and voucher creation: set-based inserts where the database
 //! enforces I1 (primary key and limit CHECK) and I2 (UNIQUE (code, phone)), and
-//! each winner is credited in the same transaction (I3).
+//! each winner is credited in the same transaction (I3); in a voucher half the
+//! winners' redemptions are born pending instead, and credited elsewhere.
 
 use super::*;
 
@@ -9,16 +10,29 @@ use super::*;
 
 /// Inserts a wave's claims; a claim on an unknown voucher or outside 1..=limit
 /// joins nothing, and one whose slot or user key is taken is skipped, so the
-/// returned rows are exactly the winners.
-const CLAIM_SLOTS: &str = "\
-    INSERT INTO redemptions (code, slot, slot_limit, phone, id, amount, redeemed_at) \
-    SELECT c.code, c.slot, v.slot_limit, c.phone, c.id, v.amount, c.redeemed_at \
-    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::uuid[], $5::bigint[]) \
-         AS c (code, slot, phone, id, redeemed_at) \
-    JOIN vouchers AS v ON v.code = c.code \
-    WHERE c.slot BETWEEN 1 AND v.slot_limit \
-    ON CONFLICT DO NOTHING \
-    RETURNING code, slot, amount";
+/// returned rows are exactly the winners. `$column` and `$value` add a column.
+macro_rules! insert_claims {
+    ($column:literal, $value:literal) => {
+        concat!(
+            "INSERT INTO redemptions (code, slot, slot_limit, phone, id, amount, redeemed_at",
+            $column,
+            ") SELECT c.code, c.slot, v.slot_limit, c.phone, c.id, v.amount, c.redeemed_at",
+            $value,
+            " FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::uuid[], $5::bigint[]) \
+                 AS c (code, slot, phone, id, redeemed_at) \
+            JOIN vouchers AS v ON v.code = c.code \
+            WHERE c.slot BETWEEN 1 AND v.slot_limit \
+            ON CONFLICT DO NOTHING \
+            RETURNING code, slot, amount"
+        )
+    };
+}
+
+/// Claims credited in the same write: no state (see
+/// `migrations/0002_redemption_states.sql`).
+const CLAIM_SLOTS: &str = insert_claims!("", "");
+/// The voucher half's claims: born pending (status 0); nobody is credited here.
+const CLAIM_PENDING_SLOTS: &str = insert_claims!(", status", ", 0");
 
 /// Why the claims of a wave that were not inserted lost: the voucher's limit
 /// (NULL when there is no voucher) and the slot of the user's redemption (NULL
@@ -85,10 +99,12 @@ pub(super) async fn create_vouchers(
 }
 
 /// The claim path: claims the wave's slots, classifies the refused claims,
-/// credits the winners' wallets and records their transactions.
+/// and credits the winners' wallets and records their transactions, or in a
+/// voucher half answers the winners' redemptions as pending.
 pub(super) async fn claim_slots(
     transaction: &Transaction<'_>,
     claims: &[(usize, &Claim)],
+    half: Half,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     if claims.is_empty() {
@@ -102,7 +118,11 @@ pub(super) async fn claim_slots(
         .map(|(_, c)| redemption_id(&c.code, c.phone))
         .collect();
     let ats: Vec<i64> = claims.iter().map(|(_, c)| c.at.0).collect();
-    let statement = transaction.prepare_cached(CLAIM_SLOTS).await?;
+    let sql = match half {
+        Half::Voucher => CLAIM_PENDING_SLOTS,
+        Half::Both | Half::Wallet => CLAIM_SLOTS,
+    };
+    let statement = transaction.prepare_cached(sql).await?;
     let inserted = transaction
         .query(&statement, &[&codes, &slots, &phones, &ids, &ats])
         .await?;
@@ -132,7 +152,46 @@ pub(super) async fn claim_slots(
         }
     }
     classify_refused(transaction, &refused, progress).await?;
-    credit_winners(transaction, &winners, progress).await
+    match half {
+        Half::Voucher => {
+            answer_pending(&winners, progress);
+            Ok(())
+        }
+        Half::Both | Half::Wallet => credit_winners(transaction, &winners, progress).await,
+    }
+}
+
+/// The row a claim inserted, which tells whether a lost commit landed.
+fn claim_probe(claim: &Claim, id: Uuid) -> impl FnOnce() -> Probe + '_ {
+    move || Probe::Redemption {
+        id,
+        code: claim.code.as_str().to_owned(),
+        slot: i64::from(claim.slot),
+        phone: phone_column(claim.phone),
+        redeemed_at: claim.at.0,
+    }
+}
+
+/// Answers a voucher half's winners: their redemptions are pending, with no
+/// balance until the wallet's answer settles them.
+fn answer_pending(winners: &[(usize, &Claim, i64)], progress: &mut Progress) {
+    for &(index, claim, amount) in winners {
+        let id = redemption_id(&claim.code, claim.phone);
+        progress.wrote(claim_probe(claim, id));
+        progress.decide(
+            index,
+            Outcome::Redemption(Ok(Redemption {
+                id,
+                code: claim.code.clone(),
+                phone: claim.phone,
+                amount,
+                slot: claim.slot,
+                redeemed_at: claim.at,
+                status: RedemptionStatus::Pending,
+                balance: None,
+            })),
+        );
+    }
 }
 
 /// Answers each refused claim as the embedded ledger would: the voucher is
@@ -242,12 +301,7 @@ async fn credit_winners(
             created_at: claim.at.0,
             balance_after: head.0,
         };
-        progress.wrote(|| Probe::Redemption {
-            code: claim.code.as_str().to_owned(),
-            slot: i64::from(claim.slot),
-            phone,
-            redeemed_at: claim.at.0,
-        });
+        progress.wrote(claim_probe(claim, row.id));
         progress.decide(
             index,
             Outcome::Redemption(Ok(Redemption {

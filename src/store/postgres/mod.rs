@@ -21,6 +21,14 @@
 //! insert. Profiles and client transactions read the wallets they touch with
 //! `FOR UPDATE`, decide in Rust in submission order, then write the same way.
 //!
+//! A store may hold one half of the ledger ([`Half`], see `--role`). In a
+//! voucher half a claim inserts its redemption as pending (status 0) and
+//! credits nobody; a settle credits it (status 1 and the wallet's balance) or
+//! voids it, moving the row to `void_redemptions`, which frees its slot and
+//! user key while the same constraints keep guarding every live redemption.
+//! In the wallet half a credit whose refusal is final leaves its id in
+//! `refused_transactions`, which refuses the id again.
+//!
 //! The SQL sticks to what CockroachDB also accepts: no advisory locks, no
 //! PL/pgSQL; `INSERT … ON CONFLICT … RETURNING`, multi-array `unnest` and
 //! `SELECT … FOR UPDATE` carry the claim path.
@@ -32,7 +40,8 @@
 //!
 //! One file per concern: `schema` (migrations), `writer` (the batch writer and
 //! its retries), `waves` (wave planning), `claims` (vouchers and the claim
-//! path), `wallet_writes` (profiles and client transactions), `outcome`
+//! path), `settles` (settling a voucher half's pending redemptions),
+//! `wallet_writes` (profiles and client transactions, refusal marks), `outcome`
 //! (whether a lost commit landed), `reads`, `health` (the probe behind
 //! readiness) and `errors` (failure classification).
 
@@ -77,8 +86,11 @@ mod claims;
 mod errors;
 mod health;
 mod outcome;
+#[cfg(test)]
+mod probe_tests;
 mod reads;
 mod schema;
+mod settles;
 mod wallet_writes;
 mod waves;
 mod writer;
@@ -90,11 +102,13 @@ use errors::{describe, storage_failure, Failure};
 use health::watch_database;
 use outcome::{Probe, Progress};
 use reads::{
-    column, phone_column, read_error, read_pending, read_row, read_rows, read_wallet, stored_phone,
-    stored_u32, stored_u64, voucher_status, SELECT_REDEMPTION, SELECT_REPORT, SELECT_SLOT_GAPS,
-    SELECT_VOUCHER, SELECT_VOUCHERS, SELECT_WINNERS,
+    column, phone_column, read_error, read_pending, read_redemption, read_row, read_rows,
+    read_wallet, report_entry, stored_phone, stored_redemption, stored_u32, stored_u64,
+    voucher_status, SELECT_REPORT, SELECT_SLOT_GAPS, SELECT_VOUCHER, SELECT_VOUCHERS,
+    SELECT_WINNERS,
 };
 use schema::migrate_database;
+use settles::settle_redemptions;
 use wallet_writes::{apply_wallet_ops, insert_transactions, NewRow};
 use waves::plan_wave;
 use writer::{Writer, RETRY_MAX_DELAY_MS, RETRY_MIN_DELAY_MS};
@@ -123,12 +137,15 @@ pub struct PostgresLedger {
 
 impl PostgresLedger {
     /// Connects to the database `url` names (`postgres://user@host:port/db`),
-    /// applies the schema, and starts the writer task. Needs a Tokio runtime.
-    pub async fn open_half(url: &str, _half: Half, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        Self::open(url, metrics).await
+    /// applies the schema, and starts the writer task of an all-in-one ledger.
+    /// Needs a Tokio runtime.
+    pub async fn open(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Self::open_half(url, Half::Both, metrics).await
     }
 
-    pub async fn open(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    /// Like [`PostgresLedger::open`], for a store holding `half`: in a voucher
+    /// half claims are born pending and settled later.
+    pub async fn open_half(url: &str, half: Half, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let config = parse_url(url)?;
         migrate_database(&config).await?;
         let reachable = Arc::new(AtomicBool::new(true));
@@ -137,6 +154,7 @@ impl PostgresLedger {
         let reads = build_pool(config.clone(), READ_POOL_CONNECTIONS)?;
         let writer = Writer {
             pool: build_pool(config, WRITE_POOL_CONNECTIONS)?,
+            half,
             metrics,
         };
         let (writes, queue) = WriteQueue::bounded();
@@ -287,27 +305,7 @@ impl VoucherLedger for PostgresLedger {
         code: VoucherCode,
         phone: PhoneNumber,
     ) -> LedgerFuture<Option<Redemption>> {
-        self.read(move |client| async move {
-            let row = read_row(
-                &client,
-                SELECT_REDEMPTION,
-                &[&code.as_str(), &phone_column(phone)],
-            )
-            .await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            Ok(Some(Redemption {
-                id: redemption_id(&code, phone),
-                slot: stored_u32(column(&row, 0)?, "slot")?,
-                amount: column(&row, 1)?,
-                redeemed_at: Timestamp(column(&row, 2)?),
-                status: RedemptionStatus::Credited,
-                balance: Some(column(&row, 3)?),
-                code,
-                phone,
-            }))
-        })
+        self.read(move |client| read_redemption(client, code, phone))
     }
 
     fn report(&self, code: VoucherCode, page: PageRequest) -> LedgerFuture<Page<ReportEntry>> {
@@ -335,14 +333,7 @@ impl VoucherLedger for PostgresLedger {
             let items = rows
                 .iter()
                 .take(page.limit as usize)
-                .map(|row| {
-                    Ok(ReportEntry {
-                        status: RedemptionStatus::Credited,
-                        slot: stored_u32(column(row, 0)?, "slot")?,
-                        phone: stored_phone(column(row, 1)?)?,
-                        redeemed_at: Timestamp(column(row, 2)?),
-                    })
-                })
+                .map(report_entry)
                 .collect::<Result<Vec<_>>>()?;
             let next_cursor = more
                 .then(|| items.last().map(|e| u64::from(e.slot)))

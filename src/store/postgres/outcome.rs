@@ -20,6 +20,12 @@ const PROBE_REDEMPTION: &str = "SELECT 1 FROM redemptions \
 const PROBE_TRANSACTION: &str =
     "SELECT 1 FROM wallet_transactions WHERE phone = $1 AND sequence = $2 AND id = $3";
 const PROBE_WALLET: &str = "SELECT 1 FROM wallets WHERE phone = $1 AND created_at = $2";
+/// A redemption credited by a settle: credited is final, so once the row says
+/// so it stays so.
+const PROBE_CREDITED: &str = "SELECT 1 FROM redemptions WHERE id = $1 AND status = 1";
+const PROBE_VOID: &str =
+    "SELECT 1 FROM void_redemptions WHERE id = $1 AND slot = $2 AND redeemed_at = $3";
+const PROBE_REFUSED: &str = "SELECT 1 FROM refused_transactions WHERE id = $1";
 
 impl Writer {
     /// After COMMIT's reply was lost: answers the batch if it committed, asks
@@ -64,6 +70,7 @@ impl Writer {
                 slot,
                 phone,
                 redeemed_at,
+                ..
             } => {
                 client
                     .query_opt(PROBE_REDEMPTION, &[code, slot, phone, redeemed_at])
@@ -81,6 +88,17 @@ impl Writer {
             Probe::Wallet { phone, created_at } => {
                 client.query_opt(PROBE_WALLET, &[phone, created_at]).await?
             }
+            Probe::Credited { id } => client.query_opt(PROBE_CREDITED, &[id]).await?,
+            Probe::Void {
+                id,
+                slot,
+                redeemed_at,
+            } => {
+                client
+                    .query_opt(PROBE_VOID, &[id, slot, redeemed_at])
+                    .await?
+            }
+            Probe::Refused { id } => client.query_opt(PROBE_REFUSED, &[id]).await?,
         };
         Ok(row.is_some())
     }
@@ -94,7 +112,10 @@ pub(super) enum Probe {
         code: String,
         created_at: i64,
     },
+    /// A claimed redemption (pending in a voucher half, which may settle it
+    /// later in the same batch: see [`Progress::rewrote`]).
     Redemption {
+        id: Uuid,
         code: String,
         slot: i64,
         phone: i64,
@@ -109,6 +130,35 @@ pub(super) enum Probe {
         phone: i64,
         created_at: i64,
     },
+    /// A redemption a settle credited.
+    Credited {
+        id: Uuid,
+    },
+    /// A redemption a settle voided (moved to `void_redemptions`).
+    Void {
+        id: Uuid,
+        slot: i64,
+        redeemed_at: i64,
+    },
+    /// The mark of a transaction refused for good.
+    Refused {
+        id: Uuid,
+    },
+}
+
+impl Probe {
+    /// The redemption whose row the probe looks for, if it is one.
+    fn redemption(&self) -> Option<Uuid> {
+        match self {
+            Probe::Redemption { id, .. } | Probe::Credited { id } | Probe::Void { id, .. } => {
+                Some(*id)
+            }
+            Probe::Voucher { .. }
+            | Probe::Transaction { .. }
+            | Probe::Wallet { .. }
+            | Probe::Refused { .. } => None,
+        }
+    }
 }
 
 /// What an attempt has decided so far. It lives outside the attempt's future
@@ -134,6 +184,20 @@ impl Progress {
 
     pub(super) fn wrote(&mut self, probe: impl FnOnce() -> Probe) {
         if self.probe.is_none() {
+            self.probe = Some(probe());
+        }
+    }
+
+    /// Like [`Progress::wrote`], for a write that replaced the row of
+    /// redemption `id` (a void moves it out of `redemptions`, a later void of
+    /// a claim again rewrites its void row): a probe looking for the old row
+    /// would miss a batch that committed, so it gives way to `probe`.
+    pub(super) fn rewrote(&mut self, id: Uuid, probe: impl FnOnce() -> Probe) {
+        if self
+            .probe
+            .as_ref()
+            .is_none_or(|p| p.redemption() == Some(id))
+        {
             self.probe = Some(probe());
         }
     }

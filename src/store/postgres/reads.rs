@@ -12,14 +12,27 @@ pub(super) const SELECT_VOUCHERS: &str = "\
     SELECT v.code, v.amount, v.slot_limit, v.starts_at, v.expires_at, v.created_at, \
            (SELECT count(*) FROM redemptions AS r WHERE r.code = v.code) \
     FROM vouchers AS v";
-pub(super) const SELECT_REDEMPTION: &str = "\
-    SELECT r.slot, r.amount, r.redeemed_at, t.balance_after \
+/// A user's redemption in the columns of [`stored_redemption`]: the live row
+/// (whose balance, when it was credited in the claim's write, is its credit's),
+/// else the void one.
+const SELECT_REDEMPTION: &str = "\
+    SELECT r.id, r.code, r.slot, r.phone, r.amount, r.redeemed_at, r.status, \
+           coalesce(r.balance, t.balance_after), 0 AS rank \
     FROM redemptions AS r \
-    JOIN wallet_transactions AS t ON t.phone = r.phone AND t.id = r.id \
-    WHERE r.code = $1 AND r.phone = $2";
+    LEFT JOIN wallet_transactions AS t \
+           ON r.status IS NULL AND t.phone = r.phone AND t.id = r.id \
+    WHERE r.code = $1 AND r.phone = $2 \
+    UNION ALL \
+    SELECT id, code, slot, phone, amount, redeemed_at, 2::SMALLINT, NULL::BIGINT, 1 \
+    FROM void_redemptions WHERE id = $3 \
+    ORDER BY rank LIMIT 1";
 pub(super) const SELECT_REPORT: &str = "\
-    SELECT slot, phone, redeemed_at FROM redemptions \
+    SELECT slot, phone, redeemed_at, status FROM redemptions \
     WHERE code = $1 AND slot > $2 ORDER BY slot LIMIT $3 OFFSET $4";
+/// The oldest pending redemptions, on the partial index of the pending.
+const SELECT_PENDING: &str = "\
+    SELECT id, code, slot, phone, amount, redeemed_at, status, balance FROM redemptions \
+    WHERE status = 0 AND redeemed_at < $1 ORDER BY redeemed_at, id LIMIT $2";
 pub(super) const SELECT_WINNERS: &str =
     "SELECT phone FROM redemptions WHERE code = $1 ORDER BY slot";
 /// The free ranges below the highest taken slot, and one last row (first = 0)
@@ -87,6 +100,55 @@ pub(super) fn stored_u64(value: i64, what: &str) -> Result<u64> {
 /// Every phone is at most 15 digits (checked at the edge), so it fits an i64.
 pub(super) fn phone_column(phone: PhoneNumber) -> i64 {
     phone.stored() as i64
+}
+
+/// A redemption's status as stored: NULL for one credited in the claim's own
+/// write (role `all`), else [`RedemptionStatus::stored`].
+pub(super) fn stored_status(value: Option<i16>) -> Result<RedemptionStatus> {
+    let Some(value) = value else {
+        return Ok(RedemptionStatus::Credited);
+    };
+    let value = u8::try_from(value)
+        .map_err(|_| Error::storage(format!("unknown redemption status {value}")))?;
+    RedemptionStatus::from_stored(value)
+}
+
+/// A redemption from the columns (id, code, slot, phone, amount, redeemed_at,
+/// status, balance).
+pub(super) fn stored_redemption(row: &Row) -> Result<Redemption> {
+    let code: String = column(row, 1)?;
+    Ok(Redemption {
+        id: column(row, 0)?,
+        code: VoucherCode::parse(&code).map_err(Error::storage)?,
+        slot: stored_u32(column(row, 2)?, "slot")?,
+        phone: stored_phone(column(row, 3)?)?,
+        amount: column(row, 4)?,
+        redeemed_at: Timestamp(column(row, 5)?),
+        status: stored_status(column(row, 6)?)?,
+        balance: column(row, 7)?,
+    })
+}
+
+/// A user's redemption of a voucher as it stands (a void one too).
+pub(super) async fn read_redemption(
+    client: Object,
+    code: VoucherCode,
+    phone: PhoneNumber,
+) -> Result<Option<Redemption>> {
+    let id = redemption_id(&code, phone);
+    let params: [&(dyn ToSql + Sync); 3] = [&code.as_str(), &phone_column(phone), &id];
+    let row = read_row(&client, SELECT_REDEMPTION, &params).await?;
+    row.as_ref().map(stored_redemption).transpose()
+}
+
+/// One line of a voucher's report from (slot, phone, redeemed_at, status).
+pub(super) fn report_entry(row: &Row) -> Result<ReportEntry> {
+    Ok(ReportEntry {
+        slot: stored_u32(column(row, 0)?, "slot")?,
+        phone: stored_phone(column(row, 1)?)?,
+        redeemed_at: Timestamp(column(row, 2)?),
+        status: stored_status(column(row, 3)?)?,
+    })
 }
 
 pub(super) fn voucher_status(row: &Row) -> Result<VoucherStatus> {
@@ -189,11 +251,11 @@ fn wallet_transaction(row: &Row, phone: PhoneNumber) -> Result<WalletTransaction
 
 /// Up to `limit` pending redemptions claimed before `claimed_before`, oldest first.
 pub(super) async fn read_pending(
-    _client: Object,
-    _claimed_before: Timestamp,
-    _limit: usize,
+    client: Object,
+    claimed_before: Timestamp,
+    limit: usize,
 ) -> Result<Vec<Redemption>> {
-    // The PostgreSQL voucher half (pending claims) is being built; until then
-    // this ledger holds no pending redemption: its claims carry their credit.
-    Ok(Vec::new())
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = read_rows(&client, SELECT_PENDING, &[&claimed_before.0, &limit]).await?;
+    rows.iter().map(stored_redemption).collect()
 }

@@ -4,10 +4,20 @@
 use super::*;
 
 /// The schema, applied in order at every open; each file is idempotent.
-const MIGRATIONS: [(&str, &str); 1] = [(
-    "0001_initial",
-    include_str!("../../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: [(&str, &str); 3] = [
+    (
+        "0001_initial",
+        include_str!("../../../migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_redemption_states",
+        include_str!("../../../migrations/0002_redemption_states.sql"),
+    ),
+    (
+        "0003_redemption_state_indexes",
+        include_str!("../../../migrations/0003_redemption_state_indexes.sql"),
+    ),
+];
 
 /// Attempts at applying the schema when instances migrate one database at once.
 const MAX_MIGRATION_RETRIES: usize = 5;

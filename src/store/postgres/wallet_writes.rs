@@ -1,7 +1,8 @@
 //! Wallet writes: profiles and client transactions decided in submission order
 //! under the wallets' row locks, so a balance never goes below zero (I5) and
-//! sequences grow along each wallet's history; also the transaction inserts the
-//! claim path shares.
+//! sequences grow along each wallet's history; a replayable transaction whose
+//! refusal is final leaves a mark (`refused_transactions`) that refuses its id
+//! again; also the transaction inserts the claim path shares.
 
 use super::*;
 
@@ -11,9 +12,20 @@ const INSERT_TRANSACTIONS: &str = "\
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bool[], \
                          $5::bigint[], $6::text[], $7::bigint[], $8::bigint[])";
 
+/// The first transaction of each replayable id, and (last column true) the
+/// ids refused for good, whose other columns mean nothing.
 const FIND_REPLAYS: &str = "\
-    SELECT id, phone, sequence, amount, reference, created_at, balance_after \
-    FROM wallet_transactions WHERE replayable AND id = ANY($1::uuid[])";
+    SELECT id, phone, sequence, amount, reference, created_at, balance_after, false \
+    FROM wallet_transactions WHERE replayable AND id = ANY($1::uuid[]) \
+    UNION ALL \
+    SELECT id, phone, 0::BIGINT, 0::BIGINT, '', refused_at, 0::BIGINT, true \
+    FROM refused_transactions WHERE id = ANY($1::uuid[])";
+
+/// Marks ids refused for good; a mark another instance made meanwhile stands.
+const RECORD_REFUSALS: &str = "\
+    INSERT INTO refused_transactions (id, phone, reason, refused_at) \
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[]) \
+    ON CONFLICT (id) DO NOTHING";
 
 /// Locks the heads of the wallets a wave's profiles and transactions touch,
 /// in one order so that two instances cannot deadlock on them.
@@ -116,8 +128,10 @@ pub(super) async fn apply_wallet_ops(
     if indices.is_empty() {
         return Ok(());
     }
-    let mut replays = find_replays(transaction, requests, indices).await?;
+    // Locked first: once another instance's transaction on these wallets
+    // commits, its id (or its refusal's mark) is seen below.
     let mut heads = lock_heads(transaction, requests, indices).await?;
+    let mut replays = find_replays(transaction, requests, indices).await?;
     let mut rows: Vec<NewRow> = Vec::new();
     for &index in indices {
         let outcome = match &requests[index] {
@@ -142,15 +156,61 @@ pub(super) async fn apply_wallet_ops(
             id,
         });
     }
-    insert_transactions(transaction, &rows).await
+    insert_transactions(transaction, &rows).await?;
+    record_refusals(transaction, &replays.new_refusals, progress).await
 }
 
-/// The first stored transaction of each replayable id the wave carries.
+/// What a wave knows of its replayable ids.
+#[derive(Default)]
+struct Replays {
+    /// The first transaction of each id applied before.
+    first: HashMap<Uuid, WalletTransaction>,
+    /// Ids refused for good: the stored marks and the wave's own.
+    refused: HashSet<Uuid>,
+    /// The marks the wave makes: (id, phone, reason, refused_at).
+    new_refusals: Vec<(Uuid, i64, String, i64)>,
+}
+
+impl Replays {
+    /// Answers a refused transaction; a replayable one whose refusal is final
+    /// leaves a mark, so its id is refused again whatever the wallet holds later.
+    fn refuse(&mut self, new: &NewTransaction, refusal: Error) -> Error {
+        if new.replayable && new.refusal_is_final && self.refused.insert(new.id) {
+            let phone = phone_column(new.phone);
+            let mark = (new.id, phone, refusal.to_string(), new.at.0);
+            self.new_refusals.push(mark);
+        }
+        refusal
+    }
+}
+
+async fn record_refusals(
+    transaction: &Transaction<'_>,
+    refusals: &[(Uuid, i64, String, i64)],
+    progress: &mut Progress,
+) -> Result<(), Failure> {
+    let Some(&(first, ..)) = refusals.first() else {
+        return Ok(());
+    };
+    let ids: Vec<Uuid> = refusals.iter().map(|r| r.0).collect();
+    let phones: Vec<i64> = refusals.iter().map(|r| r.1).collect();
+    let reasons: Vec<&str> = refusals.iter().map(|r| r.2.as_str()).collect();
+    let ats: Vec<i64> = refusals.iter().map(|r| r.3).collect();
+    let statement = transaction.prepare_cached(RECORD_REFUSALS).await?;
+    transaction
+        .execute(&statement, &[&ids, &phones, &reasons, &ats])
+        .await?;
+    progress.wrote(|| Probe::Refused { id: first });
+    Ok(())
+}
+
+/// The first stored transaction of each replayable id the wave carries, and
+/// which of them were refused for good.
 async fn find_replays(
     transaction: &Transaction<'_>,
     requests: &[Request],
     indices: &[usize],
-) -> Result<HashMap<Uuid, WalletTransaction>, Failure> {
+) -> Result<Replays, Failure> {
     let replay_ids: Vec<Uuid> = indices
         .iter()
         .filter_map(|&i| match &requests[i] {
@@ -158,12 +218,16 @@ async fn find_replays(
             _ => None,
         })
         .collect();
-    let mut replays = HashMap::new();
+    let mut replays = Replays::default();
     if replay_ids.is_empty() {
         return Ok(replays);
     }
     let statement = transaction.prepare_cached(FIND_REPLAYS).await?;
     for row in transaction.query(&statement, &[&replay_ids]).await? {
+        if row.try_get::<_, bool>(7)? {
+            replays.refused.insert(row.try_get(0)?);
+            continue;
+        }
         let first = WalletTransaction {
             id: row.try_get(0)?,
             phone: stored_phone(row.try_get(1)?).map_err(storage_failure)?,
@@ -173,7 +237,7 @@ async fn find_replays(
             created_at: Timestamp(row.try_get(5)?),
             balance_after: row.try_get(6)?,
         };
-        replays.insert(first.id, first);
+        replays.first.insert(first.id, first);
     }
     Ok(replays)
 }
@@ -314,11 +378,16 @@ fn open_profile(
 fn apply_transaction(
     new: &NewTransaction,
     heads: &mut HashMap<i64, Head>,
-    replays: &mut HashMap<Uuid, WalletTransaction>,
+    replays: &mut Replays,
     rows: &mut Vec<NewRow>,
 ) -> Result<WalletTransaction> {
     if new.replayable {
-        if let Some(first) = replays.get(&new.id) {
+        if replays.refused.contains(&new.id) {
+            return Err(Error::CreditRefused {
+                reason: "refused earlier".to_owned(),
+            });
+        }
+        if let Some(first) = replays.first.get(&new.id) {
             return wallet::replay(first.clone(), new.phone, new.amount, &new.reference);
         }
     }
@@ -326,7 +395,8 @@ fn apply_transaction(
     let (balance, last_sequence) = heads
         .get(&phone)
         .map_or((0, 0), |head| (head.balance, head.last_sequence));
-    let new_balance = wallet::balance_after(balance, new.amount)?;
+    let new_balance = wallet::balance_after(balance, new.amount)
+        .map_err(|refusal| replays.refuse(new, refusal))?;
     // A credit opens the wallet if needed, as the embedded ledger does.
     let head = heads.entry(phone).or_insert(Head::opened(new.at));
     let row = NewRow {
@@ -342,7 +412,7 @@ fn apply_transaction(
     let applied = row.to_transaction(new.phone);
     append(head, row, rows);
     if new.replayable {
-        replays.insert(new.id, applied.clone());
+        replays.first.insert(new.id, applied.clone());
     }
     Ok(applied)
 }

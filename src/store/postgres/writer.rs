@@ -32,6 +32,8 @@ const _: () = assert!(RETRY_MIN_DELAY_MS <= RETRY_MAX_DELAY_MS);
 /// The single task that writes: it owns the group commit.
 pub(super) struct Writer {
     pub(super) pool: Pool,
+    /// Which halves the store holds: in a voucher half, claims are born pending.
+    pub(super) half: Half,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -116,7 +118,7 @@ impl Writer {
         let mut client = self.pool.get().await?;
         let mut progress = Progress::new(requests.len());
         let limit = Duration::from_millis(BATCH_ATTEMPT_TIMEOUT_MS);
-        let run = apply_batch(&mut client, requests, &mut progress);
+        let run = apply_batch(&mut client, requests, self.half, &mut progress);
         let failure = match tokio::time::timeout(limit, run).await {
             Ok(Ok(())) => return progress.into_outcomes(),
             Ok(Err(failure)) => {
@@ -138,20 +140,32 @@ impl Writer {
 }
 
 /// Applies every request in one transaction, wave by wave, and commits.
-async fn apply_batch(
+pub(super) async fn apply_batch(
     client: &mut Object,
     requests: &[Request],
+    half: Half,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     let transaction = client.transaction().await?;
+    apply_waves(&transaction, requests, half, progress).await?;
+    progress.committing = true;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Applies every request inside `transaction`, wave by wave.
+pub(super) async fn apply_waves(
+    transaction: &Transaction<'_>,
+    requests: &[Request],
+    half: Half,
+    progress: &mut Progress,
+) -> Result<(), Failure> {
     let mut pending: Vec<usize> = (0..requests.len()).collect();
     while !pending.is_empty() {
         let (wave, deferred) = plan_wave(requests, &pending);
-        apply_wave(&transaction, requests, &wave, progress).await?;
+        apply_wave(transaction, requests, &wave, half, progress).await?;
         pending = deferred;
     }
-    progress.committing = true;
-    transaction.commit().await?;
     Ok(())
 }
 
@@ -159,6 +173,7 @@ async fn apply_wave(
     transaction: &Transaction<'_>,
     requests: &[Request],
     wave: &[usize],
+    half: Half,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     let mut vouchers = Vec::new();
@@ -174,21 +189,7 @@ async fn apply_wave(
         }
     }
     create_vouchers(transaction, &vouchers, progress).await?;
-    claim_slots(transaction, &claims, progress).await?;
+    claim_slots(transaction, &claims, half, progress).await?;
     apply_wallet_ops(transaction, requests, &wallet_ops, progress).await?;
-    settle_redemptions(transaction, &settles, progress).await
-}
-
-/// Settles pending redemptions (the voucher half).
-async fn settle_redemptions(
-    _transaction: &Transaction<'_>,
-    settles: &[(usize, Uuid, &Resolution)],
-    progress: &mut Progress,
-) -> Result<(), Failure> {
-    for &(index, _, _) in settles {
-        // The PostgreSQL voucher half is being built: its claims carry their
-        // credit and are never pending, so there is nothing to settle.
-        progress.decide(index, Outcome::Redemption(Err(Error::RedemptionNotFound)));
-    }
-    Ok(())
+    settle_redemptions(transaction, &settles, half, progress).await
 }
