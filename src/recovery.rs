@@ -21,6 +21,7 @@ use crate::domain::Timestamp;
 use crate::limits::{MAX_CREDITS_PER_CALL, RECOVERY_INTERVAL_MS, RECOVERY_MAX_PER_PASS};
 use crate::metrics::Metrics;
 use crate::redemption::{recover_once, CreditPort, PendingLedger, RecoveryPass};
+use crate::service::Service;
 
 /// What recovery needs, shared with the task.
 pub struct Recovery {
@@ -31,6 +32,9 @@ pub struct Recovery {
     /// How long a redemption stays pending before a pass takes it
     /// ([`RECOVERY_PENDING_AFTER_MS`] unless configured).
     pub pending_after: Duration,
+    /// Told of each redemption a pass voided, so its slot goes back to the
+    /// pool and its user may claim again.
+    pub service: Arc<Service>,
 }
 
 impl Recovery {
@@ -78,6 +82,9 @@ impl Recovery {
                 }
             };
             let done = pass.examined < MAX_CREDITS_PER_CALL || pass.still_pending > 0;
+            for voided in &pass.released {
+                self.service.released(voided).await;
+            }
             merge(&mut total, pass);
             // A batch left pending (the wallet is still away) ends the pass:
             // the same redemptions would come first again.
@@ -99,6 +106,7 @@ fn merge(total: &mut RecoveryPass, pass: RecoveryPass) {
     total.credited += pass.credited;
     total.voided += pass.voided;
     total.still_pending += pass.still_pending;
+    total.released.extend(pass.released);
     total.oldest = match (total.oldest, pass.oldest) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

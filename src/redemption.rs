@@ -139,8 +139,23 @@ pub async fn complete(
     if redemption.status != RedemptionStatus::Pending {
         return Ok(redemption);
     }
-    let mut answers = wallet.credit(vec![Credit::of(&redemption)]).await;
-    let answer = answers.pop().unwrap_or(CreditAnswer::Unknown);
+    let answer = credit(wallet, &redemption).await;
+    settle_by(ledger, redemption, answer).await
+}
+
+/// Sends one pending redemption's credit and answers what the wallet said.
+pub async fn credit(wallet: &dyn CreditPort, redemption: &Redemption) -> CreditAnswer {
+    let mut answers = wallet.credit(vec![Credit::of(redemption)]).await;
+    answers.pop().unwrap_or(CreditAnswer::Unknown)
+}
+
+/// Settles a pending redemption by the wallet's answer to its credit (an
+/// unknown answer leaves it pending).
+pub async fn settle_by(
+    ledger: &dyn PendingLedger,
+    redemption: Redemption,
+    answer: CreditAnswer,
+) -> Result<Redemption> {
     match resolution(answer) {
         Some(resolution) => ledger.settle(redemption.id, resolution).await,
         None => Ok(redemption),
@@ -158,6 +173,8 @@ pub struct RecoveryPass {
     pub still_pending: usize,
     /// When the oldest examined redemption was claimed.
     pub oldest: Option<Timestamp>,
+    /// The redemptions the pass voided (their slots are free again).
+    pub released: Vec<Redemption>,
 }
 
 /// One recovery pass: re-sends (idempotently, in one batch) the credits of up to
@@ -188,10 +205,13 @@ pub async fn recover_once(
             resolution(answer).map(|resolution| ledger.settle(redemption.id, resolution))
         });
     for settled in futures::future::join_all(settles).await {
-        match settled.map(|r| r.status) {
-            Ok(RedemptionStatus::Credited) => pass.credited += 1,
-            Ok(RedemptionStatus::Void) => pass.voided += 1,
-            Ok(RedemptionStatus::Pending) | Err(_) => {}
+        match settled {
+            Ok(r) if r.status == RedemptionStatus::Credited => pass.credited += 1,
+            Ok(r) if r.status == RedemptionStatus::Void => {
+                pass.voided += 1;
+                pass.released.push(r);
+            }
+            Ok(_) | Err(_) => {}
         }
     }
     pass.still_pending = pass.examined - pass.credited - pass.voided;

@@ -291,35 +291,53 @@ impl Service {
     /// settles it, in a task of its own so the credit goes on when the request
     /// stops waiting at its deadline ([`REDEEM_CREDIT_DEADLINE_MS`] unless
     /// configured) and answers it pending.
+    ///
+    /// The request answers as soon as the wallet said `applied`: the credit is
+    /// durable in the wallet and the redemption in the voucher ledger, so the
+    /// win is final whether or not the settle that follows commits (if it does
+    /// not, recovery re-sends the credit, which the wallet answers the same, and
+    /// settles it). A refusal is answered only once the void is committed, since
+    /// that frees the slot.
     async fn complete(
         &self,
         claimed: Redemption,
         wallet: Arc<dyn CreditPort>,
     ) -> Result<Redemption> {
-        let ledger = self.vouchers()?.clone();
+        let ledger: Arc<dyn redemption::PendingLedger> = self.vouchers()?.clone();
+        let (told, answered) = tokio::sync::oneshot::channel();
         let pending = claimed.clone();
         let settled = tokio::spawn(async move {
-            let ledger: Arc<dyn redemption::PendingLedger> = ledger;
-            redemption::complete(ledger.as_ref(), wallet.as_ref(), pending).await
+            let answer = redemption::credit(wallet.as_ref(), &pending).await;
+            let _ = told.send(answer.clone());
+            redemption::settle_by(ledger.as_ref(), pending, answer).await
         });
-        let redemption = match tokio::time::timeout(self.credit_deadline, settled).await {
-            Ok(Ok(Ok(settled))) => settled,
-            // Settling failed or the deadline passed: the redemption is pending,
-            // and recovery finishes it.
-            Ok(Ok(Err(_)) | Err(_)) | Err(_) => claimed,
-        };
-        if redemption.status == RedemptionStatus::Void {
-            self.release(&redemption).await;
-            return Err(Error::CreditRefused {
-                reason: "the wallet refused the credit".to_owned(),
-            });
+        let deadline = tokio::time::Instant::now() + self.credit_deadline;
+        match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(CreditAnswer::Applied { balance })) => Ok(Redemption {
+                status: RedemptionStatus::Credited,
+                balance: Some(balance),
+                ..claimed
+            }),
+            Ok(Ok(CreditAnswer::Refused { .. })) => {
+                match tokio::time::timeout_at(deadline, settled).await {
+                    Ok(Ok(Ok(voided))) if voided.status == RedemptionStatus::Void => {
+                        self.released(&voided).await;
+                        Err(Error::CreditRefused {
+                            reason: "the wallet refused the credit".to_owned(),
+                        })
+                    }
+                    // Not settled yet: pending, and recovery voids it.
+                    _ => Ok(claimed),
+                }
+            }
+            // Unknown, or no answer by the deadline: pending.
+            _ => Ok(claimed),
         }
-        Ok(redemption)
     }
 
     /// A void redemption gave its slot and user key back in the ledger; the
     /// shard puts the slot back in its pool and forgets the winner.
-    async fn release(&self, redemption: &Redemption) {
+    pub async fn released(&self, redemption: &Redemption) {
         self.metrics.protocol.count_voided();
         let shard = self.directory.voucher_shard(redemption.code.as_str());
         let _ = shard.cast(VoucherShardMsg::Released {

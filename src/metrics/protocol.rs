@@ -117,6 +117,7 @@ impl ProtocolMetrics {
         }
     }
 
+    /// A redemption voided (on the request path or by recovery).
     pub fn count_voided(&self) {
         self.voided.inc();
     }
@@ -127,6 +128,5 @@ impl ProtocolMetrics {
         self.pending_backlog.set(pass.examined as i64);
         self.pending_oldest_age.set(oldest_age.as_secs_f64());
         self.recovered.inc_by((pass.credited + pass.voided) as u64);
-        self.voided.inc_by(pass.voided as u64);
     }
 }
