@@ -143,6 +143,38 @@ pub async fn complete(
     settle_by(ledger, redemption, answer).await
 }
 
+/// [`complete`], telling `tell` what a client may be answered as soon as it is
+/// known: the redemption as credited the moment the wallet said `Applied` (the
+/// credit is durable in the wallet and the claim in the voucher ledger, so the
+/// win is final even if the settle that follows is lost: recovery re-sends the
+/// credit, gets the same answer and settles it); otherwise the redemption as
+/// settled (void only once the void is committed, since that frees the slot),
+/// or still pending. Answers the settled redemption, like [`complete`].
+pub async fn complete_and_tell(
+    ledger: &dyn PendingLedger,
+    wallet: &dyn CreditPort,
+    redemption: Redemption,
+    tell: tokio::sync::oneshot::Sender<Result<Redemption>>,
+) -> Result<Redemption> {
+    if redemption.status != RedemptionStatus::Pending {
+        let _ = tell.send(Ok(redemption.clone()));
+        return Ok(redemption);
+    }
+    let answer = credit(wallet, &redemption).await;
+    if let CreditAnswer::Applied { balance } = answer {
+        let credited = Redemption {
+            status: RedemptionStatus::Credited,
+            balance: Some(balance),
+            ..redemption.clone()
+        };
+        let _ = tell.send(Ok(credited));
+        return settle_by(ledger, redemption, answer).await;
+    }
+    let settled = settle_by(ledger, redemption, answer).await;
+    let _ = tell.send(settled.clone());
+    settled
+}
+
 /// Sends one pending redemption's credit and answers what the wallet said.
 pub async fn credit(wallet: &dyn CreditPort, redemption: &Redemption) -> CreditAnswer {
     let mut answers = wallet.credit(vec![Credit::of(redemption)]).await;

@@ -292,46 +292,30 @@ impl Service {
     /// stops waiting at its deadline ([`REDEEM_CREDIT_DEADLINE_MS`] unless
     /// configured) and answers it pending.
     ///
-    /// The request answers as soon as the wallet said `applied`: the credit is
-    /// durable in the wallet and the redemption in the voucher ledger, so the
-    /// win is final whether or not the settle that follows commits (if it does
-    /// not, recovery re-sends the credit, which the wallet answers the same, and
-    /// settles it). A refusal is answered only once the void is committed, since
-    /// that frees the slot.
+    /// When the client may be told what is [`redemption::complete_and_tell`]'s
+    /// rule (the simulation runs the same function).
     async fn complete(
         &self,
         claimed: Redemption,
         wallet: Arc<dyn CreditPort>,
     ) -> Result<Redemption> {
         let ledger: Arc<dyn redemption::PendingLedger> = self.vouchers()?.clone();
-        let (told, answered) = tokio::sync::oneshot::channel();
+        let (tell, told) = tokio::sync::oneshot::channel();
         let pending = claimed.clone();
-        let settled = tokio::spawn(async move {
-            let answer = redemption::credit(wallet.as_ref(), &pending).await;
-            let _ = told.send(answer.clone());
-            redemption::settle_by(ledger.as_ref(), pending, answer).await
+        tokio::spawn(async move {
+            redemption::complete_and_tell(ledger.as_ref(), wallet.as_ref(), pending, tell).await
         });
-        let deadline = tokio::time::Instant::now() + self.credit_deadline;
-        match tokio::time::timeout_at(deadline, answered).await {
-            Ok(Ok(CreditAnswer::Applied { balance })) => Ok(Redemption {
-                status: RedemptionStatus::Credited,
-                balance: Some(balance),
-                ..claimed
-            }),
-            Ok(Ok(CreditAnswer::Refused { .. })) => {
-                match tokio::time::timeout_at(deadline, settled).await {
-                    Ok(Ok(Ok(voided))) if voided.status == RedemptionStatus::Void => {
-                        self.released(&voided).await;
-                        Err(Error::CreditRefused {
-                            reason: "the wallet refused the credit".to_owned(),
-                        })
-                    }
-                    // Not settled yet: pending, and recovery voids it.
-                    _ => Ok(claimed),
-                }
+        match tokio::time::timeout(self.credit_deadline, told).await {
+            Ok(Ok(Ok(voided))) if voided.status == RedemptionStatus::Void => {
+                self.released(&voided).await;
+                Err(Error::CreditRefused {
+                    reason: "the wallet refused the credit".to_owned(),
+                })
             }
-            // Unknown, or no answer by the deadline: pending.
-            _ => Ok(claimed),
+            Ok(Ok(Ok(redemption))) => Ok(redemption),
+            // Settling failed, or no answer by the deadline: the redemption is
+            // pending, and the task or recovery finishes it.
+            Ok(Ok(Err(_)) | Err(_)) | Err(_) => Ok(claimed),
         }
     }
 

@@ -2,7 +2,7 @@
 //! style of the FoundationDB and TigerBeetle simulators.
 //!
 //! # What runs
-//! The real drivers `voucherd::redemption::{complete, recover_once}` and the
+//! The real drivers `voucherd::redemption::{complete_and_tell, recover_once}` and the
 //! real wallet rules (`domain::wallet::{replay, balance_after}`,
 //! `redemption::answer_of`) run against in-memory models (`tests/sim/`):
 //! - the voucher ledger (`sim/ledger.rs`): claims (a random free slot in
@@ -12,7 +12,7 @@
 //!   record ever written, so a user who claims again after a void leaves the
 //!   void record behind for the checks.
 //! - the voucher service process (`sim/service.rs`): a request handler per
-//!   attempt (claim, then `complete`; the client waits until its deadline,
+//!   attempt (claim, then `complete_and_tell`; the client waits until its deadline,
 //!   then is told `pending`), and one or two recovery loops (`recover_once`
 //!   every so often). Users of the crowd (more than the limit) may try twice.
 //! - the wallet (`sim/wallet.rs`): credits applied once per id, the first

@@ -1,5 +1,5 @@
 //! The voucher service process: a request handler per redemption attempt
-//! (claim, then the real `complete`) and recovery loops (the real
+//! (claim, then the real `complete_and_tell`) and recovery loops (the real
 //! `recover_once`). A crash aborts all of them wherever they are; the ledger
 //! keeps what was written.
 
@@ -13,7 +13,7 @@ use tokio::time::{timeout_at, Instant};
 use uuid::Uuid;
 use voucherd::domain::{PhoneNumber, Redemption, RedemptionStatus, Timestamp};
 use voucherd::error::Result;
-use voucherd::redemption::{complete, recover_once, CreditPort};
+use voucherd::redemption::{complete_and_tell, recover_once, CreditPort};
 
 use super::ledger::VoucherLedger;
 use super::world::World;
@@ -139,7 +139,9 @@ impl VoucherService {
 /// Where a handler sends an answer back to the waiting client.
 type Reply = oneshot::Sender<Result<Redemption>>;
 
-/// A request handler: claim, then complete the redemption with the real driver.
+/// A request handler: claim, then complete the redemption with the real driver
+/// (`complete_and_tell`, which the voucher service runs), telling the client
+/// what it says as soon as it says it.
 async fn handle(
     ledger: VoucherLedger,
     port: Arc<dyn CreditPort>,
@@ -155,8 +157,8 @@ async fn handle(
         }
     };
     let _ = claimed.send(Ok(redemption.clone()));
-    let completed = complete(&ledger, port.as_ref(), redemption).await;
-    let _ = done.send(completed);
+    // The service's own rule for when a client may be told what.
+    let _ = complete_and_tell(&ledger, port.as_ref(), redemption, done).await;
 }
 
 /// One instance's recovery loop, running the real `recover_once` forever.
