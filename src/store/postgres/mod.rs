@@ -84,6 +84,8 @@ use crate::redemption::Resolution;
 
 mod claims;
 mod errors;
+#[cfg(test)]
+mod fixtures;
 mod health;
 mod outcome;
 #[cfg(test)]

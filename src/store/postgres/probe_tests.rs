@@ -5,6 +5,7 @@
 //! (`VOUCHERD_TEST_POSTGRES`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database each.
 
+use super::fixtures::{claim, code, phone};
 use super::writer::{apply_batch, apply_waves};
 use super::*;
 
@@ -93,23 +94,6 @@ async fn assert_probe_tells(writer: &Writer, requests: &[Request], what: &str) -
     let found = writer.probe(&probe).await.expect("probe");
     assert!(found, "{what}: committed, yet {probe:?} missed it");
     outcomes
-}
-
-fn code() -> VoucherCode {
-    VoucherCode::parse("GOAL").expect("a valid code")
-}
-
-fn phone(n: u64) -> PhoneNumber {
-    PhoneNumber::from_stored(989_120_000_000 + n)
-}
-
-fn claim(n: u64, slot: u32) -> Request {
-    Request::Claim(Claim {
-        code: code(),
-        phone: phone(n),
-        slot,
-        at: Timestamp(i64::from(slot) * 1_000 + n as i64),
-    })
 }
 
 fn settle(n: u64, resolution: Resolution) -> Request {

@@ -171,24 +171,8 @@ impl<'a> Plan<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{claim, code, phone};
     use super::*;
-
-    fn code() -> VoucherCode {
-        VoucherCode::parse("GOAL").expect("valid code")
-    }
-
-    fn phone(n: u64) -> PhoneNumber {
-        PhoneNumber::from_stored(989_120_000_000 + n)
-    }
-
-    fn claim(n: u64, slot: u32) -> Request {
-        Request::Claim(Claim {
-            code: code(),
-            phone: phone(n),
-            slot,
-            at: Timestamp(1),
-        })
-    }
 
     fn transact(n: u64) -> Request {
         Request::Transact(NewTransaction {
