@@ -185,35 +185,11 @@ impl From<VoucherStatus> for VoucherResponse {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RedeemResponse {
-    pub redemption_id: String,
-    /// `credited` (200, with the balance) or `pending` (202: the credit has not
-    /// been confirmed yet; the status lookup tells when it is).
-    pub status: &'static str,
-    pub code: String,
-    pub phone_number: String,
-    pub amount: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub balance: Option<i64>,
-}
-
-impl From<Redemption> for RedeemResponse {
-    fn from(r: Redemption) -> Self {
-        Self {
-            redemption_id: r.id.to_string(),
-            status: r.status.as_str(),
-            code: r.code.to_string(),
-            phone_number: r.phone.to_string(),
-            amount: r.amount,
-            balance: r.balance,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
+/// A redemption: the redeem's answer (200 `credited`, or 202 `pending`: the
+/// credit has not been confirmed yet and the status lookup tells when it is)
+/// and the status lookup's (`pending`, `credited` or `void`).
 pub struct RedemptionResponse {
     pub redemption_id: String,
-    /// `pending`, `credited` or `void`.
     pub status: &'static str,
     pub code: String,
     pub phone_number: String,

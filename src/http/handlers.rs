@@ -7,7 +7,7 @@ use percent_encoding::percent_decode_str;
 
 use super::dto::{
     page_request, parse_json, CreateProfileBody, CreateVoucherBody, ProfileCreatedResponse,
-    ProfileResponse, RedeemBody, RedeemResponse, RedemptionResponse, ReportBody, ReportResponse,
+    ProfileResponse, RedeemBody, RedemptionResponse, ReportBody, ReportResponse,
     TransactionBody, TransactionResponse, VoucherResponse,
 };
 use super::error::ApiError;
@@ -58,7 +58,7 @@ pub async fn get_voucher_by_query(service: &Service, query: &Query) -> Outcome<V
     Ok(service.voucher(code).await?.into())
 }
 
-pub async fn redeem(service: &Service, body: &[u8]) -> Outcome<RedeemResponse> {
+pub async fn redeem(service: &Service, body: &[u8]) -> Outcome<RedemptionResponse> {
     let body: RedeemBody = parse_json(body)?;
     let code = VoucherCode::parse(&body.code)?;
     let phone = PhoneNumber::parse(&body.phone_number)?;

@@ -184,7 +184,7 @@ async fn dispatch(service: &Service, endpoint: Endpoint, inputs: Inputs) -> Resp
 }
 
 /// 200 with the balance when the credit landed, 202 while it is pending.
-fn redeemed(outcome: Result<dto::RedeemResponse, ApiError>) -> Response {
+fn redeemed(outcome: Result<dto::RedemptionResponse, ApiError>) -> Response {
     let status = match &outcome {
         Ok(redemption) if redemption.status == "pending" => StatusCode::ACCEPTED,
         _ => StatusCode::OK,
