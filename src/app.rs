@@ -89,7 +89,6 @@ impl App {
             }
             None => None,
         };
-        let recovery = start_recovery(&parts, &settings, &metrics);
         let readiness = Arc::new(Readiness::default());
         let (fatal_sender, fatal) = watch::channel(None);
         let arguments = SupervisorArgs {
@@ -110,6 +109,7 @@ impl App {
         if let Some(limiter) = &phone_rate {
             limiter.spawn_sweeper();
         }
+        let recovery_parts = parts.clone();
         let service = Arc::new(
             Service::new(
                 catalog,
@@ -123,6 +123,7 @@ impl App {
             .with_credit_deadline(settings.protocol.credit_deadline)
             .with_clock(settings.clock.clone()),
         );
+        let recovery = start_recovery(&recovery_parts, &settings, &service);
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         Ok(Self {
@@ -283,11 +284,7 @@ async fn load_catalog(
 
 /// A voucher service's recovery task (see [`crate::recovery`]); it runs until
 /// the app stops.
-fn start_recovery(
-    parts: &Parts,
-    settings: &Settings,
-    metrics: &Arc<Metrics>,
-) -> Option<JoinHandle<()>> {
+fn start_recovery(parts: &Parts, settings: &Settings, service: &Service) -> Option<JoinHandle<()>> {
     let (Some(ledger), Some(wallet)) = (&parts.vouchers, &parts.credits) else {
         return None;
     };
@@ -295,8 +292,12 @@ fn start_recovery(
         ledger: ledger.clone(),
         wallet: wallet.clone(),
         clock: settings.clock.clone(),
-        metrics: metrics.clone(),
+        metrics: service.metrics_handle(),
         pending_after: settings.protocol.recovery_after,
+        release: {
+            let voids = service.void_release();
+            Arc::new(move |voided| voids.release(voided))
+        },
     };
     Some(tokio::spawn(recovery.run()))
 }

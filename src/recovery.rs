@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::domain::Timestamp;
+use crate::domain::{Redemption, Timestamp};
 use crate::limits::{MAX_CREDITS_PER_CALL, RECOVERY_INTERVAL_MS, RECOVERY_MAX_PER_PASS};
 use crate::metrics::Metrics;
 use crate::redemption::{recover_once, CreditPort, PendingLedger, RecoveryPass};
@@ -31,6 +31,9 @@ pub struct Recovery {
     /// How long a redemption stays pending before a pass takes it
     /// ([`RECOVERY_PENDING_AFTER_MS`] unless configured).
     pub pending_after: Duration,
+    /// Takes a redemption a pass voided back into the voucher shards' memory
+    /// (its slot and its user key; the ledger released them).
+    pub release: Arc<dyn Fn(&Redemption) + Send + Sync>,
 }
 
 impl Recovery {
@@ -78,6 +81,9 @@ impl Recovery {
                 }
             };
             let done = pass.examined < MAX_CREDITS_PER_CALL || pass.still_pending > 0;
+            for voided in &pass.released {
+                (self.release)(voided);
+            }
             merge(&mut total, pass);
             // A batch left pending (the wallet is still away) ends the pass:
             // the same redemptions would come first again.
@@ -99,6 +105,7 @@ fn merge(total: &mut RecoveryPass, pass: RecoveryPass) {
     total.credited += pass.credited;
     total.voided += pass.voided;
     total.still_pending += pass.still_pending;
+    total.released.extend(pass.released);
     total.oldest = match (total.oldest, pass.oldest) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

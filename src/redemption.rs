@@ -158,6 +158,9 @@ pub struct RecoveryPass {
     pub still_pending: usize,
     /// When the oldest examined redemption was claimed.
     pub oldest: Option<Timestamp>,
+    /// The redemptions this pass voided: their slots and user keys are free in
+    /// the ledger, and the voucher shards must take them back.
+    pub released: Vec<Redemption>,
 }
 
 /// One recovery pass: re-sends (idempotently, in one batch) the credits of up to
@@ -188,10 +191,13 @@ pub async fn recover_once(
             resolution(answer).map(|resolution| ledger.settle(redemption.id, resolution))
         });
     for settled in futures::future::join_all(settles).await {
-        match settled.map(|r| r.status) {
-            Ok(RedemptionStatus::Credited) => pass.credited += 1,
-            Ok(RedemptionStatus::Void) => pass.voided += 1,
-            Ok(RedemptionStatus::Pending) | Err(_) => {}
+        match settled {
+            Ok(r) if r.status == RedemptionStatus::Credited => pass.credited += 1,
+            Ok(r) if r.status == RedemptionStatus::Void => {
+                pass.voided += 1;
+                pass.released.push(r);
+            }
+            Ok(_) | Err(_) => {}
         }
     }
     pass.still_pending = pass.examined - pass.credited - pass.voided;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use cluster::crowd::{check_crowd, crowd_users, Attempt, Seen};
 use cluster::http::{create_voucher, send};
 use cluster::scenario::{summary, RunningCrowd, AMOUNT, SERIAL};
-use cluster::split::{Backend, Split, CREDIT_DEADLINE_MS};
+use cluster::split::{Backend, Split, CREDIT_DEADLINE_MS, SETTLE_LIMIT};
 use cluster::support::http::{create_profile, encode_phone, phone, profile_all};
 use cluster::support::invariants::check_wallets;
 use cluster::support::newman::run_seed_collection;
@@ -263,6 +263,57 @@ async fn seed_collection(backend: Backend) {
     finish(&split, "the seed collection", started).await;
 }
 
+/// Credits the wallet refuses for good (each would overflow its user's balance) while
+/// their redemptions are pending, on a voucher of two: one user redeems during a short
+/// partition (its credit's answer comes late, after the redeem answered 202), another
+/// during a partition longer than the wallet call timeout (the first call gives up, and
+/// recovery gets the refusal). Both redemptions are voided, and their slots and user
+/// keys come back at once, in the ledger and in the voucher service's memory: each user
+/// redeeming again is told its credit is refused (not already_redeemed: it holds no
+/// redemption), and two fresh users take both slots. I1–I5.
+async fn refused_while_pending(backend: Backend) {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (code, limit) = ("REFUSED", 2);
+    let split = Split::start(backend).await;
+    create_voucher(&split.client, &split.voucher_url(), code, AMOUNT, limit).await;
+    let mut seen = Seen::default();
+    for (user, partition) in [(phone(1), WALLET_DOWN), (phone(2), PARTITION)] {
+        create_profile(&split.client, &split.wallet_url(), &user, i64::MAX).await;
+        split.proxy.set_mode(Mode::Blackhole);
+        let cut_off = wave(&split, code, vec![user.clone()]).await;
+        assert_eq!(cut_off.pending.len(), 1, "{code}: 202 while partitioned");
+        tokio::time::sleep(partition).await;
+        split.proxy.set_mode(Mode::Pass);
+        wait_status(&split, code, &user, "void").await;
+        let again = redeem(&split, code, &user).await;
+        again.expect_error(409, "credit_refused");
+        seen.tried.insert(user);
+    }
+    let fresh = wave(&split, code, vec![phone(3), phone(4)]).await;
+    assert_eq!(fresh.count("200"), 2, "{code}: both slots are free again");
+    seen.merge(fresh);
+    split.check(code, limit, AMOUNT, &seen).await;
+    finish(&split, code, started).await;
+}
+
+/// One redeem of `code` by `user` on the voucher service.
+async fn redeem(split: &Split, code: &str, user: &str) -> cluster::http::Resp {
+    cluster::http::redeem(&split.client, &split.voucher_url(), user, code)
+        .await
+        .unwrap_or_else(|e| panic!("redeem for {user}: {e}"))
+}
+
+/// Waits (bounded) until the status lookup says `user`'s redemption of `code` is `status`.
+async fn wait_status(split: &Split, code: &str, user: &str, status: &str) {
+    let what = format!("{user}'s redemption of {code} {status}");
+    cluster::wait_until(&what, SETTLE_LIMIT, Duration::from_millis(200), || async {
+        let resp = lookup(split, code, user).await;
+        (resp.json["status"] == status).then_some(())
+    })
+    .await;
+}
+
 /// What a client of `code` learns from the status lookup about `user`'s redemption, as
 /// if it had been answered 200 with that id.
 async fn seen_redeemed(split: &Split, code: &str, user: &str) -> Seen {
@@ -373,6 +424,7 @@ on_both_stores!(
     voucher_killed_mid_crowd,
     partition_mid_crowd,
     slow_wallet,
+    refused_while_pending,
     seed_collection,
 );
 
