@@ -122,20 +122,31 @@ impl Split {
     }
 
     /// Polls the voucher service's report of `code` until every redemption in it is
-    /// `credited` (bounded by [`SETTLE_LIMIT`]); returns the report's items.
+    /// `credited` (bounded by [`SETTLE_LIMIT`]; the failure names those that are not);
+    /// returns the report's items.
     pub async fn wait_all_credited(&self, code: &str) -> Vec<Value> {
-        let what = format!("every redemption of {code} credited");
-        super::wait_until(&what, SETTLE_LIMIT, Duration::from_millis(200), || async {
-            let items = report_all(&self.client, self.voucher.base_url(), code)
-                .await
-                .items;
-            let pending = items.iter().filter(|i| i["status"] != "credited").count();
-            if pending > 0 {
-                eprintln!("{code}: {pending} of {} not credited yet", items.len());
+        let mut last = Vec::new();
+        let settled = tokio::time::timeout(SETTLE_LIMIT, async {
+            loop {
+                let items = report_all(&self.client, self.voucher.base_url(), code).await;
+                if items.items.iter().all(|item| item["status"] == "credited") {
+                    return items.items;
+                }
+                last = items.items;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            (pending == 0).then_some(items)
         })
-        .await
+        .await;
+        settled.unwrap_or_else(|_| {
+            let unsettled: Vec<&Value> =
+                last.iter().filter(|i| i["status"] != "credited").collect();
+            panic!(
+                "{code}: {} of {} redemptions still not credited after {SETTLE_LIMIT:?}, e.g. {:?}",
+                unsettled.len(),
+                last.len(),
+                &unsettled[..unsettled.len().min(5)]
+            )
+        })
     }
 
     /// Waits until nothing more can reach the wallet service: the proxy holds no chunk
