@@ -284,11 +284,7 @@ async fn load_catalog(
 
 /// A voucher service's recovery task (see [`crate::recovery`]); it runs until
 /// the app stops.
-fn start_recovery(
-    parts: &Parts,
-    settings: &Settings,
-    service: &Arc<Service>,
-) -> Option<JoinHandle<()>> {
+fn start_recovery(parts: &Parts, settings: &Settings, service: &Service) -> Option<JoinHandle<()>> {
     let (Some(ledger), Some(wallet)) = (&parts.vouchers, &parts.credits) else {
         return None;
     };
@@ -298,7 +294,10 @@ fn start_recovery(
         clock: settings.clock.clone(),
         metrics: service.metrics_handle(),
         pending_after: settings.protocol.recovery_after,
-        service: service.clone(),
+        release: {
+            let voids = service.void_release();
+            Arc::new(move |voided| voids.release(voided))
+        },
     };
     Some(tokio::spawn(recovery.run()))
 }

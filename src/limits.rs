@@ -114,6 +114,10 @@ pub const REDIS_SLOTS_PER_CALL: usize = 1_000;
 pub const UNKNOWN_VOUCHER_CACHE_MS: u64 = 1_000;
 /// Unknown codes remembered at most; the cache is cleared when full.
 pub const MAX_UNKNOWN_VOUCHER_CACHE_ENTRIES: usize = 100_000;
+/// Voided claims remembered at most, so that a claim voided by two paths at once
+/// (a redeem's late credit and recovery) is released once; cleared when full (by
+/// then those races are long over). Voids are rare: a wallet's final refusal.
+pub const MAX_REMEMBERED_VOIDS: usize = 100_000;
 
 /// Ledger operations written in one durable commit at most. Larger batches
 /// amortise the fsync further but delay the first reply of the batch.

@@ -17,11 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::domain::Timestamp;
+use crate::domain::{Redemption, Timestamp};
 use crate::limits::{MAX_CREDITS_PER_CALL, RECOVERY_INTERVAL_MS, RECOVERY_MAX_PER_PASS};
 use crate::metrics::Metrics;
 use crate::redemption::{recover_once, CreditPort, PendingLedger, RecoveryPass};
-use crate::service::Service;
 
 /// What recovery needs, shared with the task.
 pub struct Recovery {
@@ -32,9 +31,9 @@ pub struct Recovery {
     /// How long a redemption stays pending before a pass takes it
     /// ([`RECOVERY_PENDING_AFTER_MS`] unless configured).
     pub pending_after: Duration,
-    /// Told of each redemption a pass voided, so its slot goes back to the
-    /// pool and its user may claim again.
-    pub service: Arc<Service>,
+    /// Takes a redemption a pass voided back into the voucher shards' memory
+    /// (its slot and its user key; the ledger released them).
+    pub release: Arc<dyn Fn(&Redemption) + Send + Sync>,
 }
 
 impl Recovery {
@@ -83,7 +82,7 @@ impl Recovery {
             };
             let done = pass.examined < MAX_CREDITS_PER_CALL || pass.still_pending > 0;
             for voided in &pass.released {
-                self.service.released(voided).await;
+                (self.release)(voided);
             }
             merge(&mut total, pass);
             // A batch left pending (the wallet is still away) ends the pass:

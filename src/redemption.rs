@@ -205,7 +205,8 @@ pub struct RecoveryPass {
     pub still_pending: usize,
     /// When the oldest examined redemption was claimed.
     pub oldest: Option<Timestamp>,
-    /// The redemptions the pass voided (their slots are free again).
+    /// The redemptions this pass voided: their slots and user keys are free in
+    /// the ledger, and the voucher shards must take them back.
     pub released: Vec<Redemption>,
 }
 

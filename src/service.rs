@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
@@ -26,8 +26,9 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::limits::{
-    ACTOR_CALL_TIMEOUT_MS, MAX_REDEMPTIONS_IN_FLIGHT, MAX_UNKNOWN_VOUCHER_CACHE_ENTRIES,
-    MAX_WALLET_WRITES_IN_FLIGHT, REDEEM_CREDIT_DEADLINE_MS, UNKNOWN_VOUCHER_CACHE_MS,
+    ACTOR_CALL_TIMEOUT_MS, MAX_REDEMPTIONS_IN_FLIGHT, MAX_REMEMBERED_VOIDS,
+    MAX_UNKNOWN_VOUCHER_CACHE_ENTRIES, MAX_WALLET_WRITES_IN_FLIGHT, REDEEM_CREDIT_DEADLINE_MS,
+    UNKNOWN_VOUCHER_CACHE_MS,
 };
 use crate::metrics::{Metrics, RedemptionOutcome};
 use crate::rate_limit::PhoneRateLimiter;
@@ -119,6 +120,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// Split mode: how long a redeem waits for its credit before 202.
     credit_deadline: Duration,
+    /// Split mode: gives voided redemptions back to the shards.
+    voids: VoidRelease,
 }
 
 impl Service {
@@ -132,6 +135,7 @@ impl Service {
     ) -> Self {
         Self {
             catalog,
+            voids: VoidRelease::new(directory.clone(), metrics.clone()),
             directory,
             parts,
             metrics,
@@ -290,7 +294,8 @@ impl Service {
     /// Split mode: credits a fresh pending redemption in the wallet service and
     /// settles it, in a task of its own so the credit goes on when the request
     /// stops waiting at its deadline ([`REDEEM_CREDIT_DEADLINE_MS`] unless
-    /// configured) and answers it pending.
+    /// configured) and answers it pending. A void settlement, on time or late,
+    /// gives the slot and the user key back to the shard from that task.
     ///
     /// When the client may be told what is [`redemption::complete_and_tell`]'s
     /// rule (the simulation runs the same function).
@@ -300,14 +305,22 @@ impl Service {
         wallet: Arc<dyn CreditPort>,
     ) -> Result<Redemption> {
         let ledger: Arc<dyn redemption::PendingLedger> = self.vouchers()?.clone();
+        let voids = self.voids.clone();
         let (tell, told) = tokio::sync::oneshot::channel();
         let pending = claimed.clone();
         tokio::spawn(async move {
-            redemption::complete_and_tell(ledger.as_ref(), wallet.as_ref(), pending, tell).await
+            let settled =
+                redemption::complete_and_tell(ledger.as_ref(), wallet.as_ref(), pending, tell)
+                    .await;
+            if let Ok(redemption) = &settled {
+                voids.release(redemption);
+            }
         });
         match tokio::time::timeout(self.credit_deadline, told).await {
             Ok(Ok(Ok(voided))) if voided.status == RedemptionStatus::Void => {
-                self.released(&voided).await;
+                // Before the client hears of it (its retry must find the slot
+                // and its key free); the task releases it too, once in all.
+                self.voids.release(&voided);
                 Err(Error::CreditRefused {
                     reason: "the wallet refused the credit".to_owned(),
                 })
@@ -319,16 +332,10 @@ impl Service {
         }
     }
 
-    /// A void redemption gave its slot and user key back in the ledger; the
-    /// shard puts the slot back in its pool and forgets the winner.
-    pub async fn released(&self, redemption: &Redemption) {
-        self.metrics.protocol.count_voided();
-        let shard = self.directory.voucher_shard(redemption.code.as_str());
-        let _ = shard.cast(VoucherShardMsg::Released {
-            code: redemption.code.clone(),
-            phone: redemption.phone,
-            slot: redemption.slot,
-        });
+    /// What takes voided redemptions back into this instance's memory; recovery
+    /// uses it too.
+    pub fn void_release(&self) -> VoidRelease {
+        self.voids.clone()
     }
 
     /// The voucher half, or an error where this instance does not run it (the
@@ -484,6 +491,54 @@ impl Service {
 
     fn wallet_actor(&self, phone: PhoneNumber) -> ActorRef<WalletMsg> {
         self.directory.wallet(&phone.to_string())
+    }
+}
+
+/// Takes a voided redemption (the wallet refused its credit for good; the ledger
+/// released its slot and user key) back into the voucher shard's memory: the
+/// catalog forgets the winner and counts one redemption less, the slot goes back
+/// to the pool. Once per claim, whichever path voided it (a redeem's credit, on
+/// time or late, or recovery), both of which may void the same claim at once.
+#[derive(Clone)]
+pub struct VoidRelease {
+    directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
+    /// Claims already released, by (redemption id, claimed at): a user may claim
+    /// again after a void, under the same id. Cleared when full
+    /// ([`MAX_REMEMBERED_VOIDS`]).
+    released: Arc<parking_lot::Mutex<HashSet<(uuid::Uuid, i64)>>>,
+}
+
+impl VoidRelease {
+    fn new(directory: Arc<Directory>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            directory,
+            metrics,
+            released: Arc::default(),
+        }
+    }
+
+    /// Releases `redemption` if it is void and was not released yet.
+    pub fn release(&self, redemption: &Redemption) {
+        if redemption.status != RedemptionStatus::Void {
+            return;
+        }
+        {
+            let mut released = self.released.lock();
+            if released.len() >= MAX_REMEMBERED_VOIDS {
+                released.clear();
+            }
+            if !released.insert((redemption.id, redemption.redeemed_at.0)) {
+                return;
+            }
+        }
+        self.metrics.protocol.count_voided();
+        let shard = self.directory.voucher_shard(redemption.code.as_str());
+        let _ = shard.cast(VoucherShardMsg::Released {
+            code: redemption.code.clone(),
+            phone: redemption.phone,
+            slot: redemption.slot,
+        });
     }
 }
 

@@ -7,8 +7,8 @@ use percent_encoding::percent_decode_str;
 
 use super::dto::{
     page_request, parse_json, CreateProfileBody, CreateVoucherBody, ProfileCreatedResponse,
-    ProfileResponse, RedeemBody, RedemptionResponse, ReportBody, ReportResponse,
-    TransactionBody, TransactionResponse, VoucherResponse,
+    ProfileResponse, RedeemBody, RedemptionResponse, ReportBody, ReportResponse, TransactionBody,
+    TransactionResponse, VoucherResponse,
 };
 use super::error::ApiError;
 use crate::domain::{parse_reference, PhoneNumber, VoucherCode, VOUCHER_REFERENCE_PREFIX};

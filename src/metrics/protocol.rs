@@ -127,6 +127,7 @@ impl ProtocolMetrics {
         self.recovery_passes.inc();
         self.pending_backlog.set(pass.examined as i64);
         self.pending_oldest_age.set(oldest_age.as_secs_f64());
+        // Voided redemptions are counted where they are released (once per claim).
         self.recovered.inc_by((pass.credited + pass.voided) as u64);
     }
 }

@@ -171,6 +171,9 @@ pub async fn run(
 pub struct Seen {
     /// Users answered 200, with their redemption id.
     pub acknowledged: HashMap<String, String>,
+    /// Users answered 202 pending (split mode: the credit was not confirmed in time),
+    /// with their redemption id.
+    pub pending: HashMap<String, String>,
     /// Users answered 409 already_redeemed: the service says they hold a redemption.
     pub told_already_redeemed: HashSet<String>,
     /// Every user that sent at least one request.
@@ -189,6 +192,7 @@ impl Seen {
         for (phone, id) in other.acknowledged {
             self.acknowledge(&phone, &id);
         }
+        self.pending.extend(other.pending);
         self.told_already_redeemed
             .extend(other.told_already_redeemed);
         self.tried.extend(other.tried);
@@ -226,11 +230,27 @@ impl Seen {
     pub fn count(&self, status: &str) -> usize {
         self.statuses.get(status).copied().unwrap_or_default()
     }
+
+    /// Answers with a 5xx status.
+    pub fn server_errors(&self) -> usize {
+        self.statuses
+            .iter()
+            .filter(|(status, _)| status.starts_with('5'))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// Users told they won, 200 credited or 202 pending, with their redemption id.
+    pub fn winners(&self) -> HashMap<String, String> {
+        let mut winners = self.pending.clone();
+        winners.extend(self.acknowledged.clone());
+        winners
+    }
 }
 
 /// Checks one answer of a redeem for `phone`: its status is one a crowd may see (200,
-/// 409 already_redeemed, 410 voucher_exhausted, 503 unavailable, 429 overloaded), and a 200
-/// body describes this redemption. Records it in `seen`; an answer a crowd must never see
+/// 202 pending in split mode, 409 already_redeemed, 410 voucher_exhausted, 503
+/// unavailable, 429 overloaded), and a 200 or 202 body describes this redemption. Records it in `seen`; an answer a crowd must never see
 /// is recorded as a violation (the test fails on it after checking I1–I5, so that a
 /// failure report says whether the data stayed right).
 pub fn check_answer(
@@ -244,7 +264,7 @@ pub fn check_answer(
     seen.tried.insert(phone.to_owned());
     *seen.statuses.entry(resp.status.to_string()).or_default() += 1;
     let expected_error = match resp.status {
-        200 => None,
+        200 | 202 => None,
         409 => Some("already_redeemed"),
         410 => Some("voucher_exhausted"),
         503 => Some("unavailable"),
@@ -272,36 +292,59 @@ pub fn check_answer(
         }
         return;
     }
-    let body = &resp.json;
+    let id = check_redemption_body(resp, phone, code, amount, context);
+    if resp.status == 202 {
+        seen.pending.insert(phone.to_owned(), id);
+        return;
+    }
+    // Each user of these tests has no other transaction: the credit is the whole balance.
     assert_eq!(
-        body["code"].as_str(),
-        Some(code),
-        "{context}: 200 body names the voucher: {}",
+        resp.json["balance"].as_i64(),
+        Some(amount),
+        "I3 credited: a winner's balance right after the credit is the voucher amount: {}",
+        resp.text
+    );
+    seen.acknowledge(phone, &id);
+}
+
+/// Checks that a 200 (credited) or 202 (pending) body describes the redemption of `code`
+/// by `phone`; returns its redemption id.
+fn check_redemption_body(
+    resp: &Resp,
+    phone: &str,
+    code: &str,
+    amount: i64,
+    context: &str,
+) -> String {
+    let body = &resp.json;
+    let status = if resp.status == 202 {
+        "pending"
+    } else {
+        "credited"
+    };
+    assert_eq!(
+        (body["status"].as_str(), body["code"].as_str()),
+        (Some(status), Some(code)),
+        "{context}: HTTP {} body says {status} and names the voucher: {}",
+        resp.status,
         resp.text
     );
     assert_eq!(
         body["phone_number"].as_str(),
         Some(phone),
-        "{context}: 200 body names the user: {}",
+        "{context}: the body names the user: {}",
         resp.text
     );
     assert_eq!(
         body["amount"].as_i64(),
         Some(amount),
-        "{context}: 200 body carries the amount: {}",
+        "{context}: the body carries the amount: {}",
         resp.text
     );
-    // Each user of these tests has no other transaction: the credit is the whole balance.
-    assert_eq!(
-        body["balance"].as_i64(),
-        Some(amount),
-        "I3 credited: a winner's balance right after the credit is the voucher amount: {}",
-        resp.text
-    );
-    let id = body["redemption_id"]
+    body["redemption_id"]
         .as_str()
-        .unwrap_or_else(|| panic!("{context}: 200 body without redemption_id: {}", resp.text));
-    seen.acknowledge(phone, id);
+        .unwrap_or_else(|| panic!("{context}: body without redemption_id: {}", resp.text))
+        .to_owned()
 }
 
 /// Checks every attempt of a crowd. Transport errors are allowed only for requests sent

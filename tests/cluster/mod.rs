@@ -15,6 +15,7 @@ pub mod process;
 pub mod redis_server;
 pub mod scenario;
 pub mod sentinel;
+pub mod split;
 pub mod verify;
 pub mod voucherd;
 

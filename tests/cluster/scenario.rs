@@ -125,6 +125,12 @@ pub async fn verify_and_fill(
     let wave_seen = final_wave(client, urls, code, limit, AMOUNT, wave).await;
     summary(&format!("{code}: final wave"), &wave_seen, started);
     seen.merge(wave_seen);
+    assert!(
+        seen.pending.is_empty(),
+        "{code}: one process credits in the claim's own write, so a redeem never answers \
+         202 pending; {} did",
+        seen.pending.len()
+    );
     let report = check_seen(client, urls, code, limit, &seen).await;
     assert_eq!(
         report.len(),

@@ -13,6 +13,9 @@ pub struct Instance {
     child: Option<Child>,
     base_url: String,
     log: PathBuf,
+    /// What it was started with, to start it again: the store and the other arguments.
+    store: String,
+    args: Vec<String>,
 }
 
 impl Instance {
@@ -24,24 +27,53 @@ impl Instance {
         redis: &str,
         log_dir: &std::path::Path,
     ) -> Instance {
-        let log = log_dir.join(format!("{name}.log"));
+        let args = vec!["--redis".to_owned(), redis.to_owned()];
+        Instance::start_with(name, store, args, log_dir).await
+    }
+
+    /// Starts `voucherd serve --listen 127.0.0.1:0 --store STORE ARGS…`, logging stderr
+    /// to `log_dir/NAME.log`, and waits for its listening line.
+    pub async fn start_with(
+        name: &str,
+        store: &str,
+        args: Vec<String>,
+        log_dir: &std::path::Path,
+    ) -> Instance {
+        let mut instance = Instance {
+            name: name.to_owned(),
+            child: None,
+            base_url: String::new(),
+            log: log_dir.join(format!("{name}.log")),
+            store: store.to_owned(),
+            args,
+        };
+        instance.spawn().await;
+        instance
+    }
+
+    async fn spawn(&mut self) {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)
+            .open(&self.log)
             .expect("open voucherd log");
-        let mut command = super::binary::serve_command(store, file);
-        command.args(["--redis", redis]);
-        let (child, url) = super::binary::start(&mut command, &format!("voucherd {name}"), || {
-            super::process::log_tail(&log, 60)
-        })
-        .await;
-        Instance {
-            name: name.to_owned(),
-            child: Some(child),
-            base_url: url,
-            log,
-        }
+        let mut command = super::binary::serve_command(&self.store, file);
+        command.args(&self.args);
+        let log = self.log.clone();
+        let (child, url) =
+            super::binary::start(&mut command, &format!("voucherd {}", self.name), || {
+                super::process::log_tail(&log, 60)
+            })
+            .await;
+        self.child = Some(child);
+        self.base_url = url;
+    }
+
+    /// Starts it again with the same store and arguments after a kill or a stop; it
+    /// listens on another port: re-read [`Instance::base_url`].
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "voucherd {} is running", self.name);
+        self.spawn().await;
     }
 
     pub fn base_url(&self) -> &str {

@@ -240,10 +240,7 @@ impl TestServer {
 
     /// Creates the wallet of `phone` with `balance`; it must not exist yet.
     pub async fn create_profile(&self, phone: &str, balance: i64) {
-        let body = serde_json::json!({"phone_number": phone, "balance": balance});
-        self.post_json("/api/profiles", &body)
-            .await
-            .expect_status(201);
+        support::http::create_profile(&self.client, &self.base_url, phone, balance).await;
     }
 
     pub async fn redeem(&self, phone: &str, code: &str) -> Resp {

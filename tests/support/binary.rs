@@ -16,17 +16,10 @@ pub const LISTENING_PREFIX: &str = "voucherd listening on ";
 /// How long the binary may take from spawn to printing its listening line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The environment variables that would change how a test's voucherd runs: the
-/// command line alone decides, whatever the shell running the tests exports.
-const VOUCHERD_ENV: [&str; 7] = [
-    "VOUCHERD_LISTEN",
-    "VOUCHERD_STORE",
-    "VOUCHERD_REDIS",
-    "VOUCHERD_ADMIN_TOKEN",
-    "VOUCHERD_ROLE",
-    "VOUCHERD_VOUCHER_SHARDS",
-    "VOUCHERD_WALLET_ACTORS",
-];
+/// The prefix of every environment variable voucherd reads (its flags' `env`, the
+/// tokens): none reaches a test's voucherd, so the command line alone decides, whatever
+/// the shell running the tests exports.
+const VOUCHERD_ENV_PREFIX: &str = "VOUCHERD_";
 
 /// `voucherd serve` on an ephemeral loopback port over the store `store` (a
 /// directory or a database URL), its
@@ -40,8 +33,10 @@ pub fn serve_command(store: impl AsRef<std::ffi::OsStr>, stderr: std::fs::File) 
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::from(stderr))
         .kill_on_drop(true);
-    for name in VOUCHERD_ENV {
-        command.env_remove(name);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with(VOUCHERD_ENV_PREFIX) {
+            command.env_remove(name);
+        }
     }
     command
 }

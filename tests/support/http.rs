@@ -266,6 +266,15 @@ pub async fn profile_all(client: &reqwest::Client, base: &str, phone: &str) -> O
     panic!("{what}: paging did not end");
 }
 
+/// Creates the wallet of `phone` on the service at `base` with `balance`; it must not
+/// exist yet.
+pub async fn create_profile(client: &reqwest::Client, base: &str, phone: &str, balance: i64) {
+    let body = serde_json::json!({"phone_number": phone, "balance": balance});
+    send(client.post(format!("{base}/api/profiles")).json(&body))
+        .await
+        .expect_status_for(201, &format!("create the profile of {phone}"));
+}
+
 /// `GET /api/vouchers/{code}`.
 pub async fn voucher(client: &reqwest::Client, base: &str, code: &str) -> Resp {
     send(client.get(format!("{base}/api/vouchers/{code}"))).await

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use futures::StreamExt;
 use serde_json::Value;
 use stress::verify::{
-    check, Fetched, ReportEntry, Seen, ToldRedeemed, VoucherReport, Wallet, WalletTx,
+    check, Fetched, ReportEntry, Seen, ToldRedeemed, Violation, VoucherReport, Wallet, WalletTx,
 };
 
 use super::http::{profile_all, report_all, voucher};
@@ -38,59 +38,38 @@ pub async fn check_invariants(
     expect: &Expect<'_>,
 ) -> Vec<ReportEntry> {
     assert!(!urls.is_empty(), "no live instance to verify against");
-    let code = expect.code;
-    let report = report_all(client, &urls[0], code).await;
-    let entries: Vec<ReportEntry> = report
-        .items
-        .iter()
-        .map(|item| {
-            serde_json::from_value(item.clone())
-                .unwrap_or_else(|e| panic!("report item of {code} is malformed ({e}): {item}"))
-        })
-        .collect();
-    let counts = voucher(client, &urls[0], code).await;
-    counts.expect_status_for(200, &format!("voucher {code} from {}", urls[0]));
-    let count =
-        |key: &str| {
-            Some(counts.json[key].as_u64().unwrap_or_else(|| {
-                panic!("voucher {code}: `{key}` is not a count: {}", counts.text)
-            }))
-        };
+    check_invariants_at(client, &urls[0], urls, expect).await
+}
 
+/// Like [`check_invariants`] with the halves apart (split mode): the report and the
+/// voucher's counts from the voucher service at `vouchers`, the wallets spread over the
+/// wallet service(s) at `wallets`. Returns the report.
+pub async fn check_invariants_at(
+    client: &reqwest::Client,
+    vouchers: &str,
+    wallets: &[String],
+    expect: &Expect<'_>,
+) -> Vec<ReportEntry> {
+    assert!(!wallets.is_empty(), "no wallet service to verify against");
+    let voucher = read_voucher(client, vouchers, expect).await;
     let mut phones: Vec<String> = match expect.wallets_of {
         Some(phones) => phones.iter().cloned().collect(),
-        None => entries.iter().map(|e| e.phone_number.clone()).collect(),
+        None => voucher
+            .entries
+            .iter()
+            .map(|e| e.phone_number.clone())
+            .collect(),
     };
     phones.sort();
-    let wallets: HashMap<String, Option<Wallet>> =
-        futures::stream::iter(phones.into_iter().enumerate())
-            .map(|(i, phone)| {
-                let url = &urls[i % urls.len()];
-                async move {
-                    let wallet = profile_all(client, url, &phone).await.map(typed_wallet);
-                    (phone, wallet)
-                }
-            })
-            .buffer_unordered(WALLETS_IN_FLIGHT)
-            .collect()
-            .await;
-
+    let code = expect.code.to_owned();
     let fetched = Fetched {
-        vouchers: vec![VoucherReport {
-            code: code.to_owned(),
-            amount: expect.amount,
-            limit: expect.limit,
-            total: report.total,
-            entries,
-            redeemed: count("redeemed"),
-            remaining: count("remaining"),
-        }],
-        wallets,
+        vouchers: vec![voucher],
+        wallets: read_wallets(client, wallets, phones).await,
         seen: expect
             .acknowledged
             .iter()
             .map(|(phone, id)| Seen {
-                code: code.to_owned(),
+                code: code.clone(),
                 phone: phone.clone(),
                 redemption_id: id.clone(),
             })
@@ -99,15 +78,87 @@ pub async fn check_invariants(
             .told_redeemed
             .iter()
             .map(|phone| ToldRedeemed {
-                code: code.to_owned(),
+                code: code.clone(),
                 phone: phone.clone(),
             })
             .collect(),
     };
-    let violations = check(&fetched);
+    assert_no_violations(&check(&fetched), &code);
+    fetched
+        .vouchers
+        .into_iter()
+        .next()
+        .map(|v| v.entries)
+        .unwrap_or_default()
+}
+
+/// The voucher `expect.code` as the service at `base` serves it: its whole report and
+/// its counts.
+async fn read_voucher(client: &reqwest::Client, base: &str, expect: &Expect<'_>) -> VoucherReport {
+    let code = expect.code;
+    let report = report_all(client, base, code).await;
+    let entries: Vec<ReportEntry> = report
+        .items
+        .iter()
+        .map(|item| {
+            serde_json::from_value(item.clone())
+                .unwrap_or_else(|e| panic!("report item of {code} is malformed ({e}): {item}"))
+        })
+        .collect();
+    let counts = voucher(client, base, code).await;
+    counts.expect_status_for(200, &format!("voucher {code} from {base}"));
+    let count =
+        |key: &str| {
+            Some(counts.json[key].as_u64().unwrap_or_else(|| {
+                panic!("voucher {code}: `{key}` is not a count: {}", counts.text)
+            }))
+        };
+    VoucherReport {
+        code: code.to_owned(),
+        amount: expect.amount,
+        limit: expect.limit,
+        total: report.total,
+        entries,
+        redeemed: count("redeemed"),
+        remaining: count("remaining"),
+    }
+}
+
+/// I5 over the wallets of `phones` (read from `wallets`, spread over them), with the one
+/// checker and no voucher: each balance is the sum of its transactions, never below zero.
+pub async fn check_wallets(client: &reqwest::Client, wallets: &[String], phones: Vec<String>) {
+    let fetched = Fetched {
+        wallets: read_wallets(client, wallets, phones).await,
+        ..Fetched::default()
+    };
+    assert_no_violations(&check(&fetched), "the wallets");
+}
+
+/// The wallets of `phones`, spread over the services at `urls`, [`WALLETS_IN_FLIGHT`]
+/// at once; None for a phone without a profile.
+async fn read_wallets(
+    client: &reqwest::Client,
+    urls: &[String],
+    phones: Vec<String>,
+) -> HashMap<String, Option<Wallet>> {
+    futures::stream::iter(phones.into_iter().enumerate())
+        .map(|(i, phone)| {
+            let url = &urls[i % urls.len()];
+            async move {
+                let wallet = profile_all(client, url, &phone).await.map(typed_wallet);
+                (phone, wallet)
+            }
+        })
+        .buffer_unordered(WALLETS_IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Fails the test naming every violation of I1–I5 found in `what`.
+fn assert_no_violations(violations: &[Violation], what: &str) {
     assert!(
         violations.is_empty(),
-        "{} violations of I1-I5 for {code}:\n{}",
+        "{} violations of I1-I5 for {what}:\n{}",
         violations.len(),
         violations
             .iter()
@@ -118,12 +169,6 @@ pub async fn check_invariants(
             .collect::<Vec<_>>()
             .join("\n")
     );
-    fetched
-        .vouchers
-        .into_iter()
-        .next()
-        .map(|v| v.entries)
-        .unwrap_or_default()
 }
 
 /// A served wallet as the checker reads it; a transaction without a string id or an
