@@ -110,6 +110,8 @@ split_store() {
     echo "$BENCH_POSTGRES/$database"
 }
 start_split() {
+    # A previous scenario's lines must not be read as this one's.
+    rm -f "$OUT/wallet.out" "$OUT/voucher.out"
     "$VOUCHERD" serve --role wallet --listen 127.0.0.1:0 --store "$(split_store wallets)" \
         >"$OUT/wallet.out" 2>"$OUT/wallet.err" &
     split_pids=($!)
