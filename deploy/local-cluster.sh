@@ -13,7 +13,8 @@
 # (8101-8102, role wallet) sharing the wallet database, and three voucher
 # services (8001-8003, role voucher) sharing the voucher database and Redis,
 # each crediting through both wallet services (--wallet-url), with one service
-# token between them (in $CLUSTER_DIR/service-token). Databases default to
+# token between them (in $CLUSTER_DIR/service-token) and an admin token for the
+# operator's routes (in $CLUSTER_DIR/admin-token). Databases default to
 # voucherd_vouchers and voucherd_wallets on 127.0.0.1:5432 (created if psql can).
 #
 # Put any HTTP load balancer in front of 127.0.0.1:8001-8003, or drive the three
@@ -119,12 +120,15 @@ start_split() {
     create_database "$wallets"
     "$voucherd" migrate --store "$vouchers"
     "$voucherd" migrate --store "$wallets"
-    local token="$CLUSTER_DIR/service-token"
+    # The service token between the services, and the admin token for the
+    # operator's routes (create vouchers, reports, wallets) on every instance.
+    local token="$CLUSTER_DIR/service-token" admin="$CLUSTER_DIR/admin-token"
     [ -f "$token" ] || head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$token"
+    [ -f "$admin" ] || head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$admin"
     local i=0 wallet_urls=""
     for port in "${WALLET_PORTS[@]}"; do
         spawn "wallet-$i" "$port" VOUCHERD_ROLE=wallet VOUCHERD_STORE="$wallets" \
-            VOUCHERD_SERVICE_TOKEN_FILE="$token"
+            VOUCHERD_SERVICE_TOKEN_FILE="$token" VOUCHERD_ADMIN_TOKEN_FILE="$admin"
         wallet_urls="${wallet_urls}http://127.0.0.1:$port,"
         i=$((i + 1))
     done
@@ -133,12 +137,13 @@ start_split() {
     for port in "${HTTP_PORTS[@]}"; do
         spawn "voucher-$i" "$port" VOUCHERD_ROLE=voucher VOUCHERD_STORE="$vouchers" \
             VOUCHERD_REDIS="$(sentinel_url)" VOUCHERD_WALLET_URL="${wallet_urls%,}" \
-            VOUCHERD_SERVICE_TOKEN_FILE="$token"
+            VOUCHERD_SERVICE_TOKEN_FILE="$token" VOUCHERD_ADMIN_TOKEN_FILE="$admin"
         i=$((i + 1))
     done
     wait_ready "${HTTP_PORTS[@]}"
     echo "voucherd split topology up: vouchers http://127.0.0.1:{8001,8002,8003}," \
         "wallets http://127.0.0.1:{8101,8102}; logs in $CLUSTER_DIR"
+    echo "admin routes: -H \"Authorization: Bearer \$(cat $admin)\""
 }
 
 stop() {
