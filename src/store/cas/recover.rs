@@ -1,0 +1,166 @@
+//! Recovery of interrupted claims and settles, from the claim log.
+//!
+//! Every claim attempt is logged before it starts, and its entry stays until
+//! nothing more is to be done for it: recovery takes the entries older than
+//! a threshold, oldest first, and for each reads the user's key serially
+//! (which also decides a write of it still in doubt):
+//!
+//! - the attempt is still in flight: it is driven to its end by the same
+//!   driver the contender runs (the slot taken and the key committed, or the
+//!   key released), whoever else drives it meanwhile;
+//! - the attempt made a redemption: pending, the entry stays (it is how
+//!   [`Inner::pending`] finds it; an all-in-one ledger credits it locally);
+//!   credited, the entry goes; void, its slot is released, then the entry goes;
+//! - the attempt never started, or ended without a redemption: its slot is
+//!   released if it holds it (a void redemption whose user claimed again),
+//!   its start is fenced off (the key's version is bumped if it still is the
+//!   version the start expects), and the entry goes.
+//!
+//! Every write is conditional, so recovery running beside live contenders
+//! and other recovering instances changes nothing they decide.
+
+use futures::stream::{self, StreamExt};
+
+use super::claim::{redemption_of, version_of, Finish};
+use super::schema::{Holder, KeyState, LogEntry};
+use super::store::{CasStore, Row};
+use super::Inner;
+use crate::domain::{RedemptionStatus, Timestamp};
+use crate::error::Result;
+use crate::redemption::{ClaimsRecovered, Resolution};
+
+/// Log entries recovered at once.
+const CONCURRENT_ENTRIES: usize = 8;
+
+/// What recovering one log entry came to.
+enum Recovered {
+    /// A claim in flight was driven to a redemption.
+    Finished,
+    /// A claim in flight lost its slot; its key was released.
+    Abandoned,
+    /// A pending redemption: left for the credit's recovery.
+    Pending,
+    /// A void redemption's slot was released.
+    Released,
+    /// The entry was left over (its attempt is over or never started).
+    Cleaned,
+}
+
+impl<S: CasStore> Inner<S> {
+    /// See [`super::CasLedger::recover_claims`].
+    pub(super) async fn recover_claims(
+        &self,
+        claimed_before: Timestamp,
+        limit: usize,
+    ) -> Result<ClaimsRecovered> {
+        let mut log = self.log_since(claimed_before);
+        let rows = log.take(&self.store, limit).await?;
+        let entries: Vec<LogEntry> = (rows.iter())
+            .map(|(key, values)| LogEntry::read(key, values))
+            .collect::<Result<_>>()?;
+        let mut pass = ClaimsRecovered {
+            examined: entries.len(),
+            ..ClaimsRecovered::default()
+        };
+        let outcomes: Vec<Result<Recovered>> = stream::iter(entries)
+            .map(|entry| self.recover_owned(entry))
+            .buffered(CONCURRENT_ENTRIES)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            match outcome {
+                Ok(Recovered::Finished) => pass.finished += 1,
+                Ok(Recovered::Abandoned) => pass.abandoned += 1,
+                Ok(Recovered::Pending) => pass.pending += 1,
+                Ok(Recovered::Released) => pass.released += 1,
+                Ok(Recovered::Cleaned) => pass.cleaned += 1,
+                Err(_) => pass.failed += 1,
+            }
+        }
+        Ok(pass)
+    }
+
+    async fn recover_owned(&self, entry: LogEntry) -> Result<Recovered> {
+        self.recover_entry(&entry).await
+    }
+
+    async fn recover_entry(&self, entry: &LogEntry) -> Result<Recovered> {
+        let row = self.key_row(entry.id, true).await?;
+        let key = KeyState::read(row.as_ref())?;
+        if key.attempt.is_some_and(|a| a.nonce == entry.attempt) {
+            let voucher = self.known_voucher(&entry.code).await?;
+            return match self
+                .drive(&voucher, entry.id, entry.attempt, row, None)
+                .await?
+            {
+                Finish::Won(row) => {
+                    self.finish_locally(entry, &KeyState::read(row.as_ref())?)
+                        .await?;
+                    Ok(Recovered::Finished)
+                }
+                Finish::Lost => {
+                    self.forget(entry).await;
+                    Ok(Recovered::Abandoned)
+                }
+            };
+        }
+        match key.committed_by(entry.attempt).map(|c| c.status) {
+            Some(RedemptionStatus::Pending) => {
+                self.finish_locally(entry, &key).await?;
+                Ok(Recovered::Pending)
+            }
+            Some(status) => {
+                // Settling again with its own status finishes the settle.
+                let resolution = match status {
+                    RedemptionStatus::Void => Resolution::Void {
+                        reason: "recovered".to_owned(),
+                    },
+                    _ => Resolution::Credited { balance: 0 },
+                };
+                self.settle(entry.id, resolution).await?;
+                self.forget(entry).await;
+                Ok(if status == RedemptionStatus::Void {
+                    Recovered::Released
+                } else {
+                    Recovered::Cleaned
+                })
+            }
+            None => self.clean(entry, row).await,
+        }
+    }
+
+    /// An entry whose attempt never started or ended without a redemption.
+    async fn clean(&self, entry: &LogEntry, row: Option<Row>) -> Result<Recovered> {
+        let voucher = self.known_voucher(&entry.code).await?;
+        let holder = Holder {
+            id: entry.id,
+            attempt: entry.attempt,
+        };
+        self.release(&voucher, entry.slot, holder).await?;
+        if version_of(&row)? == entry.version {
+            let fenced = self.write_key(entry.id, &row, Vec::new()).await?;
+            let now = KeyState::read(fenced.as_ref())?;
+            if now.attempt.is_some_and(|a| a.nonce == entry.attempt) {
+                // The start landed first: the attempt is live after all.
+                return Box::pin(self.recover_entry(entry)).await;
+            }
+        }
+        self.forget(entry).await;
+        Ok(Recovered::Cleaned)
+    }
+
+    /// In an all-in-one ledger, a pending redemption's credit is local:
+    /// recovery applies it (idempotently) and settles it.
+    async fn finish_locally(&self, entry: &LogEntry, key: &KeyState) -> Result<()> {
+        if !self.claims_credit() {
+            return Ok(());
+        }
+        let Some(redemption) = redemption_of(entry.id, key)? else {
+            return Ok(());
+        };
+        if redemption.status == RedemptionStatus::Pending {
+            self.credit_locally(redemption).await?;
+        }
+        Ok(())
+    }
+}
