@@ -13,7 +13,7 @@ use super::schema::{
 };
 use super::store::{Assignment, Cas, CasOutcome, CasStore, Row, Value, Write};
 use super::Inner;
-use crate::domain::{redemption_id, Redemption, RedemptionStatus};
+use crate::domain::{Redemption, RedemptionStatus};
 use crate::error::{Error, Result};
 use crate::store::Claim;
 
@@ -28,7 +28,8 @@ pub(super) enum Finish {
 }
 
 /// The next step of an attempt, from the slot as last seen (and whether that
-/// view is linearizable: a plain read may be stale).
+/// view is linearizable and newer than the key's: a plain read may be stale,
+/// and a key written since may expect another generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// The slot holds the attempt: commit the key.
@@ -37,23 +38,25 @@ enum Step {
     Take,
     /// Decide on a serial read.
     Refresh,
-    /// The slot was freed and taken since: expect its current generation.
+    /// The slot was taken and freed since the attempt read it: the take
+    /// expecting the old generation can never apply; expect the current one.
     Move(i64),
-    /// Another attempt holds the slot: release the key.
+    /// Another attempt took the slot since: release the key.
     Abort,
 }
 
+/// A take expects the generation it saw the slot free at; only a take moves
+/// a generation on, by one. So a slot seen (freshly) past that generation,
+/// free or held by another, tells that the take can never apply; a slot seen
+/// at or before it is a view older than the attempt's, to read again.
 fn next_step(slot: &SlotState, fresh: bool, holder: Holder, attempt: &Attempt) -> Step {
-    if slot.held_by(holder) {
-        Step::Commit
-    } else if slot.holder.is_none() && slot.generation() == attempt.gen {
-        Step::Take
-    } else if !fresh {
-        Step::Refresh
-    } else if slot.holder.is_none() {
-        Step::Move(slot.generation())
-    } else {
-        Step::Abort
+    let gen = slot.generation();
+    match slot.holder {
+        Some(held) if held == holder => Step::Commit,
+        None if gen == attempt.gen => Step::Take,
+        _ if !fresh || gen <= attempt.gen => Step::Refresh,
+        None => Step::Move(gen),
+        Some(_) => Step::Abort,
     }
 }
 
@@ -275,7 +278,9 @@ impl<S: CasStore> Inner<S> {
                 Some(known) => known,
                 None => (self.slot_state(voucher, attempt.slot, true).await?, true),
             };
-            slot = Some((state, fresh));
+            // A key write below may change what the attempt expects: the
+            // slot as seen before it is no ground to move or abort after it.
+            slot = Some((state, false));
             match next_step(&state, fresh, holder, &attempt) {
                 Step::Commit => row = self.write_key(id, &row, commit_set(&attempt)).await?,
                 Step::Take => slot = self.take(voucher, attempt.slot, &state, holder).await,
@@ -291,10 +296,10 @@ impl<S: CasStore> Inner<S> {
         Err(Error::unavailable("a claim kept being contended"))
     }
 
-    /// A contender's claim (see [`crate::store::VoucherLedger::claim`]).
-    pub(super) async fn claim(&self, claim: Claim) -> Result<Redemption> {
+    /// A contender's claim (see [`crate::store::VoucherLedger::claim`]) of
+    /// redemption `id` (the claim's redemption id).
+    pub(super) async fn claim(&self, claim: Claim, id: Uuid) -> Result<Redemption> {
         let voucher = (self.voucher_row(&claim.code).await?).ok_or(Error::VoucherNotFound)?;
-        let id = redemption_id(&claim.code, claim.phone);
         for _ in 0..START_TRIES {
             if let Some(redemption) = self.try_claim(&voucher, id, &claim).await? {
                 return Ok(redemption);
@@ -336,7 +341,10 @@ impl<S: CasStore> Inner<S> {
             .write_key(id, &row, start_set(voucher, claim, &attempt))
             .await?;
         let key = KeyState::read(row.as_ref())?;
-        if key.attempt.map(|a| a.nonce) != Some(attempt.nonce) {
+        // Started: in flight, or already driven to a redemption by recovery.
+        let started = key.attempt.is_some_and(|a| a.nonce == attempt.nonce)
+            || key.committed_by(attempt.nonce).is_some();
+        if !started {
             self.forget(&entry).await;
             refuse(&key)?;
             return Ok(None);

@@ -444,7 +444,7 @@ pub struct FaultRates {
     pub unknown: u64,
     /// A read (plain or serial) fails.
     pub read_error: u64,
-    /// Each delay is uniform in `0..=max_delay`.
+    /// Half of the delays are none, the others uniform in `0..=max_delay`.
     pub max_delay: Duration,
 }
 
@@ -484,9 +484,11 @@ impl SeededFaults {
         self.next() % bound.max(1)
     }
 
+    /// No delay half of the time, else uniform up to the longest.
     fn delay(&self) -> Duration {
         let max = self.rates.max_delay.as_micros() as u64;
-        Duration::from_micros(self.below(max + 1))
+        let draw = self.below(2 * (max + 1));
+        Duration::from_micros(draw.saturating_sub(max + 1))
     }
 
     fn fate(&self, op: Op) -> Fate {

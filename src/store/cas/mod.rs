@@ -209,30 +209,38 @@ impl<S: CasStore> Inner<S> {
         let buckets = voucher.limit.min(self.options.max_buckets).max(1);
         let row = VoucherRow { voucher, buckets };
         let key = voucher_key(&row.voucher.code);
-        let insert = Write::Insert {
-            row: key.row.clone(),
-            values: row.to_row(),
-        };
-        let cas = Cas {
-            partition: key.partition.clone(),
-            writes: vec![insert],
-        };
-        let exists = match self.store.cas(cas).await {
-            CasOutcome::Applied => false,
-            CasOutcome::NotApplied(_) => true,
-            CasOutcome::Unknown => {
-                let current = self.store.read_serial(key.clone()).await?;
-                let stored = current.row(&key.row).map(|r| r == &row.to_row());
-                stored != Some(true)
+        let values = row.to_row();
+        for _ in 0..self.options.max_steps {
+            let insert = Write::Insert {
+                row: key.row.clone(),
+                values: values.clone(),
+            };
+            let cas = Cas {
+                partition: key.partition.clone(),
+                writes: vec![insert],
+            };
+            let stored = match self.store.cas(cas).await {
+                CasOutcome::Applied => Some(true),
+                CasOutcome::NotApplied(_) => Some(false),
+                // Ours if the row is the one written (an identical creation
+                // by another instance is the same voucher); absent: not applied.
+                CasOutcome::Unknown => {
+                    let current = self.store.read_serial(key.clone()).await?;
+                    current.row(&key.row).map(|r| r == &values)
+                }
+            };
+            match stored {
+                Some(true) => {
+                    return Ok(VoucherStatus {
+                        voucher: row.voucher,
+                        redeemed: 0,
+                    })
+                }
+                Some(false) => return Err(Error::VoucherExists),
+                None => continue,
             }
-        };
-        if exists {
-            return Err(Error::VoucherExists);
         }
-        Ok(VoucherStatus {
-            voucher: row.voucher,
-            redeemed: 0,
-        })
+        Err(Error::unavailable("the voucher could not be created"))
     }
 
     fn remember_claim(&self, id: Uuid, code: &VoucherCode, slot: u32) {
@@ -317,7 +325,7 @@ impl<S: CasStore> VoucherLedger for CasLedger<S> {
         if self.inner.claims_credit() {
             lanes.push((Lane::Wallet(claim.phone.stored()), Use::Exclusive));
         }
-        self.write(lanes, |inner| async move { inner.claim(claim).await })
+        self.write(lanes, |inner| async move { inner.claim(claim, id).await })
     }
 
     fn voucher(&self, code: VoucherCode) -> LedgerFuture<Option<VoucherStatus>> {

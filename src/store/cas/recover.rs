@@ -26,7 +26,7 @@ use super::schema::{Holder, KeyState, LogEntry};
 use super::store::{CasStore, Row};
 use super::Inner;
 use crate::domain::{RedemptionStatus, Timestamp};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::redemption::{ClaimsRecovered, Resolution};
 
 /// Log entries recovered at once.
@@ -129,22 +129,33 @@ impl<S: CasStore> Inner<S> {
         }
     }
 
-    /// An entry whose attempt never started or ended without a redemption.
-    async fn clean(&self, entry: &LogEntry, row: Option<Row>) -> Result<Recovered> {
+    /// An entry whose attempt, as the key read showed, is not in flight and
+    /// made no live redemption. While the key is at the version the
+    /// attempt's start expects, the start may still land: the version is
+    /// bumped first (and if the start landed first, the entry is recovered
+    /// again, now live). Once the key is past that version and shows no
+    /// trace of the attempt, the attempt is over for good: it never took a
+    /// slot, or made a redemption since voided, whose slot is released if it
+    /// still holds it.
+    async fn clean(&self, entry: &LogEntry, mut row: Option<Row>) -> Result<Recovered> {
+        if version_of(&row)? == entry.version {
+            row = self.write_key(entry.id, &row, Vec::new()).await?;
+            if version_of(&row)? == entry.version {
+                return Err(Error::unavailable("the key could not be fenced"));
+            }
+            let key = KeyState::read(row.as_ref())?;
+            let live = key.attempt.is_some_and(|a| a.nonce == entry.attempt)
+                || key.committed_by(entry.attempt).is_some();
+            if live {
+                return Box::pin(self.recover_entry(entry)).await;
+            }
+        }
         let voucher = self.known_voucher(&entry.code).await?;
         let holder = Holder {
             id: entry.id,
             attempt: entry.attempt,
         };
         self.release(&voucher, entry.slot, holder).await?;
-        if version_of(&row)? == entry.version {
-            let fenced = self.write_key(entry.id, &row, Vec::new()).await?;
-            let now = KeyState::read(fenced.as_ref())?;
-            if now.attempt.is_some_and(|a| a.nonce == entry.attempt) {
-                // The start landed first: the attempt is live after all.
-                return Box::pin(self.recover_entry(entry)).await;
-            }
-        }
         self.forget(entry).await;
         Ok(Recovered::Cleaned)
     }
