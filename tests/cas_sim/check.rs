@@ -68,14 +68,29 @@ struct Stored {
     balance_after: i64,
 }
 
+/// A slot bucket: its number, its count, and its held slots
+/// (slot, holder id, attempt).
+struct Bucket {
+    number: i64,
+    taken: Option<i64>,
+    held: Vec<(i64, Uuid, Uuid)>,
+}
+
+/// A wallet: statics, transactions by sequence, and markers (id → the
+/// sequence applied, or `None` for a refusal).
+struct WalletView {
+    balance: i64,
+    version: Option<i64>,
+    transactions: Vec<Stored>,
+    markers: BTreeMap<Uuid, Option<i64>>,
+}
+
 /// Everything the store holds, typed.
 struct Contents {
-    /// (bucket, taken, [(slot, holder id, attempt)]).
-    buckets: Vec<(i64, Option<i64>, Vec<(i64, Uuid, Uuid)>)>,
+    buckets: Vec<Bucket>,
     keys: BTreeMap<Uuid, Key>,
     log_entries: usize,
-    /// phone → (balance, version, transactions by sequence, markers).
-    wallets: BTreeMap<i64, (i64, Option<i64>, Vec<Stored>, BTreeMap<Uuid, Option<i64>>)>,
+    wallets: BTreeMap<i64, WalletView>,
     bindings: BTreeMap<Uuid, (i64, i64, String)>,
 }
 
@@ -106,7 +121,7 @@ fn read(store: &MemoryStore) -> Contents {
     }
 }
 
-fn bucket(part: &Dumped) -> (i64, Option<i64>, Vec<(i64, Uuid, Uuid)>) {
+fn bucket(part: &Dumped) -> Bucket {
     let number = match part.partition.key.get(1) {
         Some(Value::Int(b)) => *b,
         _ => -1,
@@ -121,7 +136,11 @@ fn bucket(part: &Dumped) -> (i64, Option<i64>, Vec<(i64, Uuid, Uuid)>) {
             },
         )
         .collect();
-    (number, int(&part.statics, "taken"), held)
+    Bucket {
+        number,
+        taken: int(&part.statics, "taken"),
+        held,
+    }
 }
 
 fn key(part: &Dumped) -> Option<(Uuid, Key)> {
@@ -140,8 +159,6 @@ fn key(part: &Dumped) -> Option<(Uuid, Key)> {
     };
     Some((*redemption, key))
 }
-
-type WalletView = (i64, Option<i64>, Vec<Stored>, BTreeMap<Uuid, Option<i64>>);
 
 fn wallet(part: &Dumped) -> (i64, WalletView) {
     let phone = match part.partition.key.first() {
@@ -166,16 +183,13 @@ fn wallet(part: &Dumped) -> (i64, WalletView) {
             _ => {}
         }
     }
-    let balance = int(&part.statics, "balance").unwrap_or(0);
-    (
-        phone,
-        (
-            balance,
-            int(&part.statics, "version"),
-            transactions,
-            markers,
-        ),
-    )
+    let view = WalletView {
+        balance: int(&part.statics, "balance").unwrap_or(0),
+        version: int(&part.statics, "version"),
+        transactions,
+        markers,
+    };
+    (phone, view)
 }
 
 fn binding(part: &Dumped) -> Option<(Uuid, (i64, i64, String))> {
@@ -239,24 +253,23 @@ fn quiet(contents: &Contents) -> Outcome {
 /// redemption holds its slot; no user holds two.
 fn slots_agree(contents: &Contents, limit: u32) -> Outcome {
     let mut holders = BTreeMap::new();
-    for (_, _, held) in &contents.buckets {
-        for &(slot, holder, attempt) in held {
-            if !(1..=i64::from(limit)).contains(&slot) {
-                return Err(violation(
-                    "I1 limit",
-                    format!("slot {slot} is out of range"),
-                ));
-            }
-            let key = contents.keys.get(&holder);
-            let made = key.filter(|k| k.is_live() && k.slot_attempt == Some(attempt));
-            let Some(key) = made.filter(|k| k.slot == Some(slot)) else {
-                let detail = format!("slot {slot} is held by {holder}, whose key is {key:?}");
-                return Err(violation("I1 limit (orphan slot)", detail));
-            };
-            if holders.insert(holder, slot).is_some() || holders.len() > limit as usize {
-                return Err(violation("I1 limit", format!("{holder} holds two slots")));
-            }
-            let _ = key;
+    for &(slot, holder, attempt) in contents.buckets.iter().flat_map(|b| &b.held) {
+        if !(1..=i64::from(limit)).contains(&slot) {
+            return Err(violation(
+                "I1 limit",
+                format!("slot {slot} is out of range"),
+            ));
+        }
+        let key = contents.keys.get(&holder);
+        let made = key.is_some_and(|k| {
+            k.is_live() && k.slot_attempt == Some(attempt) && k.slot == Some(slot)
+        });
+        if !made {
+            let detail = format!("slot {slot} is held by {holder}, whose key is {key:?}");
+            return Err(violation("I1 limit (orphan slot)", detail));
+        }
+        if holders.insert(holder, slot).is_some() || holders.len() > limit as usize {
+            return Err(violation("I1 limit", format!("{holder} holds two slots")));
         }
     }
     let mut phones = BTreeSet::new();
@@ -278,12 +291,17 @@ fn slots_agree(contents: &Contents, limit: u32) -> Outcome {
 /// Each bucket's count is its number of held slots.
 fn counts(contents: &Contents) -> Outcome {
     let mut total = 0;
-    for (bucket, taken, held) in &contents.buckets {
-        if taken.unwrap_or(0) != held.len() as i64 {
-            let detail = format!("bucket {bucket} counts {taken:?}, holds {}", held.len());
+    for bucket in &contents.buckets {
+        if bucket.taken.unwrap_or(0) != bucket.held.len() as i64 {
+            let detail = format!(
+                "bucket {} counts {:?}, holds {}",
+                bucket.number,
+                bucket.taken,
+                bucket.held.len()
+            );
             return Err(violation("count", detail));
         }
-        total += held.len();
+        total += bucket.held.len();
     }
     let live = contents.keys.values().filter(|k| k.is_live()).count();
     if total != live {
@@ -300,16 +318,16 @@ fn counts(contents: &Contents) -> Outcome {
 /// sum; every transaction has its id's marker; no id applied twice anywhere.
 fn wallets(contents: &Contents) -> Outcome {
     let mut ids = BTreeSet::new();
-    for (phone, (balance, version, transactions, markers)) in &contents.wallets {
+    for (phone, wallet) in &contents.wallets {
         let mut sum: i128 = 0;
-        for (n, tx) in transactions.iter().enumerate() {
+        for (n, tx) in wallet.transactions.iter().enumerate() {
             sum += i128::from(tx.amount);
             let in_order = tx.sequence == n as i64 + 1;
             if !in_order || sum != i128::from(tx.balance_after) || tx.balance_after < 0 {
                 let detail = format!("wallet {phone}: {tx:?} after a running sum of {sum}");
                 return Err(violation("I5 balance", detail));
             }
-            if markers.get(&tx.id) != Some(&Some(tx.sequence)) {
+            if wallet.markers.get(&tx.id) != Some(&Some(tx.sequence)) {
                 return Err(violation("exactly once", format!("{tx:?} has no marker")));
             }
             if !ids.insert(tx.id) {
@@ -319,8 +337,9 @@ fn wallets(contents: &Contents) -> Outcome {
                 ));
             }
         }
-        let count = transactions.len() as i64;
-        if sum != i128::from(*balance) || *balance < 0 || version.unwrap_or(0) != count {
+        let (balance, version) = (wallet.balance, wallet.version);
+        let count = wallet.transactions.len() as i64;
+        if sum != i128::from(balance) || balance < 0 || version.unwrap_or(0) != count {
             let detail =
                 format!("wallet {phone}: balance {balance}, version {version:?}, sum {sum}");
             return Err(violation("I5 balance", detail));
@@ -331,7 +350,7 @@ fn wallets(contents: &Contents) -> Outcome {
 
 fn by_id(contents: &Contents) -> BTreeMap<Uuid, &Stored> {
     (contents.wallets.values())
-        .flat_map(|(_, _, transactions, _)| transactions)
+        .flat_map(|wallet| &wallet.transactions)
         .map(|tx| (tx.id, tx))
         .collect()
 }

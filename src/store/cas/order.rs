@@ -142,7 +142,11 @@ impl Order {
 
     fn enter(&self, lanes: &[(Lane, Use)], done: &Done) -> Vec<Done> {
         let mut states = self.lanes.lock();
-        if self.next.load(Ordering::Relaxed) % SWEEP_EVERY == 0 {
+        if self
+            .next
+            .load(Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
             states.retain(|_, state| !state.is_idle());
         }
         lanes
