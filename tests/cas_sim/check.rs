@@ -12,6 +12,7 @@ use voucherd::store::cas::store::{Row, Table, Value};
 
 use super::clients::{Answer, Told};
 use super::runner::{violation, Violation};
+use super::world::World;
 
 type Outcome = Result<(), Violation>;
 
@@ -213,13 +214,14 @@ pub struct Expected<'a> {
     pub told: &'a [Told],
 }
 
-pub fn check(store: &MemoryStore, expected: &Expected) -> Outcome {
+pub fn check(store: &MemoryStore, expected: &Expected, world: &World) -> Outcome {
     let undecided = store.decide_all();
     if undecided > 0 {
         let detail = format!("{undecided} writes still undecided after recovery");
         return Err(violation("liveness", detail));
     }
     let contents = read(store);
+    fingerprint(&contents, world);
     quiet(&contents)?;
     slots_agree(&contents, expected.limit)?;
     counts(&contents)?;
@@ -227,6 +229,16 @@ pub fn check(store: &MemoryStore, expected: &Expected) -> Outcome {
     credited(&contents, expected.code)?;
     durable(&contents, expected.answers)?;
     told(&contents, expected.told)
+}
+
+/// Folds the final redemptions and balances into the trace's fingerprint.
+fn fingerprint(contents: &Contents, world: &World) {
+    for key in contents.keys.values() {
+        world.event("final.redemption", 0, key.status.unwrap_or(-1));
+    }
+    for wallet in contents.wallets.values() {
+        world.event("final.balance", 0, wallet.balance);
+    }
 }
 
 /// No claim in flight, nothing pending, nothing left in the claim log.
@@ -376,7 +388,13 @@ fn credited(contents: &Contents, code: &VoucherCode) -> Outcome {
             return Err(violation("I3 credited", detail));
         }
     }
-    for (id, tx) in &applied {
+    credits_backed(contents, &applied)
+}
+
+/// Every voucher credit backs a credited redemption; every applied
+/// transaction is the request its id is bound to.
+fn credits_backed(contents: &Contents, applied: &BTreeMap<Uuid, &Stored>) -> Outcome {
+    for (id, tx) in applied {
         let backed = contents
             .keys
             .get(id)

@@ -45,14 +45,13 @@ pub async fn run(world: Arc<World>, planted: Planted) -> Result<(), Violation> {
     }
     cluster.join().await;
     quiesce(&cluster).await?;
-    fingerprint(&cluster);
     let expected = Expected {
         code: &cluster.code,
         limit: setup.limit,
         answers: &answers,
         told: &told,
     };
-    check(&cluster.store, &expected)
+    check(&cluster.store, &expected, &world)
 }
 
 /// Recovery passes (the real drivers, on an instance of their own) until no
@@ -81,22 +80,4 @@ fn is_quiet(cluster: &Cluster) -> bool {
     let log = store.dump(Table::ClaimLog);
     !keys.iter().flat_map(|p| &p.rows).any(|(_, row)| busy(row))
         && log.iter().all(|p| p.rows.is_empty())
-}
-
-/// Folds the final redemptions and balances into the trace's fingerprint.
-fn fingerprint(cluster: &Cluster) {
-    for part in cluster.store.dump(Table::Redemptions) {
-        for (_, row) in &part.rows {
-            let status = match row.get("status") {
-                Some(Value::Int(s)) => *s,
-                _ => -1,
-            };
-            cluster.world.event("final.redemption", 0, status);
-        }
-    }
-    for part in cluster.store.dump(Table::Wallets) {
-        if let Some(Value::Int(balance)) = part.statics.get("balance") {
-            cluster.world.event("final.balance", 0, *balance);
-        }
-    }
 }

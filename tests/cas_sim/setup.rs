@@ -55,7 +55,7 @@ pub struct Setup {
 impl Setup {
     pub fn draw(world: &World) -> Setup {
         let limit = world.range(1, 5) as u32;
-        let crowd = u64::from(limit) + world.range(1, u64::from(limit) + 3);
+        let crowd = u64::from(limit) + world.range(1, u64::from(limit) + 2);
         let fault_ms = world.range(300, 1_500);
         // A flash crowd arrives at once; otherwise over a third of the phase.
         let arrivals = if world.chance(500) { 30 } else { fault_ms / 3 };
@@ -73,11 +73,7 @@ impl Setup {
             users,
             voucher_nodes: world.range(1, 3) as usize,
             wallet_nodes: world.range(1, 2) as usize,
-            rates: FaultRates {
-                unknown: storm * world.range(0, 60),
-                read_error: storm * world.range(0, 20),
-                max_delay: Duration::from_micros(world.range(0, 8_000)),
-            },
+            rates: rates(world, storm),
             voucher_crash_ms: crashes(world),
             wallet_crash_ms: crashes(world),
             recovery_every_ms: world.range(150, 800),
@@ -90,9 +86,18 @@ impl Setup {
             slow_vouchers_ms: racing.then(|| world.range(20, 200)),
             deadline_ms: world.range(20, 800),
             fault_phase: Duration::from_millis(fault_ms),
-            transactions: world.range(0, 8) as usize,
+            transactions: world.range(0, 6) as usize,
             keys: world.range(1, 4),
         }
+    }
+}
+
+/// The store's fault rates: none when calm (`storm` 0), up to heavy (3).
+fn rates(world: &World, storm: u64) -> FaultRates {
+    FaultRates {
+        unknown: storm * world.range(0, 60),
+        read_error: storm * world.range(0, 20),
+        max_delay: Duration::from_micros(world.range(0, 8_000)),
     }
 }
 

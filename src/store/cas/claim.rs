@@ -11,7 +11,7 @@ use super::schema::{
     col, get_int, int, key_of, row_of, text, uuid, Attempt, Holder, KeyState, LogEntry, SlotState,
     VoucherRow,
 };
-use super::store::{Assignment, Cas, CasOutcome, CasStore, Row, Value, Write};
+use super::store::{Assignment, Cas, CasOutcome, CasStore, Row, RowKey, Value, Write};
 use super::Inner;
 use crate::domain::{Redemption, RedemptionStatus};
 use crate::error::{Error, Result};
@@ -94,6 +94,35 @@ fn commit_set(attempt: &Attempt) -> Vec<Assignment> {
     ];
     set.extend(clear_attempt());
     set
+}
+
+/// The take of slot `key` by `holder` at the generation (and bucket count)
+/// `state` shows, and the slot as it stands once applied.
+fn take_write(key: &RowKey, state: &SlotState, holder: Holder) -> (Cas, SlotState) {
+    let taken = SlotState {
+        taken: Some(state.taken.unwrap_or(0) + 1),
+        gen: Some(state.generation() + 1),
+        holder: Some(holder),
+    };
+    let write = Write::Update {
+        row: key.row.clone(),
+        when: vec![
+            (col::TAKEN, state.taken.map(Value::Int)),
+            (col::GEN, state.gen.map(Value::Int)),
+            (col::HOLDER, None),
+        ],
+        set: vec![
+            (col::TAKEN, taken.taken.map(Value::Int)),
+            (col::GEN, taken.gen.map(Value::Int)),
+            (col::HOLDER, uuid(holder.id)),
+            (col::ATTEMPT, uuid(holder.attempt)),
+        ],
+    };
+    let cas = Cas {
+        partition: key.partition.clone(),
+        writes: vec![write],
+    };
+    (cas, taken)
 }
 
 /// The version a key row holds (`None`: no row).
@@ -219,35 +248,9 @@ impl<S: CasStore> Inner<S> {
         holder: Holder,
     ) -> Option<(SlotState, bool)> {
         let key = voucher.slot_key(slot);
-        let taken = state.taken.unwrap_or(0) + 1;
-        let gen = state.generation() + 1;
-        let write = Write::Update {
-            row: key.row.clone(),
-            when: vec![
-                (col::TAKEN, state.taken.map(Value::Int)),
-                (col::GEN, state.gen.map(Value::Int)),
-                (col::HOLDER, None),
-            ],
-            set: vec![
-                (col::TAKEN, int(taken)),
-                (col::GEN, int(gen)),
-                (col::HOLDER, uuid(holder.id)),
-                (col::ATTEMPT, uuid(holder.attempt)),
-            ],
-        };
-        let cas = Cas {
-            partition: key.partition.clone(),
-            writes: vec![write],
-        };
+        let (cas, taken) = take_write(&key, state, holder);
         match self.store.cas(cas).await {
-            CasOutcome::Applied => Some((
-                SlotState {
-                    taken: Some(taken),
-                    gen: Some(gen),
-                    holder: Some(holder),
-                },
-                true,
-            )),
+            CasOutcome::Applied => Some((taken, true)),
             CasOutcome::NotApplied(current) => {
                 SlotState::read(&current.statics, current.row(&key.row))
                     .ok()
@@ -315,19 +318,7 @@ impl<S: CasStore> Inner<S> {
         id: Uuid,
         claim: &Claim,
     ) -> Result<Option<Redemption>> {
-        let (row, slot) = futures::join!(
-            self.key_row(id, false),
-            self.slot_state(voucher, claim.slot, false)
-        );
-        let row = row?;
-        refuse(&KeyState::read(row.as_ref())?)?;
-        if claim.slot == 0 || claim.slot > voucher.voucher.limit {
-            return Err(Error::SlotTaken);
-        }
-        let slot = slot?;
-        if slot.holder.is_some() {
-            return Err(Error::SlotTaken);
-        }
+        let (row, slot) = self.admit(voucher, id, claim).await?;
         let attempt = Attempt {
             nonce: self.nonce(),
             slot: claim.slot,
@@ -359,6 +350,30 @@ impl<S: CasStore> Inner<S> {
                 Err(Error::SlotTaken)
             }
         }
+    }
+
+    /// Reads the user's key and the slot (plainly) and refuses, writing
+    /// nothing, a claim they already refuse.
+    async fn admit(
+        &self,
+        voucher: &VoucherRow,
+        id: Uuid,
+        claim: &Claim,
+    ) -> Result<(Option<Row>, SlotState)> {
+        let (row, slot) = futures::join!(
+            self.key_row(id, false),
+            self.slot_state(voucher, claim.slot, false)
+        );
+        let row = row?;
+        refuse(&KeyState::read(row.as_ref())?)?;
+        if claim.slot == 0 || claim.slot > voucher.voucher.limit {
+            return Err(Error::SlotTaken);
+        }
+        let slot = slot?;
+        if slot.holder.is_some() {
+            return Err(Error::SlotTaken);
+        }
+        Ok((row, slot))
     }
 
     /// Logs an attempt before it starts, so that recovery finds it whatever

@@ -203,30 +203,40 @@ impl Part {
         }
     }
 
-    fn set(&mut self, table: Table, row: &Clustering, column: Column, value: Option<&Value>) {
-        let target = if table.is_static(column) {
-            &mut self.statics
-        } else {
-            self.rows.entry(row.clone()).or_default()
+    /// Assigns `columns` of `row` (statics go to the partition's); the row
+    /// is created when a regular column is assigned.
+    fn set<'a>(
+        &mut self,
+        table: Table,
+        row: &Clustering,
+        columns: impl Iterator<Item = (Column, Option<&'a Value>)>,
+    ) {
+        let (statics, regular): (Vec<_>, Vec<_>) = columns.partition(|(c, _)| table.is_static(c));
+        let assign = |target: &mut Row, (column, value): (Column, Option<&Value>)| {
+            match value {
+                Some(v) => target.insert(column, v.clone()),
+                None => target.remove(column),
+            };
         };
-        match value {
-            Some(v) => target.insert(column, v.clone()),
-            None => target.remove(column),
-        };
+        for assignment in statics {
+            assign(&mut self.statics, assignment);
+        }
+        if !regular.is_empty() {
+            let target = self.rows.entry(row.clone()).or_default();
+            for assignment in regular {
+                assign(target, assignment);
+            }
+        }
     }
 
     fn apply(&mut self, table: Table, write: &Write) {
         match write {
             Write::Insert { row, values } => {
                 self.rows.insert(row.clone(), Row::new());
-                for (column, value) in values {
-                    self.set(table, row, column, Some(value));
-                }
+                self.set(table, row, values.iter().map(|(c, v)| (*c, Some(v))));
             }
             Write::Update { row, set, .. } => {
-                for (column, value) in set {
-                    self.set(table, row, column, value.as_ref());
-                }
+                self.set(table, row, set.iter().map(|(c, v)| (*c, v.as_ref())));
             }
             Write::Delete { row, .. } => {
                 self.rows.remove(row);

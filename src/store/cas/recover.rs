@@ -109,24 +109,24 @@ impl<S: CasStore> Inner<S> {
                 self.finish_locally(entry, &key).await?;
                 Ok(Recovered::Pending)
             }
-            Some(status) => {
-                // Settling again with its own status finishes the settle.
-                let resolution = match status {
-                    RedemptionStatus::Void => Resolution::Void {
-                        reason: "recovered".to_owned(),
-                    },
-                    _ => Resolution::Credited { balance: 0 },
-                };
-                self.settle(entry.id, resolution).await?;
-                self.forget(entry).await;
-                Ok(if status == RedemptionStatus::Void {
-                    Recovered::Released
-                } else {
-                    Recovered::Cleaned
-                })
-            }
+            Some(status) => self.settle_again(entry, status).await,
             None => self.clean(entry, row).await,
         }
+    }
+
+    /// A settled redemption's entry: settling again with its own status
+    /// finishes the settle (a void's slot is released); the entry goes.
+    async fn settle_again(&self, entry: &LogEntry, status: RedemptionStatus) -> Result<Recovered> {
+        let (resolution, recovered) = match status {
+            RedemptionStatus::Void => {
+                let reason = "recovered".to_owned();
+                (Resolution::Void { reason }, Recovered::Released)
+            }
+            _ => (Resolution::Credited { balance: 0 }, Recovered::Cleaned),
+        };
+        self.settle(entry.id, resolution).await?;
+        self.forget(entry).await;
+        Ok(recovered)
     }
 
     /// An entry whose attempt, as the key read showed, is not in flight and

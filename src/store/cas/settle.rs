@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::claim::redemption_of;
 use super::schema::{col, int, log_key, Holder, KeyState, SlotState, VoucherRow};
-use super::store::{Cas, CasOutcome, CasStore, Value, Write};
+use super::store::{Cas, CasOutcome, CasStore, RowKey, Value, Write};
 use super::Inner;
 use crate::domain::{voucher_reference, Redemption, RedemptionStatus};
 use crate::error::{Error, Result};
@@ -95,30 +95,7 @@ impl<S: CasStore> Inner<S> {
             if !state.held_by(holder) {
                 return Ok(());
             }
-            let taken = state.taken.unwrap_or(0);
-            if taken < 1 {
-                return Err(Error::storage(format!(
-                    "slot {slot} is held, its bucket counts none"
-                )));
-            }
-            let write = Write::Update {
-                row: key.row.clone(),
-                when: vec![
-                    (col::TAKEN, int(taken)),
-                    (col::HOLDER, Some(Value::Uuid(holder.id))),
-                    (col::ATTEMPT, Some(Value::Uuid(holder.attempt))),
-                ],
-                set: vec![
-                    (col::TAKEN, int(taken - 1)),
-                    (col::HOLDER, None),
-                    (col::ATTEMPT, None),
-                ],
-            };
-            let cas = Cas {
-                partition: key.partition.clone(),
-                writes: vec![write],
-            };
-            state = match self.store.cas(cas).await {
+            state = match self.store.cas(release_write(&key, &state, holder)?).await {
                 CasOutcome::Applied => return Ok(()),
                 CasOutcome::NotApplied(current) => {
                     SlotState::read(&current.statics, current.row(&key.row))?
@@ -166,4 +143,30 @@ impl<S: CasStore> Inner<S> {
             Err(unknown) => Err(unknown),
         }
     }
+}
+
+/// The release of slot `key`, which `state` shows held by `holder`.
+fn release_write(key: &RowKey, state: &SlotState, holder: Holder) -> Result<Cas> {
+    let taken = state.taken.unwrap_or(0);
+    if taken < 1 {
+        let detail = format!("slot {:?} is held, its bucket counts none", key.row);
+        return Err(Error::storage(detail));
+    }
+    let write = Write::Update {
+        row: key.row.clone(),
+        when: vec![
+            (col::TAKEN, int(taken)),
+            (col::HOLDER, Some(Value::Uuid(holder.id))),
+            (col::ATTEMPT, Some(Value::Uuid(holder.attempt))),
+        ],
+        set: vec![
+            (col::TAKEN, int(taken - 1)),
+            (col::HOLDER, None),
+            (col::ATTEMPT, None),
+        ],
+    };
+    Ok(Cas {
+        partition: key.partition.clone(),
+        writes: vec![write],
+    })
 }

@@ -226,28 +226,8 @@ impl<S: CasStore> Inner<S> {
         current: &Current,
         serial: bool,
     ) -> Result<Decision> {
-        match marker_of(current, transaction.id)? {
-            Some(Marker::Refused) => {
-                let reason = "refused earlier".to_owned();
-                return Ok(Decision::Answer(Err(Error::CreditRefused { reason })));
-            }
-            Some(Marker::Applied(sequence)) => {
-                let first = self
-                    .read_transaction(transaction.phone, sequence, transaction.id)
-                    .await?;
-                let answer = if transaction.replayable {
-                    replay(
-                        first,
-                        transaction.phone,
-                        transaction.amount,
-                        &transaction.reference,
-                    )
-                } else {
-                    Ok(first)
-                };
-                return Ok(Decision::Answer(answer));
-            }
-            None => {}
+        if let Some(marker) = marker_of(current, transaction.id)? {
+            return self.answer(transaction, marker).await.map(Decision::Answer);
         }
         let head = Head::read(&current.statics)?;
         Ok(match balance_after(head.balance, transaction.amount) {
@@ -261,6 +241,33 @@ impl<S: CasStore> Inner<S> {
             Err(refusal) if serial => Decision::Answer(Err(refusal)),
             Err(_) => Decision::Confirm,
         })
+    }
+
+    /// The answer an id's marker gives: its first transaction (replayed), or
+    /// its final refusal.
+    async fn answer(
+        &self,
+        transaction: &NewTransaction,
+        marker: Marker,
+    ) -> Result<Result<WalletTransaction>> {
+        let sequence = match marker {
+            Marker::Refused => {
+                let reason = "refused earlier".to_owned();
+                return Ok(Err(Error::CreditRefused { reason }));
+            }
+            Marker::Applied(sequence) => sequence,
+        };
+        let (phone, id) = (transaction.phone, transaction.id);
+        let first = self.read_transaction(phone, sequence, id).await?;
+        if !transaction.replayable {
+            return Ok(Ok(first));
+        }
+        Ok(replay(
+            first,
+            phone,
+            transaction.amount,
+            &transaction.reference,
+        ))
     }
 
     async fn read_transaction(
@@ -371,19 +378,34 @@ impl<S: CasStore> Inner<S> {
         phone: PhoneNumber,
         page: PageRequest,
     ) -> Result<Option<(Wallet, Page<WalletTransaction>)>> {
-        let partition = wallet_of(phone);
         let statics = RowKey {
-            partition: partition.clone(),
+            partition: wallet_of(phone),
             row: Vec::new(),
         };
         let head = Head::read(&self.store.read(statics).await?.statics)?;
         let Some(opened_at) = head.opened_at else {
             return Ok(None);
         };
+        let page = self.transactions(phone, &head, page).await?;
+        let wallet = Wallet {
+            phone,
+            balance: head.balance,
+            created_at: Timestamp(opened_at),
+        };
+        Ok(Some((wallet, page)))
+    }
+
+    /// A page of the wallet's transactions, newest first.
+    async fn transactions(
+        &self,
+        phone: PhoneNumber,
+        head: &Head,
+        page: PageRequest,
+    ) -> Result<Page<WalletTransaction>> {
         let to = match page.cursor {
             None => Bound::Excluded(vec![Value::Int(MARKER)]),
             Some(cursor) => {
-                Bound::Excluded(vec![Value::Int(TRANSACTION), cursor_of(cursor, &head)?])
+                Bound::Excluded(vec![Value::Int(TRANSACTION), cursor_of(cursor, head)?])
             }
         };
         let (offset, limit) = (page.offset as usize, page.limit as usize);
@@ -393,19 +415,14 @@ impl<S: CasStore> Inner<S> {
             descending: true,
             limit: offset + limit + 1,
         };
-        let slice = self.store.scan(partition, scan).await?;
+        let slice = self.store.scan(wallet_of(phone), scan).await?;
         let mut rows = slice.rows.iter().skip(offset);
         let items = (rows.by_ref().take(limit))
             .map(|(key, row)| transaction_of(phone, key, row))
             .collect::<Result<Vec<_>>>()?;
         let more = rows.next().is_some();
         let next_cursor = more.then(|| items.last().map(|t| t.sequence)).flatten();
-        let wallet = Wallet {
-            phone,
-            balance: head.balance,
-            created_at: Timestamp(opened_at),
-        };
-        Ok(Some((wallet, Page { items, next_cursor })))
+        Ok(Page { items, next_cursor })
     }
 }
 
