@@ -64,6 +64,7 @@ impl Recovery {
         let now = self.clock.now();
         let threshold = i64::try_from(self.pending_after.as_micros()).unwrap_or(i64::MAX);
         let claimed_before = Timestamp(now.0.saturating_sub(threshold));
+        self.recover_claims(claimed_before).await;
         let mut total = RecoveryPass::default();
         while total.examined < RECOVERY_MAX_PER_PASS {
             let pass = match recover_once(
@@ -97,6 +98,24 @@ impl Recovery {
             .unwrap_or_default();
         self.metrics.protocol.observe_recovery(&total, oldest_age);
         total
+    }
+}
+
+impl Recovery {
+    /// Finishes claims a crash interrupted between their steps (a ledger
+    /// whose claims are one write has none), so that they are pending, or
+    /// gone, before credits are re-sent.
+    async fn recover_claims(&self, claimed_before: Timestamp) {
+        match (self.ledger)
+            .recover_claims(claimed_before, RECOVERY_MAX_PER_PASS)
+            .await
+        {
+            Ok(claims) if claims.examined > 0 => {
+                tracing::info!(?claims, "recovered interrupted claims");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "recovery could not read the claim log"),
+        }
     }
 }
 

@@ -126,6 +126,39 @@ pub trait PendingLedger: Send + Sync + 'static {
     /// Up to `limit` redemptions still pending that were claimed before
     /// `claimed_before`, oldest first.
     fn pending(&self, claimed_before: Timestamp, limit: usize) -> LedgerFuture<Vec<Redemption>>;
+
+    /// Finishes or undoes the claims (and the settles) a crash interrupted
+    /// between their steps, up to `limit` of those started before
+    /// `claimed_before`, oldest first. The recovery pass calls it before it
+    /// re-sends credits. A ledger whose claims and settles are one atomic
+    /// write has nothing to do: the default does nothing.
+    fn recover_claims(
+        &self,
+        claimed_before: Timestamp,
+        limit: usize,
+    ) -> LedgerFuture<ClaimsRecovered> {
+        let _ = (claimed_before, limit);
+        Box::pin(async { Ok(ClaimsRecovered::default()) })
+    }
+}
+
+/// What one pass over interrupted claims did ([`PendingLedger::recover_claims`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimsRecovered {
+    /// Interrupted claims (and settles) the pass looked at.
+    pub examined: usize,
+    /// Claims finished: the slot taken and the redemption recorded.
+    pub finished: usize,
+    /// Claims that lost their slot; the user's key was released.
+    pub abandoned: usize,
+    /// Redemptions found pending (their credit is the credit recovery's).
+    pub pending: usize,
+    /// Void redemptions whose slot release was finished.
+    pub released: usize,
+    /// Left-overs of claims that ended or never started, dropped.
+    pub cleaned: usize,
+    /// Left for the next pass (the store did not answer).
+    pub failed: usize,
 }
 
 /// Credits one freshly claimed (pending) redemption and settles it by the

@@ -8,7 +8,9 @@
 //! created for the test (`VOUCHERD_TEST_POSTGRES`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped afterwards, so
 //! tests run in parallel. An unreachable PostgreSQL fails its tests: they never
-//! skip silently.
+//! skip silently. The CAS backend (the protocol a ScyllaDB ledger runs) runs on
+//! a fresh in-memory compare-and-set store, without faults; reopening it opens
+//! a new ledger over the same store.
 
 #[path = "support/database.rs"]
 mod database;
@@ -26,6 +28,8 @@ use voucherd::domain::{
 };
 use voucherd::error::Error;
 use voucherd::metrics::Metrics;
+use voucherd::store::cas::memory::MemoryStore;
+use voucherd::store::cas::CasLedger;
 use voucherd::store::embedded::EmbeddedLedger;
 use voucherd::store::postgres::PostgresLedger;
 use voucherd::store::{Claim, Half, Ledger, NewProfile, NewTransaction, SlotUsage};
@@ -38,6 +42,7 @@ mod halves;
 enum Store {
     Embedded(TempDir),
     Postgres(TestDatabase),
+    Cas(MemoryStore),
 }
 
 impl Store {
@@ -51,6 +56,10 @@ impl Store {
 
     async fn postgres() -> Store {
         Store::Postgres(TestDatabase::create().await)
+    }
+
+    async fn cas() -> Store {
+        Store::Cas(MemoryStore::new())
     }
 
     async fn open(&self) -> Arc<dyn Ledger> {
@@ -84,6 +93,7 @@ impl Store {
                     .await
                     .expect("open the PostgreSQL ledger"),
             ),
+            Store::Cas(store) => Arc::new(CasLedger::open(store.clone(), half)),
         }
     }
 }
@@ -137,6 +147,7 @@ macro_rules! every_case {
 
 every_case!(embedded);
 every_case!(postgres);
+every_case!(cas);
 
 /// Helpers the cases share.
 mod fixtures {

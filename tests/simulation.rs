@@ -68,91 +68,15 @@
 
 mod sim;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
-use sim::check::Violation;
+use sim::runner::{assert_coverage, env_u64, fail, run_many};
 use sim::{run_schedule, Planted};
 
 const DEFAULT_SEED: u64 = 0x5EED_2026;
 const DEFAULT_SCHEDULES: u64 = 10_000;
 /// Seeds a planted bug may take before the simulation is said to miss it.
 const PLANTED_SEEDS: u64 = 300;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let raw = std::env::var(name).ok()?;
-    let raw = raw.trim();
-    let parsed = match raw.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => raw.parse(),
-    };
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={raw} is not a number")))
-}
-
-/// Totals over many schedules.
-#[derive(Default)]
-struct Totals {
-    schedules: u64,
-    events: u64,
-    /// Order-independent sum of the schedules' fingerprints.
-    fingerprint: u64,
-    kinds: BTreeMap<&'static str, u64>,
-    violation: Option<(u64, Violation)>,
-}
-
-/// Runs `count` schedules from `base` on a few threads (each schedule is
-/// independent and single-threaded), stopping at the first violation.
-fn run_many(base: u64, count: u64) -> Totals {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4)) as u64;
-    let totals = Mutex::new(Totals::default());
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        for first in 0..threads {
-            let (totals, stop) = (&totals, &stop);
-            scope.spawn(move || {
-                for offset in (first..count).step_by(threads as usize) {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let seed = base.wrapping_add(offset);
-                    let run = run_schedule(seed, Planted::Nothing, false);
-                    let mut totals = totals.lock().unwrap();
-                    totals.schedules += 1;
-                    totals.events += run.trace.events;
-                    totals.fingerprint = totals.fingerprint.wrapping_add(run.trace.fingerprint);
-                    for (kind, n) in run.trace.kinds {
-                        *totals.kinds.entry(kind).or_default() += n;
-                    }
-                    if let Err(violation) = run.verdict {
-                        stop.store(true, Ordering::Relaxed);
-                        totals.violation.get_or_insert((seed, violation));
-                    }
-                }
-            });
-        }
-    });
-    totals.into_inner().unwrap()
-}
-
-/// Replays `seed` with its event log, prints the log, and fails.
-fn fail(seed: u64, violation: &Violation) -> ! {
-    let replay = run_schedule(seed, Planted::Nothing, true);
-    let log = replay.trace.log.unwrap_or_default();
-    let shown = if std::env::var_os("SIM_TRACE").is_some() {
-        log.len()
-    } else {
-        60
-    };
-    eprintln!("--- last {shown} events of seed {seed} ---");
-    for line in &log[log.len().saturating_sub(shown)..] {
-        eprintln!("{line}");
-    }
-    panic!(
-        "seed {seed}: {violation}\nreplay: SIM_SEED={seed} SIM_SCHEDULES=1 cargo test --test simulation"
-    );
-}
 
 /// Event kinds a long enough run must have seen, or the faults are not
 /// really exercised.
@@ -191,9 +115,13 @@ fn redemptions_keep_every_invariant_under_faults() {
     let count = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     println!("simulation: {count} schedules from seed {base}");
     let started = Instant::now();
-    let totals = run_many(base, count);
+    let totals = run_many(base, count, |seed| {
+        run_schedule(seed, Planted::Nothing, false)
+    });
     if let Some((seed, violation)) = &totals.violation {
-        fail(*seed, violation);
+        fail(*seed, violation, "simulation", |seed| {
+            run_schedule(seed, Planted::Nothing, true)
+        });
     }
     println!(
         "simulation: {} schedules, {} simulated events, wall time {:.1?}, fingerprint {:016x}",
@@ -205,12 +133,7 @@ fn redemptions_keep_every_invariant_under_faults() {
     println!("events by kind: {:?}", totals.kinds);
     assert_eq!(totals.schedules, count);
     if count >= 1_000 {
-        for kind in MUST_HAPPEN {
-            assert!(
-                totals.kinds.contains_key(kind),
-                "no {kind} in {count} schedules"
-            );
-        }
+        assert_coverage(&totals, MUST_HAPPEN);
     }
 }
 

@@ -13,6 +13,7 @@
 //! is what lets a voucher shard or a wallet actor keep serving while the ledger
 //! groups many writes into one durable commit.
 
+pub mod cas;
 pub mod embedded;
 pub mod postgres;
 mod queue;

@@ -2,7 +2,6 @@
 //! stopped, every redemption is settled and the network is quiet.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use uuid::Uuid;
 use voucherd::domain::{
@@ -14,22 +13,7 @@ use super::service::Answer;
 use super::wallet::WalletState;
 use super::world::user;
 
-/// A broken invariant: which one, and the evidence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub invariant: &'static str,
-    pub detail: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} violated: {}", self.invariant, self.detail)
-    }
-}
-
-pub fn violation(invariant: &'static str, detail: String) -> Violation {
-    Violation { invariant, detail }
-}
+pub use super::runner::{violation, Violation};
 
 type Outcome = Result<(), Violation>;
 

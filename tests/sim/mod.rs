@@ -4,6 +4,7 @@ pub mod check;
 pub mod knobs;
 pub mod ledger;
 pub mod network;
+pub mod runner;
 pub mod schedule;
 pub mod service;
 pub mod wallet;
@@ -15,14 +16,13 @@ pub mod world;
 #[allow(dead_code)]
 mod rng;
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use voucherd::redemption::CreditPort;
 
-use check::{violation, Violation};
 use network::{AppliedBeforeAnswer, SimPort, TimeoutAsRefusal};
-use world::{Trace, World};
+use runner::{run_seeded, Run};
+use world::World;
 
 /// A bug planted in the test's models (never in `src/`), which the simulation
 /// must catch.
@@ -54,39 +54,8 @@ impl Planted {
     }
 }
 
-/// One schedule's trace and verdict.
-pub struct Run {
-    pub trace: Trace,
-    pub verdict: Result<(), Violation>,
-}
-
 /// Runs schedule `seed` on its own single-threaded runtime with virtual time.
 /// `log` keeps the readable event log.
 pub fn run_schedule(seed: u64, planted: Planted, log: bool) -> Run {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
-    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        runtime.block_on(async {
-            let world = World::new(seed, log);
-            let verdict = schedule::run(world.clone(), planted).await;
-            Run {
-                trace: world.trace(),
-                verdict,
-            }
-        })
-    }));
-    ran.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        Run {
-            trace: Trace::default(),
-            verdict: Err(violation("panic", message)),
-        }
-    })
+    run_seeded(seed, log, |world| schedule::run(world, planted))
 }

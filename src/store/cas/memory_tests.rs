@@ -1,0 +1,159 @@
+//! The in-memory store's own rules: conditions (a missing row reads as
+//! nulls, statics), batches all-or-nothing, undecided writes decided by the
+//! next round, slices in order.
+
+use std::ops::Bound;
+use std::time::Duration;
+
+use super::*;
+
+fn slots(bucket: i64) -> Partition {
+    Partition {
+        table: Table::Slots,
+        key: vec![Value::Text("GOAL".into()), Value::Int(bucket)],
+    }
+}
+
+fn slot(n: i64) -> Clustering {
+    vec![Value::Int(n)]
+}
+
+fn take(n: i64, taken: Option<i64>) -> Cas {
+    Cas {
+        partition: slots(0),
+        writes: vec![Write::Update {
+            row: slot(n),
+            when: vec![("taken", taken.map(Value::Int)), ("holder", None)],
+            set: vec![
+                ("taken", Some(Value::Int(taken.unwrap_or(0) + 1))),
+                ("holder", Some(Value::Int(n))),
+            ],
+        }],
+    }
+}
+
+/// Always the same plan.
+struct Always(Plan);
+
+impl Faults for Always {
+    fn plan(&self, _: Op) -> Plan {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn conditions_see_nulls_statics_and_current_rows() {
+    let store = MemoryStore::new();
+    assert_eq!(store.cas(take(1, None)).await, CasOutcome::Applied);
+    let CasOutcome::NotApplied(current) = store.cas(take(1, Some(1))).await else {
+        panic!("slot 1 is held");
+    };
+    assert_eq!(current.statics.get("taken"), Some(&Value::Int(1)));
+    assert_eq!(
+        current.row(&slot(1)).and_then(|r| r.get("holder")),
+        Some(&Value::Int(1))
+    );
+    // The static moved: a take expecting the old count fails.
+    assert!(matches!(
+        store.cas(take(2, None)).await,
+        CasOutcome::NotApplied(_)
+    ));
+    assert_eq!(store.cas(take(2, Some(1))).await, CasOutcome::Applied);
+}
+
+#[tokio::test]
+async fn a_batch_applies_all_or_nothing() {
+    let store = MemoryStore::new();
+    let insert = |n| Write::Insert {
+        row: slot(n),
+        values: Row::from([("gen", Value::Int(1))]),
+    };
+    let both = Cas {
+        partition: slots(0),
+        writes: vec![insert(1), insert(2)],
+    };
+    assert_eq!(store.cas(both.clone()).await, CasOutcome::Applied);
+    let again = Cas {
+        partition: slots(0),
+        writes: vec![insert(3), insert(2)],
+    };
+    assert!(matches!(store.cas(again).await, CasOutcome::NotApplied(_)));
+    let rows = store.dump(Table::Slots)[0].rows.len();
+    assert_eq!(rows, 2, "slot 3 was not inserted");
+    let delete = Cas {
+        partition: slots(0),
+        writes: vec![Write::Delete {
+            row: slot(1),
+            when: Vec::new(),
+        }],
+    };
+    assert_eq!(store.cas(delete.clone()).await, CasOutcome::Applied);
+    assert!(matches!(store.cas(delete).await, CasOutcome::NotApplied(_)));
+}
+
+#[tokio::test]
+async fn an_undecided_write_is_decided_by_the_next_round() {
+    let data = MemoryStore::new();
+    for applies in [true, false] {
+        let plan = Plan {
+            fate: Fate::Undecided {
+                applies,
+                visible_after: Duration::from_secs(3_600),
+            },
+            ..Plan::default()
+        };
+        let faulty = MemoryStore {
+            faults: Some(Arc::new(Always(plan))),
+            ..data.clone()
+        };
+        let n = i64::from(applies);
+        assert_eq!(faulty.cas(take(n, None)).await, CasOutcome::Unknown);
+        let at = RowKey {
+            partition: slots(0),
+            row: slot(n),
+        };
+        assert_eq!(data.read(at.clone()).await.unwrap().row(&slot(n)), None);
+        let serial = data.read_serial(at).await.unwrap();
+        assert_eq!(serial.row(&slot(n)).is_some(), applies);
+        data.decide_all();
+    }
+}
+
+#[tokio::test]
+async fn slices_come_in_order_within_their_bounds() {
+    let store = MemoryStore::new();
+    for n in [5, 1, 3, 2, 4] {
+        store.cas(take(n, store_taken(&store).await)).await;
+    }
+    let scan = |from, to, descending| Scan {
+        from,
+        to,
+        descending,
+        limit: 10,
+    };
+    let keys = |slice: Slice| -> Vec<i64> {
+        (slice.rows.iter())
+            .map(|(k, _)| match k[0] {
+                Value::Int(n) => n,
+                _ => -1,
+            })
+            .collect()
+    };
+    let all = store.scan(slots(0), scan(Bound::Unbounded, Bound::Unbounded, false));
+    assert_eq!(keys(all.await.unwrap()), vec![1, 2, 3, 4, 5]);
+    let some = scan(Bound::Excluded(slot(2)), Bound::Included(slot(4)), true);
+    assert_eq!(keys(store.scan(slots(0), some).await.unwrap()), vec![4, 3]);
+    let none = scan(Bound::Excluded(slot(3)), Bound::Excluded(slot(3)), false);
+    assert!(keys(store.scan(slots(0), none).await.unwrap()).is_empty());
+}
+
+async fn store_taken(store: &MemoryStore) -> Option<i64> {
+    let at = RowKey {
+        partition: slots(0),
+        row: Vec::new(),
+    };
+    match store.read(at).await.unwrap().statics.get("taken") {
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
+    }
+}

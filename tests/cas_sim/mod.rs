@@ -1,0 +1,43 @@
+//! The CAS simulation's models and driver; see `tests/cas_simulation.rs`.
+//! The world (seeded RNG, virtual time, trace), the runner and the RNG are
+//! the redemption simulation's own (`tests/sim/`), included here.
+
+#[allow(dead_code)]
+#[path = "../sim/knobs.rs"]
+pub mod knobs;
+#[allow(dead_code)]
+#[path = "../support/rng.rs"]
+mod rng;
+#[allow(dead_code)]
+#[path = "../sim/runner.rs"]
+pub mod runner;
+#[allow(dead_code)]
+#[path = "../sim/world.rs"]
+pub mod world;
+
+pub mod check;
+pub mod clients;
+pub mod cluster;
+pub mod planted;
+pub mod schedule;
+pub mod setup;
+
+use runner::{run_seeded, Run};
+
+/// A bug planted in the simulation's store wrapper (never in `src/`), which
+/// the simulation must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planted {
+    Nothing,
+    /// (a) A slot write whose answer is `Unknown` is taken as lost to
+    /// another holder (`NotApplied`), though it may have applied.
+    UnknownAsLost,
+    /// (b) Recovery undoes a claim (clears the key's attempt) without the
+    /// condition on the key's state.
+    UnconditionalUndo,
+}
+
+/// Runs schedule `seed` on its own single-threaded runtime with virtual time.
+pub fn run_schedule(seed: u64, planted: Planted, log: bool) -> Run {
+    run_seeded(seed, log, |world| schedule::run(world, planted))
+}

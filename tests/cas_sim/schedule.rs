@@ -1,0 +1,83 @@
+//! One schedule: a voucher and wallets, a crowd and clients' transactions on
+//! several instances over a faulty store with crashes; then heal, recover to
+//! quiescence, and check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use voucherd::domain::Timestamp;
+use voucherd::store::cas::store::{Table, Value};
+use voucherd::store::Half;
+
+use super::check::{check, Expected};
+use super::clients::{prepare, redeemer, traffic};
+use super::cluster::{crashes, recovery_pass, Cluster};
+use super::runner::{violation, Violation};
+use super::setup::Setup;
+use super::world::World;
+use super::Planted;
+
+/// Recovery passes of the heal phase before "nothing converges" is a violation.
+const HEAL_PASSES: usize = 30;
+
+pub async fn run(world: Arc<World>, planted: Planted) -> Result<(), Violation> {
+    let setup = Setup::draw(&world);
+    let cluster = Cluster::new(world.clone(), setup.clone(), planted);
+    prepare(&cluster).await;
+    cluster.start();
+    let background = [
+        tokio::spawn(crashes(cluster.clone(), false, setup.voucher_crash_ms)),
+        tokio::spawn(crashes(cluster.clone(), true, setup.wallet_crash_ms)),
+    ];
+    let traffic = tokio::spawn(traffic(cluster.clone()));
+    let crowd: Vec<_> = (setup.users.iter())
+        .map(|u| tokio::spawn(redeemer(cluster.clone(), u.clone())))
+        .collect();
+    tokio::time::sleep(setup.fault_phase).await;
+    cluster.heal();
+    for task in background {
+        task.await.expect("a crash loop");
+    }
+    let told = traffic.await.expect("the client traffic");
+    let mut answers = Vec::new();
+    for task in crowd {
+        answers.extend(task.await.expect("a redeemer"));
+    }
+    cluster.join().await;
+    quiesce(&cluster).await?;
+    let expected = Expected {
+        code: &cluster.code,
+        limit: setup.limit,
+        answers: &answers,
+        told: &told,
+    };
+    check(&cluster.store, &expected, &world)
+}
+
+/// Recovery passes (the real drivers, on an instance of their own) until no
+/// claim is in flight, nothing is pending and the claim log is empty.
+async fn quiesce(cluster: &Arc<Cluster>) -> Result<(), Violation> {
+    let ledger = cluster.open(Half::Voucher, true, false);
+    let everything = Timestamp(i64::MAX / 2);
+    for _ in 0..HEAL_PASSES {
+        cluster.store.decide_all();
+        recovery_pass(cluster, &ledger, everything, 64, 99).await;
+        if is_quiet(cluster) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let detail = format!("not quiet after {HEAL_PASSES} heal passes");
+    Err(violation("liveness", detail))
+}
+
+fn is_quiet(cluster: &Cluster) -> bool {
+    let store = &cluster.store;
+    let busy = |row: &voucherd::store::cas::store::Row| {
+        row.contains_key("attempt") || row.get("status") == Some(&Value::Int(0))
+    };
+    let keys = store.dump(Table::Redemptions);
+    let log = store.dump(Table::ClaimLog);
+    !keys.iter().flat_map(|p| &p.rows).any(|(_, row)| busy(row))
+        && log.iter().all(|p| p.rows.is_empty())
+}

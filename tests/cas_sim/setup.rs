@@ -1,0 +1,112 @@
+//! One schedule's shape, drawn from its seed: the voucher, the crowd, the
+//! instances, the store's fault rates, crashes and recovery timings. Some
+//! schedules are calm, others stormy.
+
+use std::time::Duration;
+
+use voucherd::domain::PhoneNumber;
+use voucherd::store::cas::memory::FaultRates;
+
+use super::world::{phone, World};
+
+/// A user of the crowd.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub phone: PhoneNumber,
+    /// Holds a balance so close to i64::MAX that a voucher credit overflows:
+    /// the wallet refuses it for good, the redemption is voided, its slot
+    /// freed (until client debits make room).
+    pub rich: bool,
+    pub arrival: Duration,
+    /// Redemption attempts, and the gap between them.
+    pub attempts: u32,
+    pub gap: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub limit: u32,
+    pub amount: i64,
+    pub users: Vec<User>,
+    pub voucher_nodes: usize,
+    pub wallet_nodes: usize,
+    pub rates: FaultRates,
+    /// Mean time between crashes of a voucher (wallet) instance, if any.
+    pub voucher_crash_ms: Option<u64>,
+    pub wallet_crash_ms: Option<u64>,
+    pub recovery_every_ms: u64,
+    /// Recovery takes claims logged this long ago (0: it races live claims).
+    pub threshold_ms: u64,
+    pub recovery_limit: usize,
+    /// The voucher instances' conditional writes leave up to this long
+    /// after they were decided (slow instances), so that claims stay in
+    /// flight while recovery drives them, and writes land on partitions
+    /// others changed meanwhile.
+    pub slow_vouchers_ms: Option<u64>,
+    /// How long a client waits for its redemption's answer.
+    pub deadline_ms: u64,
+    pub fault_phase: Duration,
+    /// Clients' own wallet transactions, and the pool of idempotency keys
+    /// they draw from (small, so keys come again, for other phones too).
+    pub transactions: usize,
+    pub keys: u64,
+}
+
+impl Setup {
+    pub fn draw(world: &World) -> Setup {
+        let limit = world.range(1, 5) as u32;
+        let crowd = u64::from(limit) + world.range(1, u64::from(limit) + 2);
+        let fault_ms = world.range(300, 1_500);
+        // A flash crowd arrives at once; otherwise over a third of the phase.
+        let arrivals = if world.chance(500) { 30 } else { fault_ms / 3 };
+        let users = (0..crowd).map(|i| user(world, i, arrivals)).collect();
+        // Recovery racing live claims: right away, and with the voucher
+        // instances slow, so that claims stay in flight while recovery
+        // drives them too.
+        let racing = world.chance(400);
+        let storm = world.range(0, 3);
+        let crashes =
+            |world: &World| (storm > 0 && world.chance(600)).then(|| world.range(200, 1_200));
+        Setup {
+            limit,
+            amount: world.range(100, 1_000) as i64,
+            users,
+            voucher_nodes: world.range(1, 3) as usize,
+            wallet_nodes: world.range(1, 2) as usize,
+            rates: rates(world, storm),
+            voucher_crash_ms: crashes(world),
+            wallet_crash_ms: crashes(world),
+            recovery_every_ms: world.range(150, 800),
+            threshold_ms: if racing || world.chance(200) {
+                0
+            } else {
+                world.range(1, 300)
+            },
+            recovery_limit: world.range(1, 8) as usize,
+            slow_vouchers_ms: racing.then(|| world.range(20, 200)),
+            deadline_ms: world.range(20, 800),
+            fault_phase: Duration::from_millis(fault_ms),
+            transactions: world.range(0, 6) as usize,
+            keys: world.range(1, 4),
+        }
+    }
+}
+
+/// The store's fault rates: none when calm (`storm` 0), up to heavy (3).
+fn rates(world: &World, storm: u64) -> FaultRates {
+    FaultRates {
+        unknown: storm * world.range(0, 60),
+        read_error: storm * world.range(0, 20),
+        max_delay: Duration::from_micros(world.range(0, 8_000)),
+    }
+}
+
+fn user(world: &World, i: u64, arrivals: u64) -> User {
+    User {
+        phone: phone(i),
+        rich: world.chance(250),
+        arrival: world.millis(0, arrivals),
+        attempts: if world.chance(300) { 2 } else { 1 },
+        gap: world.millis(0, 600),
+    }
+}
