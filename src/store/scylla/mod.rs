@@ -183,7 +183,7 @@ impl ScyllaStore {
             .session
             .execute_unpaged(&prepared, values)
             .await
-            .map_err(Fail::Driver)?;
+            .map_err(|error| Fail::Driver(Box::new(error)))?;
         rows_of(result).map_err(Fail::Here)
     }
 
@@ -206,7 +206,7 @@ impl ScyllaStore {
             .session
             .batch(&batch, values)
             .await
-            .map_err(Fail::Driver)?;
+            .map_err(|error| Fail::Driver(Box::new(error)))?;
         rows_of(result).map_err(Fail::Here)
     }
 
@@ -312,7 +312,7 @@ impl ScyllaStore {
 
 /// Why a statement failed: in the driver (to classify) or here.
 enum Fail {
-    Driver(ExecutionError),
+    Driver(Box<ExecutionError>),
     Here(Error),
 }
 
