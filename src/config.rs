@@ -65,7 +65,8 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
     /// The ledger to migrate: `postgres://user:pass@host:port/db` (PostgreSQL or
-    /// CockroachDB).
+    /// CockroachDB) or `scylla://host:9042,host:9042/keyspace` (applies
+    /// `cql/schema.cql`, keyspace included).
     #[arg(long, env = "VOUCHERD_STORE")]
     pub store: StoreLocation,
 }
@@ -105,8 +106,9 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Where the ledger lives: a directory for the embedded store (one instance),
-    /// or `postgres://user:pass@host:port/db` for PostgreSQL/CockroachDB (shared
-    /// by many instances).
+    /// `postgres://user:pass@host:port/db` for PostgreSQL/CockroachDB, or
+    /// `scylla://host:9042,host:9042/keyspace` for ScyllaDB (both shared by many
+    /// instances).
     #[arg(long, env = "VOUCHERD_STORE", default_value = "./data")]
     pub store: StoreLocation,
 
@@ -366,6 +368,11 @@ pub enum StoreLocation {
     Embedded(PathBuf),
     /// A PostgreSQL or CockroachDB URL, `postgres://user@host:port/db`.
     Postgres(String),
+    /// A ScyllaDB cluster, `scylla://host1:9042,host2:9042/keyspace`.
+    Scylla {
+        hosts: Vec<String>,
+        keyspace: String,
+    },
 }
 
 impl std::fmt::Display for StoreLocation {
@@ -373,6 +380,9 @@ impl std::fmt::Display for StoreLocation {
         match self {
             StoreLocation::Embedded(path) => write!(f, "{}", path.display()),
             StoreLocation::Postgres(url) => f.write_str(&redact_password(url)),
+            StoreLocation::Scylla { hosts, keyspace } => {
+                write!(f, "scylla://{}/{keyspace}", hosts.join(","))
+            }
         }
     }
 }
@@ -416,6 +426,9 @@ impl FromStr for StoreLocation {
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             return Ok(StoreLocation::Postgres(raw.to_owned()));
         }
+        if let Some(rest) = raw.strip_prefix("scylla://") {
+            return parse_scylla(rest);
+        }
         if let Some((scheme, _)) = raw.split_once("://") {
             return Err(format!(
                 "store scheme {scheme}:// is not supported by this build; give a directory path for the embedded store"
@@ -425,9 +438,72 @@ impl FromStr for StoreLocation {
     }
 }
 
+/// `host1:9042,host2:9042/keyspace` (the part after `scylla://`).
+fn parse_scylla(rest: &str) -> Result<StoreLocation, String> {
+    const FORM: &str = "give scylla://HOST:PORT[,HOST:PORT...]/KEYSPACE";
+    let (hosts, keyspace) = rest.split_once('/').unwrap_or((rest, ""));
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if h.contains(':') {
+                h.to_owned()
+            } else {
+                format!("{h}:9042")
+            }
+        })
+        .collect();
+    if hosts.is_empty() {
+        return Err(format!("the scylla:// store names no host; {FORM}"));
+    }
+    let keyspace = keyspace.trim_end_matches('/');
+    if keyspace.is_empty() {
+        return Err(format!("the scylla:// store names no keyspace; {FORM}"));
+    }
+    let valid = keyspace.len() <= 48
+        && keyspace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && keyspace.starts_with(|c: char| c.is_ascii_alphabetic());
+    if !valid {
+        return Err(format!(
+            "the scylla:// keyspace {keyspace:?} is not a CQL keyspace name (a letter, then letters, digits or _; at most 48)"
+        ));
+    }
+    Ok(StoreLocation::Scylla {
+        hosts,
+        keyspace: keyspace.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scylla_locations_parse_and_print() {
+        let store: StoreLocation = "scylla://a:9042,b:9043/ledger".parse().unwrap();
+        assert_eq!(
+            store,
+            StoreLocation::Scylla {
+                hosts: vec!["a:9042".into(), "b:9043".into()],
+                keyspace: "ledger".into()
+            }
+        );
+        assert_eq!(store.to_string(), "scylla://a:9042,b:9043/ledger");
+        assert!(store.is_shared());
+        let default_port: StoreLocation = "scylla://a/ledger".parse().unwrap();
+        assert_eq!(default_port.to_string(), "scylla://a:9042/ledger");
+        let no_hosts = "scylla:///ledger".parse::<StoreLocation>().unwrap_err();
+        assert!(no_hosts.contains("no host"), "{no_hosts}");
+        let no_keyspace = "scylla://a:9042".parse::<StoreLocation>().unwrap_err();
+        assert!(no_keyspace.contains("no keyspace"), "{no_keyspace}");
+        let bad = "scylla://a:9042/my-ks"
+            .parse::<StoreLocation>()
+            .unwrap_err();
+        assert!(bad.contains("not a CQL keyspace name"), "{bad}");
+    }
 
     #[test]
     fn passwords_never_reach_the_log() {

@@ -79,8 +79,15 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             tracing::info!(store = %args.store, "schema applied");
             Ok(())
         }
+        StoreLocation::Scylla { hosts, keyspace } => {
+            voucherd::store::scylla::migrate(hosts, keyspace).await?;
+            tracing::info!(store = %args.store, "schema applied");
+            Ok(())
+        }
         StoreLocation::Embedded(_) => {
-            anyhow::bail!("the embedded store needs no migration; give a postgres:// URL")
+            anyhow::bail!(
+                "the embedded store needs no migration; give a postgres:// or scylla:// URL"
+            )
         }
     }
 }

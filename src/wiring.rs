@@ -17,8 +17,10 @@ use crate::service::Parts;
 use crate::slots::local::LocalSlots;
 use crate::slots::redis::RedisSlots;
 use crate::slots::SlotSource;
+use crate::store::cas::CasLedger;
 use crate::store::embedded::EmbeddedLedger;
 use crate::store::postgres::PostgresLedger;
+use crate::store::scylla::ScyllaStore;
 use crate::store::{Durable, Half, Ledger, VoucherLedger};
 use crate::wallet_client::HttpWalletClient;
 
@@ -45,6 +47,10 @@ async fn open_store(
         StoreLocation::Postgres(url) => {
             let ledger = PostgresLedger::open_half(url, half, metrics).await?;
             Ok(Arc::new(ledger))
+        }
+        StoreLocation::Scylla { hosts, keyspace } => {
+            let store = ScyllaStore::open(hosts, keyspace, Some(metrics)).await?;
+            Ok(Arc::new(CasLedger::open(store, half)))
         }
     }
 }

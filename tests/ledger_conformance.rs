@@ -10,7 +10,12 @@
 //! tests run in parallel. An unreachable PostgreSQL fails its tests: they never
 //! skip silently. The CAS backend (the protocol a ScyllaDB ledger runs) runs on
 //! a fresh in-memory compare-and-set store, without faults; reopening it opens
-//! a new ledger over the same store.
+//! a new ledger over the same store. The Scylla backend runs the same ledger
+//! over a real cluster when `VOUCHERD_TEST_SCYLLA=host:9042[,host:9042]` is
+//! set (`deploy/scylla-compose.yaml` starts one), each test in a fresh
+//! keyspace migrated from `cql/schema.cql`; without it each Scylla test says
+//! it is skipped and passes (the one sanctioned skip: no Scylla server runs
+//! on the development machines).
 
 #[path = "support/database.rs"]
 mod database;
@@ -32,6 +37,7 @@ use voucherd::store::cas::memory::MemoryStore;
 use voucherd::store::cas::CasLedger;
 use voucherd::store::embedded::EmbeddedLedger;
 use voucherd::store::postgres::PostgresLedger;
+use voucherd::store::scylla::ScyllaStore;
 use voucherd::store::{Claim, Half, Ledger, NewProfile, NewTransaction, SlotUsage};
 
 #[path = "ledger_conformance/halves.rs"]
@@ -43,6 +49,13 @@ enum Store {
     Embedded(TempDir),
     Postgres(TestDatabase),
     Cas(MemoryStore),
+    /// A fresh keyspace on the cluster `VOUCHERD_TEST_SCYLLA` names.
+    Scylla {
+        hosts: Vec<String>,
+        keyspace: String,
+    },
+    /// A backend whose server is not configured here (said when made).
+    Skipped,
 }
 
 impl Store {
@@ -60,6 +73,19 @@ impl Store {
 
     async fn cas() -> Store {
         Store::Cas(MemoryStore::new())
+    }
+
+    async fn scylla() -> Store {
+        let Ok(hosts) = std::env::var("VOUCHERD_TEST_SCYLLA") else {
+            println!("skipped: VOUCHERD_TEST_SCYLLA is not set (no Scylla server here)");
+            return Store::Skipped;
+        };
+        let hosts: Vec<String> = hosts.split(',').map(|h| h.trim().to_owned()).collect();
+        let keyspace = format!("voucherd_conf_{}", Uuid::new_v4().simple());
+        voucherd::store::scylla::migrate(&hosts, &keyspace)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create keyspace {keyspace}: {error:#}"));
+        Store::Scylla { hosts, keyspace }
     }
 
     async fn open(&self) -> Arc<dyn Ledger> {
@@ -94,6 +120,13 @@ impl Store {
                     .expect("open the PostgreSQL ledger"),
             ),
             Store::Cas(store) => Arc::new(CasLedger::open(store.clone(), half)),
+            Store::Scylla { hosts, keyspace } => {
+                let store = ScyllaStore::open(hosts, keyspace, Some(metrics))
+                    .await
+                    .unwrap_or_else(|error| panic!("open the Scylla ledger: {error:#}"));
+                Arc::new(CasLedger::open(store, half))
+            }
+            Store::Skipped => unreachable!("a skipped backend is never opened"),
         }
     }
 }
@@ -106,6 +139,9 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let store = super::Store::$backend().await;
+                    if matches!(store, super::Store::Skipped) {
+                        return;
+                    }
                     super::cases::$case(&store).await;
                 }
             )*
@@ -148,6 +184,7 @@ macro_rules! every_case {
 every_case!(embedded);
 every_case!(postgres);
 every_case!(cas);
+every_case!(scylla);
 
 /// Helpers the cases share.
 mod fixtures {

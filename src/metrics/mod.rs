@@ -16,8 +16,10 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::limits::MAX_VOUCHER_METRIC_SERIES;
 
+mod lwt;
 mod protocol;
 
+pub use lwt::{LwtMetrics, LwtResult};
 pub use protocol::ProtocolMetrics;
 
 /// The routes of the HTTP API, as a bounded label. Which request is which route
@@ -124,6 +126,8 @@ pub struct Metrics {
     pub edge: EdgeMetrics,
     /// Credits, the pending backlog and recovery (split mode).
     pub protocol: ProtocolMetrics,
+    /// Lightweight transactions of the ScyllaDB ledger.
+    pub lwt: LwtMetrics,
 }
 
 impl Default for Metrics {
@@ -233,10 +237,12 @@ impl Metrics {
         );
         let edge = EdgeMetrics::register(&mut registry);
         let protocol = ProtocolMetrics::register(&mut registry);
+        let lwt = LwtMetrics::register(&mut registry);
         Self {
             registry,
             edge,
             protocol,
+            lwt,
             leases,
             slots_leased,
             lease_duration,

@@ -17,6 +17,7 @@ pub mod cas;
 pub mod embedded;
 pub mod postgres;
 mod queue;
+pub mod scylla;
 
 use futures::future::BoxFuture;
 use uuid::Uuid;

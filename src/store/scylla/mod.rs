@@ -1,0 +1,476 @@
+//! [`ScyllaStore`]: the [`CasStore`] of the CAS ledger over ScyllaDB (or
+//! Cassandra) through the `scylla` driver. Each abstract operation becomes
+//! one prepared statement ([`cql`], cached per shape) or, for a multi-row
+//! `Cas`, a single-partition conditional batch; answers and driver errors are
+//! mapped by [`mapping`]. Both modules are pure and unit-tested without a
+//! server; the conformance suites run the whole ledger against a real
+//! cluster when `VOUCHERD_TEST_SCYLLA` names one.
+//!
+//! Consistency: every statement at LOCAL_QUORUM, LWTs with LOCAL_SERIAL for
+//! their Paxos round, serial reads at LOCAL_SERIAL. LWTs are prepared, so the
+//! driver routes them to the partition's replicas in one fixed order.
+
+pub mod cql;
+pub mod mapping;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::ExecutionError;
+use scylla::response::query_result::QueryResult;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::CqlValue;
+
+use self::cql::Statement;
+use self::mapping::{Answer, Failure, Rows};
+use crate::error::{Error, Result};
+use crate::metrics::{LwtResult, Metrics};
+use crate::store::cas::store::{
+    Cas, CasOutcome, CasStore, Current, Partition, Row, RowKey, Scan, Slice, StoreFuture, Table,
+    Value,
+};
+
+/// The CQL schema `voucherd migrate --store scylla://…` applies.
+pub const SCHEMA: &str = include_str!("../../../cql/schema.cql");
+
+/// How long connecting to the cluster may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a session (every known host tried) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A [`CasStore`] over a ScyllaDB keyspace. Cheap to clone.
+#[derive(Clone)]
+pub struct ScyllaStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    session: Session,
+    /// `host1:9042,host2:9042`, for error messages.
+    hosts: String,
+    /// Prepared statements by consistency and text (the text is the shape).
+    prepared: Mutex<HashMap<(Mode, String), PreparedStatement>>,
+    /// Every column of each table (from its prepared `SELECT *`).
+    columns: Mutex<HashMap<Table, Vec<String>>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// How a statement is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    /// A conditional write: LOCAL_QUORUM commit, LOCAL_SERIAL Paxos.
+    Lwt,
+    /// A read or plain write at LOCAL_QUORUM.
+    Quorum,
+    /// A serial read (LOCAL_SERIAL).
+    Serial,
+}
+
+/// Connects to `hosts` (`host:port` each), failing within [`OPEN_TIMEOUT`].
+async fn connect(hosts: &[String]) -> anyhow::Result<Session> {
+    let names = hosts.join(",");
+    let builder = SessionBuilder::new()
+        .known_nodes(hosts)
+        .connection_timeout(CONNECT_TIMEOUT);
+    match tokio::time::timeout(OPEN_TIMEOUT, builder.build()).await {
+        Ok(Ok(session)) => Ok(session),
+        Ok(Err(error)) => Err(anyhow::anyhow!(
+            "cannot connect to ScyllaDB at {names}: {error}"
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot connect to ScyllaDB at {names}: no answer within {}s",
+            OPEN_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+impl ScyllaStore {
+    /// Connects to `hosts` and uses `keyspace` (which `migrate` creates).
+    pub async fn open(
+        hosts: &[String],
+        keyspace: &str,
+        metrics: Option<Arc<Metrics>>,
+    ) -> anyhow::Result<Self> {
+        let names = hosts.join(",");
+        let session = connect(hosts).await?;
+        session
+            .use_keyspace(keyspace, true)
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "ScyllaDB at {names}: cannot use keyspace {keyspace} (run `voucherd migrate` first?): {error}"
+                )
+            })?;
+        Ok(ScyllaStore {
+            shared: Arc::new(Shared {
+                session,
+                hosts: names,
+                prepared: Mutex::default(),
+                columns: Mutex::default(),
+                metrics,
+            }),
+        })
+    }
+
+    fn unavailable_or_storage(&self, error: &ExecutionError, what: &str) -> Error {
+        mapping::read_error(error, what, &self.shared.hosts)
+    }
+
+    async fn prepare(&self, mode: Mode, text: &str) -> Result<PreparedStatement> {
+        let key = (mode, text.to_owned());
+        if let Some(found) = self.shared.prepared.lock().get(&key) {
+            return Ok(found.clone());
+        }
+        let mut prepared = self.shared.session.prepare(text).await.map_err(|error| {
+            Error::storage(format!(
+                "ScyllaDB at {}: cannot prepare `{text}`: {error}",
+                self.shared.hosts
+            ))
+        })?;
+        match mode {
+            Mode::Lwt => {
+                prepared.set_consistency(Consistency::LocalQuorum);
+                prepared.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+                prepared.set_is_idempotent(false);
+            }
+            Mode::Quorum => {
+                prepared.set_consistency(Consistency::LocalQuorum);
+                prepared.set_is_idempotent(true);
+            }
+            Mode::Serial => {
+                prepared.set_consistency(Consistency::LocalSerial);
+                prepared.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+                prepared.set_is_idempotent(true);
+            }
+        }
+        self.shared.prepared.lock().insert(key, prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Every column of `table`, from the result metadata of its `SELECT *`.
+    async fn table_columns(&self, table: Table) -> Result<Vec<String>> {
+        if let Some(found) = self.shared.columns.lock().get(&table) {
+            return Ok(found.clone());
+        }
+        let text = format!("SELECT * FROM {}", table.name());
+        let prepared = self.prepare(Mode::Quorum, &text).await?;
+        let columns: Vec<String> = prepared
+            .get_current_result_set_col_specs()
+            .get()
+            .iter()
+            .map(|spec| spec.name().to_owned())
+            .collect();
+        self.shared.columns.lock().insert(table, columns.clone());
+        Ok(columns)
+    }
+
+    async fn run(&self, mode: Mode, statement: &Statement) -> std::result::Result<Rows, Fail> {
+        let prepared = self
+            .prepare(mode, &statement.text)
+            .await
+            .map_err(Fail::Here)?;
+        let values = bind(&prepared, &statement.values).map_err(Fail::Here)?;
+        let result = self
+            .shared
+            .session
+            .execute_unpaged(&prepared, values)
+            .await
+            .map_err(|error| Fail::Driver(Box::new(error)))?;
+        rows_of(result).map_err(Fail::Here)
+    }
+
+    async fn run_batch(&self, statements: &[Statement]) -> std::result::Result<Rows, Fail> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let prepared = self
+                .prepare(Mode::Lwt, &statement.text)
+                .await
+                .map_err(Fail::Here)?;
+            values.push(bind(&prepared, &statement.values).map_err(Fail::Here)?);
+            batch.append_statement(prepared);
+        }
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        batch.set_is_idempotent(false);
+        let result = self
+            .shared
+            .session
+            .batch(&batch, values)
+            .await
+            .map_err(|error| Fail::Driver(Box::new(error)))?;
+        rows_of(result).map_err(Fail::Here)
+    }
+
+    async fn cas_now(&self, cas: Cas) -> Result<CasOutcome> {
+        let table = cas.partition.table;
+        let statements: Vec<Statement> = cas
+            .writes
+            .iter()
+            .map(|w| cql::write(&cas.partition, w))
+            .collect();
+        let answered = match statements.as_slice() {
+            [one] => self.run(Mode::Lwt, one).await,
+            _ => self.run_batch(&statements).await,
+        };
+        let rows = match answered {
+            Ok(rows) => rows,
+            Err(Fail::Here(error)) => return Err(error),
+            Err(Fail::Driver(error)) => {
+                let failure = mapping::classify(&error);
+                if failure == Failure::Other {
+                    tracing::error!(hosts = %self.shared.hosts, %error, "ScyllaDB refused an LWT; its outcome is taken as unknown");
+                } else {
+                    tracing::warn!(hosts = %self.shared.hosts, %error, ?failure, "LWT outcome unknown");
+                }
+                return Ok(CasOutcome::Unknown);
+            }
+        };
+        let columns = self.table_columns(table).await?;
+        match mapping::answer(table, &rows, &columns)? {
+            Answer::Applied => Ok(CasOutcome::Applied),
+            Answer::NotApplied {
+                current,
+                complete: true,
+            } => Ok(CasOutcome::NotApplied(current)),
+            Answer::NotApplied {
+                complete: false, ..
+            } => {
+                // Cassandra's shape: read the addressed rows serially.
+                let keys: BTreeSet<_> = cas.writes.iter().map(|w| w.row().clone()).collect();
+                let mut current = Current::default();
+                for row in keys {
+                    let at = RowKey {
+                        partition: cas.partition.clone(),
+                        row,
+                    };
+                    let read = self.read_with(Mode::Serial, at).await?;
+                    current.statics.extend(read.statics);
+                    current.rows.extend(read.rows);
+                }
+                Ok(CasOutcome::NotApplied(current))
+            }
+        }
+    }
+
+    async fn read_with(&self, mode: Mode, at: RowKey) -> Result<Current> {
+        if mode == Mode::Serial {
+            if let Some(metrics) = &self.shared.metrics {
+                metrics.lwt.serial_read();
+            }
+        }
+        let statement = cql::select(&at);
+        let rows = self
+            .run(mode, &statement)
+            .await
+            .map_err(|fail| fail.into_error(self, "reading a row"))?;
+        Ok(mapping::read(at.partition.table, &at.row, &rows))
+    }
+
+    async fn scan_now(&self, partition: Partition, scan: Scan) -> Result<Slice> {
+        let table = partition.table;
+        let mut slice = match cql::scan(&partition, &scan) {
+            Some(statement) => {
+                let rows = self
+                    .run(Mode::Quorum, &statement)
+                    .await
+                    .map_err(|fail| fail.into_error(self, "scanning a partition"))?;
+                mapping::slice(table, &rows)
+            }
+            None => Slice::default(),
+        };
+        if slice.rows.is_empty() && !table.statics().is_empty() {
+            // A range with no rows carries no statics: read them alone.
+            let at = RowKey {
+                partition,
+                row: Vec::new(),
+            };
+            slice.statics = self.read_with(Mode::Quorum, at).await?.statics;
+        }
+        Ok(slice)
+    }
+
+    async fn plain(&self, statement: Statement, what: &str) -> Result<()> {
+        let prepared = self.prepare(Mode::Quorum, &statement.text).await?;
+        let values = bind(&prepared, &statement.values)?;
+        self.shared
+            .session
+            .execute_unpaged(&prepared, values)
+            .await
+            .map_err(|error| self.unavailable_or_storage(&error, what))?;
+        Ok(())
+    }
+}
+
+/// Why a statement failed: in the driver (to classify) or here.
+enum Fail {
+    Driver(Box<ExecutionError>),
+    Here(Error),
+}
+
+impl Fail {
+    fn into_error(self, store: &ScyllaStore, what: &str) -> Error {
+        match self {
+            Fail::Driver(error) => store.unavailable_or_storage(&error, what),
+            Fail::Here(error) => error,
+        }
+    }
+}
+
+/// The values of a statement, typed as its markers are.
+fn bind(prepared: &PreparedStatement, values: &[Option<Value>]) -> Result<Vec<Option<CqlValue>>> {
+    let specs = prepared.get_variable_col_specs();
+    if specs.len() != values.len() {
+        return Err(Error::storage(format!(
+            "`{}` takes {} values, given {}",
+            prepared.get_statement(),
+            specs.len(),
+            values.len()
+        )));
+    }
+    specs
+        .iter()
+        .zip(values)
+        .map(|(spec, value)| {
+            value
+                .as_ref()
+                .map(|v| mapping::to_cql(v, spec.typ(), spec.name()))
+                .transpose()
+        })
+        .collect()
+}
+
+/// The rows of a result (none for a statement that returns no rows).
+fn rows_of(result: QueryResult) -> Result<Rows> {
+    if !result.is_rows() {
+        return Ok(Rows::default());
+    }
+    let rows = result
+        .into_rows_result()
+        .map_err(|error| Error::storage(format!("reading a ScyllaDB result: {error}")))?;
+    let columns: Vec<String> = rows
+        .column_specs()
+        .iter()
+        .map(|spec| spec.name().to_owned())
+        .collect();
+    let applied_at = columns.iter().position(|c| c == mapping::APPLIED);
+    let mut out = Rows {
+        columns,
+        ..Rows::default()
+    };
+    let typed = rows
+        .rows::<scylla::value::Row>()
+        .map_err(|error| Error::storage(format!("reading a ScyllaDB result: {error}")))?;
+    for row in typed {
+        let row =
+            row.map_err(|error| Error::storage(format!("reading a ScyllaDB row: {error}")))?;
+        let applied =
+            applied_at.map(|i| matches!(row.columns.get(i), Some(Some(CqlValue::Boolean(true)))));
+        out.applied.push(applied);
+        out.rows.push(
+            row.columns
+                .iter()
+                .map(|v| v.as_ref().and_then(mapping::from_cql))
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+impl CasStore for ScyllaStore {
+    fn cas(&self, cas: Cas) -> BoxFuture<'static, CasOutcome> {
+        let this = self.clone();
+        async move {
+            let start = Instant::now();
+            let outcome = match this.cas_now(cas).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    tracing::error!(hosts = %this.shared.hosts, %error, "LWT failed; its outcome is taken as unknown");
+                    CasOutcome::Unknown
+                }
+            };
+            if let Some(metrics) = &this.shared.metrics {
+                let result = match outcome {
+                    CasOutcome::Applied => LwtResult::applied,
+                    CasOutcome::NotApplied(_) => LwtResult::not_applied,
+                    CasOutcome::Unknown => LwtResult::unknown,
+                };
+                metrics.lwt.observe(result, start.elapsed());
+            }
+            outcome
+        }
+        .boxed()
+    }
+
+    fn read_serial(&self, at: RowKey) -> StoreFuture<Current> {
+        let this = self.clone();
+        async move { this.read_with(Mode::Serial, at).await }.boxed()
+    }
+
+    fn read(&self, at: RowKey) -> StoreFuture<Current> {
+        let this = self.clone();
+        async move { this.read_with(Mode::Quorum, at).await }.boxed()
+    }
+
+    fn scan(&self, partition: Partition, scan: Scan) -> StoreFuture<Slice> {
+        let this = self.clone();
+        async move { this.scan_now(partition, scan).await }.boxed()
+    }
+
+    fn put(&self, at: RowKey, values: Row) -> StoreFuture<()> {
+        let this = self.clone();
+        async move { this.plain(cql::put(&at, &values), "writing a row").await }.boxed()
+    }
+
+    fn remove(&self, at: RowKey) -> StoreFuture<()> {
+        let this = self.clone();
+        async move { this.plain(cql::remove(&at), "deleting a row").await }.boxed()
+    }
+}
+
+/// Applies [`SCHEMA`] to the cluster at `hosts`, in `keyspace` (the schema's
+/// keyspace statement is retargeted to it, so tests can use fresh ones).
+pub async fn migrate(hosts: &[String], keyspace: &str) -> anyhow::Result<()> {
+    let names = hosts.join(",");
+    let session = connect(hosts).await?;
+    let mut used = false;
+    let statements = cql::schema_statements(SCHEMA);
+    let from = cql::schema_keyspace(&statements);
+    for statement in &statements {
+        let Some(statement) = cql::retarget(statement, from.as_deref(), keyspace) else {
+            continue;
+        };
+        let creates_keyspace = statement
+            .to_ascii_uppercase()
+            .starts_with("CREATE KEYSPACE");
+        if !creates_keyspace && !used {
+            session
+                .use_keyspace(keyspace, true)
+                .await
+                .map_err(|error| {
+                    anyhow::anyhow!("ScyllaDB at {names}: cannot use keyspace {keyspace}: {error}")
+                })?;
+            used = true;
+        }
+        session
+            .query_unpaged(statement.as_str(), ())
+            .await
+            .map_err(|error| anyhow::anyhow!("ScyllaDB at {names}: `{statement}`: {error}"))?;
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|error| anyhow::anyhow!("ScyllaDB at {names}: schema agreement: {error}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
