@@ -282,15 +282,16 @@ async fn load_catalog(
     Ok(())
 }
 
-/// A voucher service's recovery task (see [`crate::recovery`]); it runs until
+/// The recovery task of an instance with a voucher half (see [`crate::recovery`]); it runs until
 /// the app stops.
 fn start_recovery(parts: &Parts, settings: &Settings, service: &Service) -> Option<JoinHandle<()>> {
-    let (Some(ledger), Some(wallet)) = (&parts.vouchers, &parts.credits) else {
-        return None;
-    };
+    // Every instance with a voucher half runs it: in role `voucher` to re-send
+    // credits, in every role to finish claims a crash interrupted between
+    // their steps (a ledger whose claims are one write has none).
+    let ledger = parts.vouchers.as_ref()?;
     let recovery = Recovery {
         ledger: ledger.clone(),
-        wallet: wallet.clone(),
+        wallet: parts.credits.clone(),
         clock: settings.clock.clone(),
         metrics: service.metrics_handle(),
         pending_after: settings.protocol.recovery_after,

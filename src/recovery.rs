@@ -25,7 +25,9 @@ use crate::redemption::{recover_once, CreditPort, PendingLedger, RecoveryPass};
 /// What recovery needs, shared with the task.
 pub struct Recovery {
     pub ledger: Arc<dyn PendingLedger>,
-    pub wallet: Arc<dyn CreditPort>,
+    /// The wallet service (role `voucher`); None where claims carry their
+    /// credit (role `all`), where a pass only finishes interrupted claims.
+    pub wallet: Option<Arc<dyn CreditPort>>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     /// How long a redemption stays pending before a pass takes it
@@ -66,10 +68,13 @@ impl Recovery {
         let claimed_before = Timestamp(now.0.saturating_sub(threshold));
         self.recover_claims(claimed_before).await;
         let mut total = RecoveryPass::default();
+        let Some(wallet) = &self.wallet else {
+            return total;
+        };
         while total.examined < RECOVERY_MAX_PER_PASS {
             let pass = match recover_once(
                 self.ledger.as_ref(),
-                self.wallet.as_ref(),
+                wallet.as_ref(),
                 claimed_before,
                 MAX_CREDITS_PER_CALL,
             )
