@@ -13,15 +13,22 @@
 //! - [`actors`]: voucher shards (own leased slots, hand one to each contender),
 //!   wallet actors (one user's writes in order), and their supervisor (restarts
 //!   with a budget, then stops the process).
-//! - [`store`]: the [`store::Ledger`] seam, the durable truth: embedded redb (the
-//!   default) and PostgreSQL/CockroachDB. **A new ledger backend** is a module here
-//!   that passes `tests/ledger_conformance.rs`, calls the shared wallet rules in
-//!   [`domain::wallet`], and is opened in [`wiring`].
+//! - [`store`]: the ledger seam in two halves ([`store::VoucherLedger`],
+//!   [`store::WalletLedger`]; [`store::Ledger`] is both), the durable truth:
+//!   embedded redb (the default), PostgreSQL/CockroachDB, and ScyllaDB (the CAS
+//!   ledger of `store::cas` over the CQL adapter of `store::scylla`). **A new
+//!   ledger backend** is a module here that passes `tests/ledger_conformance.rs`,
+//!   calls the shared wallet rules in [`domain::wallet`], and is opened in [`wiring`].
+//! - [`redemption`]: the split-mode protocol (claim → credit → settle, recovery),
+//!   independent of backends and transport, and simulated in `tests/simulation.rs`;
+//!   [`wallet_client`] (the voucher service's batching client of the wallet
+//!   service) and [`recovery`] (the task that finishes pending redemptions).
 //! - [`slots`]: the [`slots::SlotSource`] seam (local pool, Redis leases). **A new
 //!   slot source** is a module here that passes `tests/slot_conformance.rs`, chosen
 //!   in [`wiring`].
-//! - [`app`], [`wiring`], [`config`]: building the app from its settings; **a new
-//!   role** (which halves, actors and routes exist) is decided there.
+//! - [`app`], [`wiring`], [`config`], [`role`]: building the app from its
+//!   settings; **a new role** (which halves, actors and routes exist) is decided
+//!   there, and each route of the table says which role serves it.
 //! - [`domain`], [`error`], [`clock`]: validated values and shared rules, the
 //!   closed error enum, the injected time.
 //! - [`metrics`], [`readiness`], [`limits`]: observability, `/readyz` reasons, and
