@@ -4,7 +4,7 @@
 //! balancer drains the instance and an operator sees the cause. Some reasons are
 //! raised and cleared by the part that knows (shutdown, the actor supervisor);
 //! the ledger's are read from the ledger when asked (see
-//! [`crate::store::Ledger::health`]).
+//! [`crate::store::Durable::health`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

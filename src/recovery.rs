@@ -31,7 +31,7 @@ pub struct Recovery {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     /// How long a redemption stays pending before a pass takes it
-    /// ([`RECOVERY_PENDING_AFTER_MS`] unless configured).
+    /// ([`crate::limits::RECOVERY_PENDING_AFTER_MS`] unless configured).
     pub pending_after: Duration,
     /// Takes a redemption a pass voided back into the voucher shards' memory
     /// (its slot and its user key; the ledger released them).
