@@ -68,9 +68,7 @@
 
 mod sim;
 
-use std::time::Instant;
-
-use sim::runner::{assert_coverage, env_u64, fail, run_many};
+use sim::runner::{assert_caught, assert_seeds_replay, run_default};
 use sim::{run_schedule, Planted};
 
 const DEFAULT_SEED: u64 = 0x5EED_2026;
@@ -111,69 +109,33 @@ const MUST_HAPPEN: &[&str] = &[
 
 #[test]
 fn redemptions_keep_every_invariant_under_faults() {
-    let base = env_u64("SIM_SEED").unwrap_or(DEFAULT_SEED);
-    let count = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
-    println!("simulation: {count} schedules from seed {base}");
-    let started = Instant::now();
-    let totals = run_many(base, count, |seed| {
-        run_schedule(seed, Planted::Nothing, false)
-    });
-    if let Some((seed, violation)) = &totals.violation {
-        fail(*seed, violation, "simulation", |seed| {
-            run_schedule(seed, Planted::Nothing, true)
-        });
-    }
-    println!(
-        "simulation: {} schedules, {} simulated events, wall time {:.1?}, fingerprint {:016x}",
-        totals.schedules,
-        totals.events,
-        started.elapsed(),
-        totals.fingerprint
+    run_default(
+        "simulation",
+        DEFAULT_SEED,
+        DEFAULT_SCHEDULES,
+        MUST_HAPPEN,
+        |seed, log| run_schedule(seed, Planted::Nothing, log),
     );
-    println!("events by kind: {:?}", totals.kinds);
-    assert_eq!(totals.schedules, count);
-    if count >= 1_000 {
-        assert_coverage(&totals, MUST_HAPPEN);
-    }
 }
 
 #[test]
 fn a_seed_replays_the_same_schedule() {
-    let mut fingerprints = Vec::new();
-    for seed in DEFAULT_SEED..DEFAULT_SEED + 32 {
-        let first = run_schedule(seed, Planted::Nothing, true);
-        let again = run_schedule(seed, Planted::Nothing, true);
-        assert!(first.trace.events > 0, "seed {seed} did nothing");
-        assert_eq!(first.trace, again.trace, "seed {seed} is not deterministic");
-        assert_eq!(first.verdict, again.verdict);
-        fingerprints.push(first.trace.fingerprint);
-    }
-    fingerprints.sort_unstable();
-    fingerprints.dedup();
-    assert_eq!(fingerprints.len(), 32, "different seeds must differ");
+    assert_seeds_replay(DEFAULT_SEED, 32, |seed| {
+        run_schedule(seed, Planted::Nothing, true)
+    });
 }
 
 /// Asserts that `planted` is caught as an I3 violation within
 /// [`PLANTED_SEEDS`] seeds, on a seed that holds without the bug.
 fn caught(planted: Planted) {
-    for offset in 0..PLANTED_SEEDS {
-        let seed = DEFAULT_SEED + offset;
-        let Err(violation) = run_schedule(seed, planted, false).verdict else {
-            continue;
-        };
-        assert!(
-            violation.invariant.starts_with("I3"),
-            "{planted:?}: seed {seed}: expected I3, got {violation}"
-        );
-        let clean = run_schedule(seed, Planted::Nothing, false).verdict;
-        assert_eq!(clean, Ok(()), "seed {seed} must hold without the bug");
-        println!(
-            "{planted:?} caught after {} seeds: seed {seed}: {violation}",
-            offset + 1
-        );
-        return;
-    }
-    panic!("{planted:?} not caught within {PLANTED_SEEDS} seeds");
+    assert_caught(
+        &format!("{planted:?}"),
+        DEFAULT_SEED,
+        PLANTED_SEEDS,
+        |violation| violation.invariant.starts_with("I3"),
+        |seed| run_schedule(seed, planted, false),
+        |seed| run_schedule(seed, Planted::Nothing, false),
+    );
 }
 
 #[test]

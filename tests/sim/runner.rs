@@ -153,3 +153,94 @@ pub fn assert_coverage(totals: &Totals, must: &[&str]) {
         );
     }
 }
+
+/// The default run of a simulation test: `SIM_SCHEDULES` (else
+/// `default_count`) schedules from `SIM_SEED` (else `default_seed`), printing
+/// totals and failing with the replay command at the first violation; at
+/// 1,000 schedules or more every kind in `must` must have happened.
+/// `run(seed, log)` runs one schedule.
+pub fn run_default(
+    test: &str,
+    default_seed: u64,
+    default_count: u64,
+    must: &[&str],
+    run: impl Fn(u64, bool) -> Run + Sync,
+) {
+    let base = env_u64("SIM_SEED").unwrap_or(default_seed);
+    let count = env_u64("SIM_SCHEDULES").unwrap_or(default_count);
+    println!("{test}: {count} schedules from seed {base}");
+    let started = std::time::Instant::now();
+    let totals = run_many(base, count, |seed| run(seed, false));
+    if let Some((seed, violation)) = &totals.violation {
+        fail(*seed, violation, test, |seed| run(seed, true));
+    }
+    println!(
+        "{test}: {} schedules, {} simulated events, wall time {:.1?}, fingerprint {:016x}",
+        totals.schedules,
+        totals.events,
+        started.elapsed(),
+        totals.fingerprint
+    );
+    println!("events by kind: {:?}", totals.kinds);
+    assert_eq!(totals.schedules, count);
+    if count >= 1_000 {
+        assert_coverage(&totals, must);
+    }
+}
+
+/// Asserts that each of `seeds` seeds from `first` replays exactly (same
+/// trace, same verdict) and that different seeds give different schedules.
+pub fn assert_seeds_replay(first: u64, seeds: u64, run: impl Fn(u64) -> Run) {
+    let mut fingerprints = Vec::new();
+    for seed in first..first + seeds {
+        let once = run(seed);
+        let again = run(seed);
+        assert!(once.trace.events > 0, "seed {seed} did nothing");
+        assert_eq!(once.trace, again.trace, "seed {seed} is not deterministic");
+        assert_eq!(once.verdict, again.verdict);
+        fingerprints.push(once.trace.fingerprint);
+    }
+    fingerprints.sort_unstable();
+    fingerprints.dedup();
+    assert_eq!(
+        fingerprints.len() as u64,
+        seeds,
+        "different seeds must differ"
+    );
+}
+
+/// Asserts that a planted bug (`planted(seed)` runs a schedule with it) is
+/// caught within `seeds` seeds from `first` by a violation `expected` accepts,
+/// on a seed that holds without the bug (`clean(seed)`).
+pub fn assert_caught(
+    name: &str,
+    first: u64,
+    seeds: u64,
+    expected: impl Fn(&Violation) -> bool,
+    planted: impl Fn(u64) -> Run,
+    clean: impl Fn(u64) -> Run,
+) {
+    let started = std::time::Instant::now();
+    for offset in 0..seeds {
+        let seed = first + offset;
+        let Err(violation) = planted(seed).verdict else {
+            continue;
+        };
+        assert!(
+            expected(&violation),
+            "{name}: seed {seed}: not the violation expected: {violation}"
+        );
+        assert_eq!(
+            clean(seed).verdict,
+            Ok(()),
+            "seed {seed} must hold without the bug"
+        );
+        println!(
+            "{name} caught after {} seeds ({:.1?}): seed {seed}: {violation}",
+            offset + 1,
+            started.elapsed()
+        );
+        return;
+    }
+    panic!("{name} not caught within {seeds} seeds");
+}
