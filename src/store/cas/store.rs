@@ -194,6 +194,25 @@ pub struct Scan {
     pub limit: usize,
 }
 
+impl Scan {
+    /// True when no key can lie between the bounds (a start past the end, or
+    /// one key excluded at either end): every store answers no rows, and
+    /// `BTreeMap::range` would panic on such bounds.
+    pub fn is_empty(&self) -> bool {
+        let (Bound::Included(a) | Bound::Excluded(a)) = &self.from else {
+            return false;
+        };
+        let (Bound::Included(b) | Bound::Excluded(b)) = &self.to else {
+            return false;
+        };
+        let both_included = matches!(
+            (&self.from, &self.to),
+            (Bound::Included(_), Bound::Included(_))
+        );
+        a > b || (a == b && !both_included)
+    }
+}
+
 /// The rows of a [`Scan`], in its order, and the partition's statics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Slice {

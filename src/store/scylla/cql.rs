@@ -201,7 +201,7 @@ fn bound_op(lower: bool, included: bool, full: bool) -> &'static str {
 /// `SELECT * FROM t WHERE <partition> AND (c..) >= (?..) AND (c..) < (?..)
 /// [ORDER BY c1 DESC] [LIMIT n]`.
 pub fn scan(partition: &Partition, scan: &Scan) -> Option<Statement> {
-    if is_empty_range(&scan.from, &scan.to) {
+    if scan.is_empty() {
         return None;
     }
     let table = partition.table;
@@ -246,18 +246,6 @@ pub fn scan(partition: &Partition, scan: &Scan) -> Option<Statement> {
         b.push(&format!(" LIMIT {}", scan.limit));
     }
     Some(b.done())
-}
-
-/// True when no key lies between the bounds (the memory store's rule).
-fn is_empty_range(from: &Bound<Clustering>, to: &Bound<Clustering>) -> bool {
-    let (Bound::Included(a) | Bound::Excluded(a)) = from else {
-        return false;
-    };
-    let (Bound::Included(b) | Bound::Excluded(b)) = to else {
-        return false;
-    };
-    let both_included = matches!((from, to), (Bound::Included(_), Bound::Included(_)));
-    a > b || (a == b && !both_included)
 }
 
 /// `INSERT INTO t (..) VALUES (..)`, unconditional.
