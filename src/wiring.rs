@@ -17,7 +17,7 @@ use crate::service::Parts;
 use crate::slots::local::LocalSlots;
 use crate::slots::redis::RedisSlots;
 use crate::slots::SlotSource;
-use crate::store::cas::CasLedger;
+use crate::store::cas::{CasLedger, Observed};
 use crate::store::embedded::EmbeddedLedger;
 use crate::store::postgres::PostgresLedger;
 use crate::store::scylla::ScyllaStore;
@@ -49,8 +49,11 @@ async fn open_store(
             Ok(Arc::new(ledger))
         }
         StoreLocation::Scylla { hosts, keyspace } => {
-            let store = ScyllaStore::open(hosts, keyspace, Some(metrics)).await?;
-            Ok(Arc::new(CasLedger::open(store, half)))
+            let store = ScyllaStore::open(hosts, keyspace).await?;
+            Ok(Arc::new(CasLedger::open(
+                Observed::new(store, metrics),
+                half,
+            )))
         }
     }
 }

@@ -34,7 +34,7 @@ use voucherd::domain::{
 use voucherd::error::Error;
 use voucherd::metrics::Metrics;
 use voucherd::store::cas::memory::MemoryStore;
-use voucherd::store::cas::CasLedger;
+use voucherd::store::cas::{CasLedger, Observed};
 use voucherd::store::embedded::EmbeddedLedger;
 use voucherd::store::postgres::PostgresLedger;
 use voucherd::store::scylla::ScyllaStore;
@@ -121,10 +121,10 @@ impl Store {
             ),
             Store::Cas(store) => Arc::new(CasLedger::open(store.clone(), half)),
             Store::Scylla { hosts, keyspace } => {
-                let store = ScyllaStore::open(hosts, keyspace, Some(metrics))
+                let store = ScyllaStore::open(hosts, keyspace)
                     .await
                     .unwrap_or_else(|error| panic!("open the Scylla ledger: {error:#}"));
-                Arc::new(CasLedger::open(store, half))
+                Arc::new(CasLedger::open(Observed::new(store, metrics), half))
             }
             Store::Skipped => unreachable!("a skipped backend is never opened"),
         }

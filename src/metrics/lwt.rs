@@ -29,6 +29,7 @@ struct LwtLabels {
 pub struct LwtMetrics {
     outcomes: Family<LwtLabels, Counter>,
     serial_reads: Counter,
+    resolved: Counter,
     duration: Histogram,
 }
 
@@ -46,6 +47,12 @@ impl LwtMetrics {
             "Serial reads of the ScyllaDB ledger (each settles an unknown LWT outcome or reads a row as the last Paxos round left it)",
             serial_reads.clone(),
         );
+        let resolved = Counter::default();
+        registry.register(
+            "lwt_unknowns_resolved",
+            "Unknown LWT outcomes settled by a later serial read of their partition (unknown minus this: still in doubt)",
+            resolved.clone(),
+        );
         let duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         registry.register_with_unit(
             "lwt_duration",
@@ -56,6 +63,7 @@ impl LwtMetrics {
         LwtMetrics {
             outcomes,
             serial_reads,
+            resolved,
             duration,
         }
     }
@@ -64,6 +72,11 @@ impl LwtMetrics {
     pub fn observe(&self, result: LwtResult, took: Duration) {
         self.outcomes.get_or_create(&LwtLabels { result }).inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// `unknowns` unknown outcomes were settled by a serial read.
+    pub fn resolved(&self, unknowns: u64) {
+        self.resolved.inc_by(unknowns);
     }
 
     /// One serial read was made.

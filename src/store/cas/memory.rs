@@ -76,6 +76,9 @@ pub trait Faults: Send + Sync + 'static {
 pub struct MemoryStore {
     data: Arc<Mutex<BTreeMap<Partition, Part>>>,
     faults: Option<Arc<dyn Faults>>,
+    /// What [`CasStore::reachable`] answers: false once [`Self::set_down`]
+    /// said so (a health probe's view; operations are unaffected).
+    down: Arc<AtomicBool>,
 }
 
 /// A partition: statics, rows, and the conditional write left undecided.
@@ -112,6 +115,7 @@ impl MemoryStore {
         MemoryStore {
             data: Arc::default(),
             faults: Some(faults),
+            down: Arc::default(),
         }
     }
 
@@ -120,7 +124,13 @@ impl MemoryStore {
         MemoryStore {
             data: self.data.clone(),
             faults: None,
+            down: self.down.clone(),
         }
+    }
+
+    /// Makes the store's health probe fail (`true`) or pass again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
     }
 
     fn plan(&self, op: Op) -> Plan {
@@ -430,6 +440,10 @@ impl CasStore for MemoryStore {
 
     fn remove(&self, at: RowKey) -> StoreFuture<()> {
         self.write_with(at, None)
+    }
+
+    fn reachable(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
     }
 }
 

@@ -34,6 +34,7 @@
 //! simulation (`tests/cas_simulation.rs`).
 
 pub mod memory;
+pub mod observed;
 pub mod store;
 
 mod claim;
@@ -63,7 +64,14 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::redemption::{ClaimsRecovered, Resolution};
+pub use observed::Observed;
 pub use store::CasStore;
+
+/// The partition holding every voucher's row (what a store's health probe
+/// reads: every claim starts there).
+pub fn catalog_partition() -> store::Partition {
+    schema::catalog()
+}
 
 /// Where claim attempts get their nonces: random in production, seeded in
 /// the simulation (so a seed replays).
@@ -271,10 +279,14 @@ impl<S: CasStore> Durable for CasLedger<S> {
         })
     }
 
-    /// The store's health is not probed here (the adapter's driver knows
-    /// its connections); writes that cannot reach it answer `Unavailable`.
+    /// Unreachable while the store's own probe fails (see
+    /// [`CasStore::reachable`]); readiness then says `database_unreachable`.
     fn health(&self) -> LedgerHealth {
-        LedgerHealth::Healthy
+        if self.inner.store.reachable() {
+            LedgerHealth::Healthy
+        } else {
+            LedgerHealth::Unreachable
+        }
     }
 }
 

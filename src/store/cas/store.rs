@@ -247,4 +247,10 @@ pub trait CasStore: Send + Sync + 'static {
 
     /// `DELETE FROM t WHERE <key>` at LOCAL_QUORUM, no condition.
     fn remove(&self, at: RowKey) -> StoreFuture<()>;
+
+    /// Whether the store answered its last health probe (readiness). A
+    /// store without a probe (the in-memory one) is always reachable.
+    fn reachable(&self) -> bool {
+        true
+    }
 }

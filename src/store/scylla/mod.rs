@@ -14,7 +14,8 @@ pub mod cql;
 pub mod mapping;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -32,7 +33,7 @@ use scylla::value::CqlValue;
 use self::cql::Statement;
 use self::mapping::{Answer, Failure, Rows};
 use crate::error::{Error, Result};
-use crate::metrics::{LwtResult, Metrics};
+use crate::limits::{DATABASE_PROBE_INTERVAL_MS, DATABASE_PROBE_TIMEOUT_MS};
 use crate::store::cas::store::{
     Cas, CasOutcome, CasStore, Current, Partition, Row, RowKey, Scan, Slice, StoreFuture, Table,
     Value,
@@ -60,7 +61,8 @@ struct Shared {
     prepared: Mutex<HashMap<(Mode, String), PreparedStatement>>,
     /// Every column of each table (from its prepared `SELECT *`).
     columns: Mutex<HashMap<Table, Vec<String>>>,
-    metrics: Option<Arc<Metrics>>,
+    /// Whether the last probe read a quorum of the catalog (see [`watch`]).
+    reachable: AtomicBool,
 }
 
 /// How a statement is run.
@@ -94,11 +96,9 @@ async fn connect(hosts: &[String]) -> anyhow::Result<Session> {
 
 impl ScyllaStore {
     /// Connects to `hosts` and uses `keyspace` (which `migrate` creates).
-    pub async fn open(
-        hosts: &[String],
-        keyspace: &str,
-        metrics: Option<Arc<Metrics>>,
-    ) -> anyhow::Result<Self> {
+    /// A task probes the cluster every second for readiness until the store
+    /// is dropped.
+    pub async fn open(hosts: &[String], keyspace: &str) -> anyhow::Result<Self> {
         let names = hosts.join(",");
         let session = connect(hosts).await?;
         session
@@ -109,15 +109,39 @@ impl ScyllaStore {
                     "ScyllaDB at {names}: cannot use keyspace {keyspace} (run `voucherd migrate` first?): {error}"
                 )
             })?;
-        Ok(ScyllaStore {
+        let store = ScyllaStore {
             shared: Arc::new(Shared {
                 session,
                 hosts: names,
                 prepared: Mutex::default(),
                 columns: Mutex::default(),
-                metrics,
+                reachable: AtomicBool::new(true),
             }),
-        })
+        };
+        tokio::spawn(watch(Arc::downgrade(&store.shared)));
+        Ok(store)
+    }
+
+    /// One bounded LOCAL_QUORUM read of the catalog partition's first row:
+    /// it answers only while a quorum of the catalog's replicas does, which
+    /// is what every claim needs.
+    async fn probe(&self) -> Result<()> {
+        let statement = cql::scan(
+            &crate::store::cas::catalog_partition(),
+            &Scan {
+                from: std::ops::Bound::Unbounded,
+                to: std::ops::Bound::Unbounded,
+                descending: false,
+                limit: 1,
+            },
+        )
+        .ok_or_else(|| Error::storage("the probe's scan is empty"))?;
+        let limit = Duration::from_millis(DATABASE_PROBE_TIMEOUT_MS);
+        match tokio::time::timeout(limit, self.run(Mode::Quorum, &statement)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(fail)) => Err(fail.into_error(self, "probing the cluster")),
+            Err(_) => Err(Error::unavailable("the cluster did not answer the probe")),
+        }
     }
 
     fn unavailable_or_storage(&self, error: &ExecutionError, what: &str) -> Error {
@@ -262,11 +286,6 @@ impl ScyllaStore {
     }
 
     async fn read_with(&self, mode: Mode, at: RowKey) -> Result<Current> {
-        if mode == Mode::Serial {
-            if let Some(metrics) = &self.shared.metrics {
-                metrics.lwt.serial_read();
-            }
-        }
         let statement = cql::select(&at);
         let rows = self
             .run(mode, &statement)
@@ -389,23 +408,13 @@ impl CasStore for ScyllaStore {
     fn cas(&self, cas: Cas) -> BoxFuture<'static, CasOutcome> {
         let this = self.clone();
         async move {
-            let start = Instant::now();
-            let outcome = match this.cas_now(cas).await {
+            match this.cas_now(cas).await {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     tracing::error!(hosts = %this.shared.hosts, %error, "LWT failed; its outcome is taken as unknown");
                     CasOutcome::Unknown
                 }
-            };
-            if let Some(metrics) = &this.shared.metrics {
-                let result = match outcome {
-                    CasOutcome::Applied => LwtResult::applied,
-                    CasOutcome::NotApplied(_) => LwtResult::not_applied,
-                    CasOutcome::Unknown => LwtResult::unknown,
-                };
-                metrics.lwt.observe(result, start.elapsed());
             }
-            outcome
         }
         .boxed()
     }
@@ -433,6 +442,48 @@ impl CasStore for ScyllaStore {
     fn remove(&self, at: RowKey) -> StoreFuture<()> {
         let this = self.clone();
         async move { this.plain(cql::remove(&at), "deleting a row").await }.boxed()
+    }
+
+    fn reachable(&self) -> bool {
+        self.shared.reachable.load(Ordering::Acquire)
+    }
+}
+
+/// Probes the cluster every [`DATABASE_PROBE_INTERVAL_MS`] and records the
+/// answer for readiness. A failed probe is tried again at once (the driver
+/// may have been reconnecting) before the cluster counts as unreachable.
+/// Ends once the store is dropped.
+async fn watch(shared: Weak<Shared>) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(DATABASE_PROBE_INTERVAL_MS));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut down_since: Option<Instant> = None;
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let store = ScyllaStore { shared };
+        let mut answer = store.probe().await;
+        if answer.is_err() {
+            answer = store.probe().await;
+        }
+        match (answer, down_since) {
+            (Ok(()), Some(since)) => {
+                tracing::info!(
+                    hosts = %store.shared.hosts,
+                    unreachable_ms = since.elapsed().as_millis() as u64,
+                    "the ScyllaDB cluster answers again"
+                );
+                store.shared.reachable.store(true, Ordering::Release);
+                down_since = None;
+            }
+            (Err(error), None) => {
+                tracing::warn!(hosts = %store.shared.hosts, %error, "the ScyllaDB cluster does not answer");
+                store.shared.reachable.store(false, Ordering::Release);
+                down_since = Some(Instant::now());
+            }
+            _ => {}
+        }
     }
 }
 
