@@ -173,6 +173,7 @@ macro_rules! every_case {
             pending_lists_the_oldest_pending_first,
             settling_an_unknown_redemption_is_not_found,
             settles_apply_in_submission_order,
+            credits_together_answer_each_as_alone,
             a_reopened_voucher_half_holds_the_same_state,
             a_final_refusal_is_remembered,
             a_refusal_that_is_not_final_leaves_no_trace,

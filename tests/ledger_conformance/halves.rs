@@ -297,6 +297,64 @@ pub async fn settles_apply_in_submission_order(store: &Store) {
     ledger.shutdown().await.expect("shut down");
 }
 
+/// Credits submitted together, of redemptions pending, already credited and
+/// unknown: each answers as if applied alone (the SQL ledger credits the
+/// pending ones with one statement and settles the others one by one). A
+/// credit of a void redemption is a storage error, asked alone: the embedded
+/// ledger fails the other writes of a batch that meets one.
+pub async fn credits_together_answer_each_as_alone(store: &Store) {
+    let ledger = store.open_half(Half::Voucher).await;
+    create_voucher(ledger.as_ref(), "GOAL", 100, 10).await;
+    for user in 1..=4 {
+        ledger
+            .claim(claim("GOAL", user, user as u32))
+            .await
+            .expect("claim");
+    }
+    let (id1, id2, id3, id4) = (
+        id_of("GOAL", 1),
+        id_of("GOAL", 2),
+        id_of("GOAL", 3),
+        id_of("GOAL", 4),
+    );
+    ledger.settle(id1, credited(10)).await.expect("credit");
+    ledger.settle(id4, void("refused")).await.expect("void");
+    let (a, b, c, d) = futures::join!(
+        ledger.settle(id3, credited(30)),
+        ledger.settle(id1, credited(11)),
+        ledger.settle(Uuid::new_v4(), credited(1)),
+        ledger.settle(id2, credited(20)),
+    );
+    let balance_of = |answer: Result<Redemption, Error>| {
+        let redemption = answer.expect("credited");
+        assert_eq!(redemption.status, RedemptionStatus::Credited);
+        redemption.balance
+    };
+    assert_eq!(balance_of(a), Some(30));
+    assert_eq!(balance_of(b), Some(10), "the first credit stands");
+    assert_eq!(c, Err(Error::RedemptionNotFound));
+    assert_eq!(balance_of(d), Some(20));
+    assert!(
+        is_storage(&ledger.settle(id4, credited(40)).await),
+        "a void redemption is never credited"
+    );
+    for (user, balance) in [(1, 10), (2, 20), (3, 30)] {
+        let stored = read(ledger.as_ref(), "GOAL", user).await.expect("stored");
+        assert_eq!(
+            (stored.status, stored.balance),
+            (RedemptionStatus::Credited, Some(balance))
+        );
+    }
+    assert_eq!(
+        read(ledger.as_ref(), "GOAL", 4).await.map(|r| r.status),
+        Some(RedemptionStatus::Void)
+    );
+    assert!(pending_ids(ledger.as_ref(), at(i64::MAX / 2), 10)
+        .await
+        .is_empty());
+    ledger.shutdown().await.expect("shut down");
+}
+
 /// Everything a voucher half holds in one string, to compare across a reopen.
 async fn voucher_half_state(ledger: &dyn Ledger) -> String {
     let voucher = ledger.voucher(code("GOAL")).await.expect("voucher");

@@ -6,6 +6,12 @@
 //! one statement per kind. Crediting sets the status and the balance; voiding
 //! moves the row to `void_redemptions`, which releases the slot (I1) and the
 //! user's key (I2) in the same transaction.
+//!
+//! The common wave, credits of distinct pending redemptions (the voucher
+//! service settles each win once the wallet applied it), takes a shorter path:
+//! one `UPDATE … WHERE status = 0 RETURNING`, no locking read first. Only the
+//! ids it did not update (already settled, void, unknown, or settled by
+//! another instance meanwhile) go through the general path above.
 
 use super::*;
 
@@ -24,6 +30,15 @@ const CREDIT_REDEMPTIONS: &str = "\
     UPDATE redemptions SET status = 1, balance = u.balance \
     FROM unnest($1::uuid[], $2::bigint[]) AS u (id, balance) \
     WHERE redemptions.id = u.id AND redemptions.status = 0";
+
+/// [`CREDIT_REDEMPTIONS`] returning the credited rows, in the columns of
+/// [`stored_redemption`].
+const CREDIT_PENDING: &str = "\
+    UPDATE redemptions SET status = 1, balance = u.balance \
+    FROM unnest($1::uuid[], $2::bigint[]) AS u (id, balance) \
+    WHERE redemptions.id = u.id AND redemptions.status = 0 \
+    RETURNING redemptions.id, code, slot, phone, amount, redeemed_at, status, \
+        redemptions.balance";
 
 const RELEASE_REDEMPTIONS: &str =
     "DELETE FROM redemptions WHERE id = ANY($1::uuid[]) AND status = 0";
@@ -61,6 +76,65 @@ pub(super) async fn settle_redemptions(
             let error = Error::storage("no redemption states in this ledger");
             progress.decide(index, Outcome::Redemption(Err(error)));
         }
+        return Ok(());
+    }
+    let rest = credit_pending(transaction, settles, progress).await?;
+    settle_generally(transaction, &rest, progress).await
+}
+
+/// The short path: if every settle of the wave credits a distinct id, credits
+/// those still pending with one statement and answers them. Returns the
+/// settles left for the general path (all of them when the wave is not of
+/// that kind).
+async fn credit_pending<'a>(
+    transaction: &Transaction<'_>,
+    settles: &[(usize, Uuid, &'a Resolution)],
+    progress: &mut Progress,
+) -> Result<Vec<(usize, Uuid, &'a Resolution)>, Failure> {
+    let mut credits: Vec<(usize, Uuid, Option<i64>)> = Vec::with_capacity(settles.len());
+    for &(index, id, resolution) in settles {
+        let Resolution::Credited { balance } = resolution else {
+            return Ok(settles.to_vec());
+        };
+        // A balance is never negative; the embedded ledger stores none then.
+        credits.push((index, id, (*balance >= 0).then_some(*balance)));
+    }
+    // Sorted, so that two instances crediting overlapping waves lock rows in
+    // the same order.
+    credits.sort_unstable_by_key(|&(_, id, _)| id);
+    if credits.windows(2).any(|pair| pair[0].1 == pair[1].1) {
+        return Ok(settles.to_vec());
+    }
+    let ids: Vec<Uuid> = credits.iter().map(|&(_, id, _)| id).collect();
+    let balances: Vec<Option<i64>> = credits.iter().map(|&(.., balance)| balance).collect();
+    let statement = transaction.prepare_cached(CREDIT_PENDING).await?;
+    let rows = transaction.query(&statement, &[&ids, &balances]).await?;
+    let mut credited = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let redemption = stored_redemption(row).map_err(storage_failure)?;
+        credited.insert(redemption.id, redemption);
+    }
+    if let Some(&first) = credited.keys().next() {
+        progress.wrote(|| Probe::Credited { id: first });
+    }
+    let mut rest = Vec::new();
+    for &(index, id, resolution) in settles {
+        match credited.remove(&id) {
+            Some(redemption) => progress.decide(index, Outcome::Redemption(Ok(redemption))),
+            None => rest.push((index, id, resolution)),
+        }
+    }
+    Ok(rest)
+}
+
+/// The general path: locks and reads every settled redemption, decides each
+/// settle in submission order, then writes the changes.
+async fn settle_generally(
+    transaction: &Transaction<'_>,
+    settles: &[(usize, Uuid, &Resolution)],
+    progress: &mut Progress,
+) -> Result<(), Failure> {
+    if settles.is_empty() {
         return Ok(());
     }
     let mut ids: Vec<Uuid> = settles.iter().map(|&(_, id, _)| id).collect();
