@@ -7,6 +7,7 @@
 #
 #   deploy/local-cluster.sh start [postgres://postgres@127.0.0.1:5432/voucherd]
 #   deploy/local-cluster.sh start-split [VOUCHER_DB_URL WALLET_DB_URL]
+#   deploy/local-cluster.sh start-full [VOUCHER_DB_URL WALLET_DB_URL]
 #   deploy/local-cluster.sh stop
 #
 # start-split runs the two-service topology instead: two wallet services
@@ -16,6 +17,16 @@
 # token between them (in $CLUSTER_DIR/service-token) and an admin token for the
 # operator's routes (in $CLUSTER_DIR/admin-token). Databases default to
 # voucherd_vouchers and voucherd_wallets on 127.0.0.1:5432 (created if psql can).
+#
+# start-full is start-split plus what runs around it in production: haproxy on
+# 127.0.0.1:8080 in front of all five services (deploy/haproxy/local-cluster.cfg: wallet
+# routes to the wallet services, the rest to the voucher services; stats and its
+# metrics on 127.0.0.1:8404) and Prometheus on 127.0.0.1:9090 scraping every instance
+# with the admin token, haproxy and itself, with deploy/prometheus/alerts.yml loaded
+# (deploy/prometheus/local-cluster.yml). Needs haproxy and prometheus (Debian packages).
+#
+# The binary is ${CARGO_TARGET_DIR:-target}/release/voucherd, built by the script;
+# VOUCHERD_BIN=path uses that binary instead and builds nothing.
 #
 # Put any HTTP load balancer in front of 127.0.0.1:8001-8003, or drive the three
 # directly: target/release/stress flash --url http://127.0.0.1:8001 \
@@ -31,7 +42,9 @@ SENTINEL_PORTS=(26380 26381 26382)
 HTTP_PORTS=(8001 8002 8003)
 
 WALLET_PORTS=(8101 8102)
-voucherd=target/release/voucherd
+HAPROXY_URL=http://127.0.0.1:8080
+PROMETHEUS_URL=http://127.0.0.1:9090
+voucherd=${VOUCHERD_BIN:-${CARGO_TARGET_DIR:-target}/release/voucherd}
 
 start_redis() {
 
@@ -62,7 +75,10 @@ CONF
 prepare() {
     command -v redis-server >/dev/null || { echo "needs redis-server (Debian: redis-server, redis-sentinel)" >&2; exit 1; }
     mkdir -p "$CLUSTER_DIR"
-    cargo build --release -p voucherd
+    if [ -z "${VOUCHERD_BIN:-}" ]; then
+        cargo build --release -p voucherd
+    fi
+    [ -x "$voucherd" ] || { echo "no voucherd binary at $voucherd" >&2; exit 1; }
     start_redis
 }
 
@@ -146,7 +162,52 @@ start_split() {
     echo "admin routes: -H \"Authorization: Bearer \$(cat $admin)\""
 }
 
+# Waits until URL answers 2xx (bounded), or fails naming WHAT.
+wait_http() {
+    local url=$1 what=$2
+    for _ in $(seq 1 100); do
+        curl -fsS "$url" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "$what did not answer $url; see $CLUSTER_DIR" >&2
+    exit 1
+}
+
+start_full() {
+    command -v haproxy >/dev/null || { echo "needs haproxy (Debian: haproxy)" >&2; exit 1; }
+    command -v prometheus >/dev/null || { echo "needs prometheus (Debian: prometheus)" >&2; exit 1; }
+    start_split "$@"
+    haproxy -D -p "$CLUSTER_DIR/haproxy.pid" -f deploy/haproxy/local-cluster.cfg \
+        >"$CLUSTER_DIR/haproxy.log" 2>&1 ||
+        { cat "$CLUSTER_DIR/haproxy.log" >&2; echo "haproxy did not start" >&2; exit 1; }
+    # Prometheus reads its configuration, the rules and (relative to them) the admin
+    # token from $CLUSTER_DIR: a copy, so that the repository is never written to.
+    local dir="$CLUSTER_DIR/prometheus"
+    mkdir -p "$dir/data"
+    cp deploy/prometheus/local-cluster.yml "$dir/prometheus.yml"
+    cp deploy/prometheus/alerts.yml "$dir/alerts.yml"
+    nohup prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+        --web.listen-address=127.0.0.1:9090 >"$CLUSTER_DIR/prometheus.log" 2>&1 &
+    echo $! >"$CLUSTER_DIR/prometheus.pid"
+    wait_http "$HAPROXY_URL/readyz" haproxy
+    wait_http "$PROMETHEUS_URL/-/ready" prometheus
+    # Every target: five voucherd services, haproxy and Prometheus itself.
+    local targets=$((${#HTTP_PORTS[@]} + ${#WALLET_PORTS[@]} + 2)) up=0
+    for _ in $(seq 1 100); do
+        up=$(curl -fsS "$PROMETHEUS_URL/api/v1/query" --data-urlencode 'query=count(up == 1)' |
+            sed -n 's/.*"value":\[[^,]*,"\([0-9]*\)"\].*/\1/p')
+        [ "${up:-0}" -eq "$targets" ] && break
+        sleep 0.2
+    done
+    [ "${up:-0}" -eq "$targets" ] || { echo "Prometheus sees ${up:-0} of $targets targets up; see $PROMETHEUS_URL/targets" >&2; exit 1; }
+    echo "voucherd full topology up: API $HAPROXY_URL (haproxy; stats http://127.0.0.1:8404/stats)," \
+        "Prometheus $PROMETHEUS_URL ($targets targets up, alerts.yml loaded); logs in $CLUSTER_DIR"
+}
+
 stop() {
+    for pidfile in "$CLUSTER_DIR"/prometheus.pid "$CLUSTER_DIR"/haproxy.pid; do
+        [ -f "$pidfile" ] && kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+    done
     for pidfile in "$CLUSTER_DIR"/voucherd-*.pid "$CLUSTER_DIR"/voucher-*.pid "$CLUSTER_DIR"/wallet-*.pid; do
         [ -f "$pidfile" ] && kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
     done
@@ -161,9 +222,11 @@ stop() {
 case "${1:-}" in
 start) start ;;
 start-split) start_split "${2:-}" "${3:-}" ;;
+start-full) start_full "${2:-}" "${3:-}" ;;
 stop) stop ;;
 *)
-    echo "usage: $0 start [postgres://...] | start-split [VOUCHER_DB_URL WALLET_DB_URL] | stop" >&2
+    echo "usage: $0 start [postgres://...] | start-split [VOUCHER_DB_URL WALLET_DB_URL] |" \
+        "start-full [VOUCHER_DB_URL WALLET_DB_URL] | stop" >&2
     exit 2
     ;;
 esac
