@@ -32,6 +32,26 @@ pub enum NotReadyReason {
 }
 
 impl NotReadyReason {
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [NotReadyReason; 5] = [
+        NotReadyReason::ShuttingDown,
+        NotReadyReason::LedgerUnwritable,
+        NotReadyReason::DatabaseUnreachable,
+        NotReadyReason::ActorRestarting,
+        NotReadyReason::SupervisorFailed,
+    ];
+
+    /// The name `/readyz` and the metrics give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReadyReason::ShuttingDown => "shutting_down",
+            NotReadyReason::LedgerUnwritable => "ledger_unwritable",
+            NotReadyReason::DatabaseUnreachable => "database_unreachable",
+            NotReadyReason::ActorRestarting => "actor_restarting",
+            NotReadyReason::SupervisorFailed => "supervisor_failed",
+        }
+    }
+
     /// The reasons an instance raises itself, in the order `/readyz` lists them.
     const RAISED: [NotReadyReason; 3] = [
         NotReadyReason::ShuttingDown,
@@ -78,6 +98,14 @@ impl Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_names_are_the_readyz_names() {
+        for reason in NotReadyReason::ALL {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+        }
+    }
 
     #[test]
     fn reasons_are_raised_cleared_and_named() {

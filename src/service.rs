@@ -196,6 +196,17 @@ impl Service {
         self.readiness.reasons(self.parts.health())
     }
 
+    /// The metrics exposition, with readiness read now.
+    pub fn metrics_text(&self) -> String {
+        let reasons = self.not_ready_reasons();
+        self.metrics.set_readiness(
+            NotReadyReason::ALL
+                .into_iter()
+                .map(|reason| (reason.as_str(), reasons.contains(&reason))),
+        );
+        self.metrics.encode()
+    }
+
     /// The reasons the instance's parts raise and clear.
     pub fn readiness(&self) -> &Readiness {
         &self.readiness

@@ -148,10 +148,25 @@ async fn a_shard_whose_restart_fails_while_postgres_is_down_comes_back_with_it()
         .service
         .not_ready_reasons()
         .contains(&NotReadyReason::ActorRestarting));
+    // The metrics say the same (alerts watch them).
+    let text = app.service.metrics_text();
+    for sample in [
+        "voucherd_ready 0",
+        "voucherd_not_ready{reason=\"actor_restarting\"} 1",
+        "voucherd_not_ready{reason=\"shutting_down\"} 0",
+    ] {
+        assert!(text.contains(sample), "no `{sample}` in:\n{text}");
+    }
 
     database.start_again().await;
     let readyz = wait_for_readyz(&client, &app.base, "ready", |status, _| status == 200).await;
     assert_eq!(readyz, json!({"status": "ready"}));
+    let text = app.service.metrics_text();
+    assert!(text.contains("voucherd_ready 1"), "{text}");
+    assert!(
+        !text.contains("voucherd_not_ready{reason=\"actor_restarting\"} 1"),
+        "{text}"
+    );
 
     // The restarted shard serves again: fresh users redeem, and the counts agree (I1, I2).
     let mut won = 1;

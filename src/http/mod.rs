@@ -217,7 +217,7 @@ pub fn metrics_routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
 
 fn metrics_text(service: &Service) -> Response {
     warp::reply::with_header(
-        service.metrics().encode(),
+        service.metrics_text(),
         "content-type",
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
     )

@@ -41,6 +41,13 @@ impl LwtMetrics {
             "Conditional writes (LWT) of the ScyllaDB ledger, by answer (unknown: timed out or lost after sending; a serial read settles it)",
             outcomes.clone(),
         );
+        for result in [
+            LwtResult::applied,
+            LwtResult::not_applied,
+            LwtResult::unknown,
+        ] {
+            let _ = outcomes.get_or_create(&LwtLabels { result });
+        }
         let serial_reads = Counter::default();
         registry.register(
             "lwt_serial_reads",

@@ -77,9 +77,29 @@ pub enum RedemptionOutcome {
     failed,
 }
 
+impl RedemptionOutcome {
+    const ALL: [RedemptionOutcome; 10] = [
+        RedemptionOutcome::redeemed,
+        RedemptionOutcome::pending,
+        RedemptionOutcome::voided,
+        RedemptionOutcome::already_redeemed,
+        RedemptionOutcome::exhausted,
+        RedemptionOutcome::not_found,
+        RedemptionOutcome::not_active,
+        RedemptionOutcome::overloaded,
+        RedemptionOutcome::rate_limited,
+        RedemptionOutcome::failed,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: RedemptionOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -95,6 +115,10 @@ pub enum SlotSourceKind {
     redis,
     /// Slots read from the ledger directly (single instance, or Redis unreachable).
     ledger,
+}
+
+impl SlotSourceKind {
+    const ALL: [SlotSourceKind; 2] = [SlotSourceKind::redis, SlotSourceKind::ledger];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -122,6 +146,8 @@ pub struct Metrics {
     slots_returned: Counter,
     slots_reclaimed: Counter,
     slot_source_degraded: Gauge,
+    ready: Gauge,
+    not_ready: Family<ReasonLabels, Gauge>,
     /// Connections, accept errors and timeouts at the HTTP edge.
     pub edge: EdgeMetrics,
     /// Credits, the pending backlog and recovery (split mode).
@@ -235,9 +261,30 @@ impl Metrics {
             "1 while Redis is unreachable and slots come from the ledger directly",
             slot_source_degraded.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while /readyz would answer 200 (read at each scrape)",
+            ready.clone(),
+        );
+        let not_ready = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "not_ready",
+            "1 for each reason /readyz would give now (read at each scrape)",
+            not_ready.clone(),
+        );
         let edge = EdgeMetrics::register(&mut registry);
         let protocol = ProtocolMetrics::register(&mut registry);
         let lwt = LwtMetrics::register(&mut registry);
+        // Every series of a bounded label set exists from the start, at zero:
+        // rates work from the first event and dashboards show 0, not no data.
+        for outcome in RedemptionOutcome::ALL {
+            let _ = redemptions.get_or_create(&OutcomeLabels { outcome });
+        }
+        for source in SlotSourceKind::ALL {
+            let _ = leases.get_or_create(&SourceLabels { source });
+            let _ = slots_leased.get_or_create(&SourceLabels { source });
+        }
         Self {
             registry,
             edge,
@@ -249,6 +296,8 @@ impl Metrics {
             slots_returned,
             slots_reclaimed,
             slot_source_degraded,
+            ready,
+            not_ready,
             requests,
             request_duration,
             redemptions,
@@ -342,6 +391,19 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// Records readiness: `reasons` are every possible reason with whether
+    /// it holds now.
+    pub fn set_readiness(&self, reasons: impl IntoIterator<Item = (&'static str, bool)>) {
+        let mut ready = true;
+        for (reason, holds) in reasons {
+            ready &= !holds;
+            self.not_ready
+                .get_or_create(&ReasonLabels { reason })
+                .set(i64::from(holds));
+        }
+        self.ready.set(i64::from(ready));
+    }
+
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
@@ -362,6 +424,14 @@ pub enum ConnectionEnd {
     header_timeout,
 }
 
+impl ConnectionEnd {
+    const ALL: [ConnectionEnd; 3] = [
+        ConnectionEnd::refused_over_cap,
+        ConnectionEnd::idle_timeout,
+        ConnectionEnd::header_timeout,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ConnectionEndLabels {
     reason: ConnectionEnd,
@@ -376,6 +446,14 @@ pub enum AcceptFailure {
     /// ECONNABORTED and the like: the peer left before accept.
     connection_aborted,
     other,
+}
+
+impl AcceptFailure {
+    const ALL: [AcceptFailure; 3] = [
+        AcceptFailure::descriptors_exhausted,
+        AcceptFailure::connection_aborted,
+        AcceptFailure::other,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -417,6 +495,12 @@ impl EdgeMetrics {
             "Failed accept calls, by kind; the server backs off and keeps accepting",
             accept_errors.clone(),
         );
+        for reason in ConnectionEnd::ALL {
+            let _ = ended.get_or_create(&ConnectionEndLabels { reason });
+        }
+        for kind in AcceptFailure::ALL {
+            let _ = accept_errors.get_or_create(&AcceptFailureLabels { kind });
+        }
         Self {
             open,
             accepted,

@@ -47,6 +47,13 @@ impl ProtocolMetrics {
             "Credits sent to the wallet service, by its answer (unknown: the call failed or timed out; asked again by recovery)",
             credits.clone(),
         );
+        for result in [
+            CreditResult::applied,
+            CreditResult::refused,
+            CreditResult::unknown,
+        ] {
+            let _ = credits.get_or_create(&CreditLabels { result });
+        }
         let call_credits = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         registry.register(
             "wallet_call_credits",
