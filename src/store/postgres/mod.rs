@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+    Hook, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
@@ -205,6 +205,24 @@ fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
     Ok(config)
 }
 
+/// Every ledger statement takes arrays of a batch's rows, from one element to
+/// thousands, against tables that start empty and grow by thousands of rows a
+/// second. A generic plan, cached after a few executions, is costed for ten
+/// elements and for the table as its statistics last saw it: on a fresh
+/// database that is a sequential scan, kept until autovacuum analyzes the
+/// table, so each batch reads the whole table (seen in the split-mode
+/// benchmark: the wallet's replay lookup scanning every transaction). So each
+/// connection plans every execution for its parameters. A server without the
+/// setting (older CockroachDB) keeps its default, which is logged.
+async fn plan_each_execution(client: &tokio_postgres::Client) {
+    if let Err(error) = client
+        .batch_execute("SET plan_cache_mode = force_custom_plan")
+        .await
+    {
+        tracing::warn!(error = %describe(&error), "the database keeps its plan cache mode");
+    }
+}
+
 fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
         config,
@@ -217,6 +235,12 @@ fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Res
     );
     let wait = Some(Duration::from_millis(POOL_WAIT_TIMEOUT_MS));
     Ok(Pool::builder(manager)
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                plan_each_execution(client).await;
+                Ok(())
+            })
+        }))
         .max_size(connections)
         .runtime(Runtime::Tokio1)
         .wait_timeout(wait)

@@ -176,3 +176,16 @@ async fn a_probe_tells_whether_a_final_refusal_committed() {
         "{again:?}"
     );
 }
+
+/// Pool connections plan every execution (see `plan_each_execution`).
+#[tokio::test]
+async fn pool_connections_plan_each_execution() {
+    let (_database, config) = TestDatabase::create().await;
+    let pool = build_pool(config, 2).expect("pool");
+    let client = pool.get().await.expect("connection");
+    let row = client
+        .query_one("SHOW plan_cache_mode", &[])
+        .await
+        .expect("show");
+    assert_eq!(row.get::<_, String>(0), "force_custom_plan");
+}

@@ -9,7 +9,7 @@
 //!
 //! The common wave, credits of distinct pending redemptions (the voucher
 //! service settles each win once the wallet applied it), takes a shorter path:
-//! one `UPDATE … WHERE status = 0 RETURNING`, no locking read first. Only the
+//! one `UPDATE … RETURNING` of the rows still pending, no locking read first. Only the
 //! ids it did not update (already settled, void, unknown, or settled by
 //! another instance meanwhile) go through the general path above.
 
@@ -26,22 +26,26 @@ const SELECT_VOIDS: &str = "\
     SELECT id, code, slot, phone, amount, redeemed_at, 2::SMALLINT, NULL::BIGINT \
     FROM void_redemptions WHERE id = ANY($1::uuid[])";
 
+/// `status <> 1` means pending (the column holds 0 or 1, or NULL for a
+/// redemption made in one write), written so that the planner finds the rows
+/// by id: `status = 0` would let it scan the pending index, whose dead entries
+/// (every redemption settled since the last vacuum) grow with the crowd.
 const CREDIT_REDEMPTIONS: &str = "\
     UPDATE redemptions SET status = 1, balance = u.balance \
     FROM unnest($1::uuid[], $2::bigint[]) AS u (id, balance) \
-    WHERE redemptions.id = u.id AND redemptions.status = 0";
+    WHERE redemptions.id = u.id AND redemptions.status <> 1";
 
 /// [`CREDIT_REDEMPTIONS`] returning the credited rows, in the columns of
 /// [`stored_redemption`].
 const CREDIT_PENDING: &str = "\
     UPDATE redemptions SET status = 1, balance = u.balance \
     FROM unnest($1::uuid[], $2::bigint[]) AS u (id, balance) \
-    WHERE redemptions.id = u.id AND redemptions.status = 0 \
+    WHERE redemptions.id = u.id AND redemptions.status <> 1 \
     RETURNING redemptions.id, code, slot, phone, amount, redeemed_at, status, \
         redemptions.balance";
 
 const RELEASE_REDEMPTIONS: &str =
-    "DELETE FROM redemptions WHERE id = ANY($1::uuid[]) AND status = 0";
+    "DELETE FROM redemptions WHERE id = ANY($1::uuid[]) AND status <> 1";
 
 /// A void row replaces the one of an earlier claim by the same user.
 const RECORD_VOIDS: &str = "\
