@@ -116,11 +116,13 @@ impl Timestamp {
             )
         };
         let parsed = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| invalid())?;
-        let utc_year = parsed.to_offset(time::UtcOffset::UTC).year();
-        if !(0..=9999).contains(&utc_year) {
+        let nanos = parsed.unix_timestamp_nanos();
+        // In UTC (the conversion fails, never panics, past the years ±9999).
+        let utc_year = OffsetDateTime::from_unix_timestamp_nanos(nanos).map(|utc| utc.year());
+        if !utc_year.is_ok_and(|year| (0..=9999).contains(&year)) {
             return Err(invalid());
         }
-        Ok(Self((parsed.unix_timestamp_nanos() / 1_000) as i64))
+        Ok(Self((nanos / 1_000) as i64))
     }
 
     pub fn to_rfc3339(self) -> String {

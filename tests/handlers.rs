@@ -116,6 +116,23 @@ async fn the_table_answers_unknown_paths_and_methods() {
         (status, body["error"].as_str()),
         (405, Some("method_not_allowed"))
     );
+    // RFC 9110: a 405 lists the methods the resource takes. A concrete path is
+    // its own resource (OpenAPI matches it before `/api/vouchers/{code}`).
+    for (method, path, allow) in [
+        ("DELETE", "/api/vouchers/redeem", "POST"),
+        ("GET", "/api/vouchers/redeem", "POST"),
+        ("POST", "/api/vouchers/report", "GET"),
+        ("PUT", "/api/vouchers", "POST, GET"),
+        ("OPTIONS", "/healthz", "GET"),
+    ] {
+        let response = warp::test::request()
+            .method(method)
+            .path(path)
+            .reply(&routes.filter)
+            .await;
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+    }
     let (status, body) = call(&routes, "GET", "/api/nothing", None).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     let unreadable = warp::test::request()
@@ -157,4 +174,68 @@ async fn admin_routes_need_the_token_public_ones_do_not() {
         .reply(&routes.filter)
         .await;
     assert_eq!(public.status().as_u16(), 404);
+}
+
+/// The contract is served at `GET /openapi.json`, public, exactly as generated
+/// (and so as committed in docs/openapi.json, which a unit test compares).
+#[tokio::test]
+async fn the_contract_is_served_as_generated() {
+    let policy = AccessPolicy::open().with_token(Principal::Admin, Token::new(TOKEN).unwrap());
+    let routes = routes_with(policy).await;
+    let response = warp::test::request()
+        .method("GET")
+        .path("/openapi.json")
+        .reply(&routes.filter)
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(
+        std::str::from_utf8(response.body()).unwrap(),
+        voucherd::http::openapi::to_json()
+    );
+}
+
+/// JSON has one number type: `5.0` is the integer 5, as JSON Schema's `integer`
+/// says; `5.5` is refused, and so is an integral float too large to be exact.
+#[tokio::test]
+async fn integral_numbers_written_as_floats_are_integers() {
+    let routes = routes_with(AccessPolicy::open()).await;
+    let voucher = json!({"code": "FLOAT", "amount": 250.0, "limit": 3.0});
+    let (status, body) = call(&routes, "POST", "/api/vouchers", Some(voucher)).await;
+    assert_eq!(
+        (status, &body["amount"], &body["limit"]),
+        (201, &json!(250), &json!(3))
+    );
+    let profile = json!({"phone_number": "+989120000009", "balance": 10.0});
+    let (status, body) = call(&routes, "POST", "/api/profiles", Some(profile)).await;
+    assert_eq!((status, &body["balance"]), (201, &json!(10)));
+    let debit = json!({"phone_number": "+989120000009", "amount": -4.0});
+    let (status, body) = call(&routes, "POST", "/api/transactions", Some(debit)).await;
+    assert_eq!((status, &body["balance"]), (200, &json!(6)));
+    for amount in [json!(2.5), json!(9007199254740993.0), json!(-1e300)] {
+        let credit = json!({"phone_number": "+989120000009", "amount": amount});
+        let (status, body) = call(&routes, "POST", "/api/transactions", Some(credit)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_amount")),
+            "{amount}"
+        );
+    }
+}
+
+/// A window bound whose instant falls outside the years 0000-9999 in UTC cannot
+/// be written back in RFC 3339: it is refused, and nothing is created.
+#[tokio::test]
+async fn a_window_outside_what_rfc3339_can_write_is_refused() {
+    let routes = routes_with(AccessPolicy::open()).await;
+    let voucher = json!({
+        "code": "FAR", "amount": 1, "limit": 1, "expires_at": "9999-12-31T23:59:59-01:00"
+    });
+    let (status, body) = call(&routes, "POST", "/api/vouchers", Some(voucher)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_window"))
+    );
+    let (status, _) = call(&routes, "GET", "/api/vouchers/FAR", None).await;
+    assert_eq!(status, 404);
 }

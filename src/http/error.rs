@@ -54,7 +54,7 @@ pub(super) struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
+    pub(super) fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
         use Error as E;
         let opaque =
             |status, code: &'static str, text: &'static str| (status, code, Cow::Borrowed(text));

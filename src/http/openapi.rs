@@ -57,152 +57,152 @@ pub struct ErrorCode {
     pub when: &'static str,
 }
 
-const fn code(code: &'static str, status: u16, when: &'static str) -> ErrorCode {
+const fn entry(code: &'static str, status: u16, when: &'static str) -> ErrorCode {
     ErrorCode { code, status, when }
 }
 
 pub static ERROR_CODES: &[ErrorCode] = &[
-    code("malformed_json", 400, "the body is not valid JSON"),
-    code(
+    entry("malformed_json", 400, "the body is not valid JSON"),
+    entry(
         "invalid_body",
         400,
         "a field has the wrong type, is missing or is unknown (or a reference is too long)",
     ),
-    code(
+    entry(
         "invalid_code",
         400,
         "a voucher code outside `[A-Za-z0-9_-]{1,64}`, or none given",
     ),
-    code(
+    entry(
         "invalid_phone_number",
         400,
         "not E.164: `+` then 8 to 15 digits, the first not 0",
     ),
-    code(
+    entry(
         "invalid_amount",
         400,
         "an amount that is fractional, out of range or 0, or a balance that would overflow",
     ),
-    code("invalid_limit", 400, "a voucher limit outside 1..=10000000"),
-    code(
+    entry("invalid_limit", 400, "a voucher limit outside 1..=10000000"),
+    entry(
         "invalid_window",
         400,
         "`starts_at`/`expires_at` not RFC 3339 (years 0000 to 9999), or `starts_at` not before `expires_at`",
     ),
-    code(
+    entry(
         "invalid_pagination",
         400,
         "`limit` outside 1..=1000 or `offset` outside 0..=1000000",
     ),
-    code(
+    entry(
         "invalid_cursor",
         400,
         "a cursor that is not a `next_cursor` this service returned",
     ),
-    code(
+    entry(
         "invalid_idempotency_key",
         400,
         "an Idempotency-Key that is empty, over 255 bytes or not printable ASCII",
     ),
-    code(
+    entry(
         "invalid_reference",
         400,
         "a credit whose reference is not `voucher:<code>`",
     ),
-    code(
+    entry(
         "reserved_reference",
         400,
         "a transaction reference `voucher:…` or `opening_balance` (any letter case): the service writes those",
     ),
-    code(
+    entry(
         "invalid_request",
         400,
         "the query string, a header or the body could not be read",
     ),
-    code(
+    entry(
         "ambiguous_framing",
         400,
         "both `Content-Length` and `Transfer-Encoding` (a request-smuggling vector); the connection is closed",
     ),
-    code(
+    entry(
         "unauthorized",
         401,
         "no valid `Authorization: Bearer <token>` for this route; nothing the request carries is read or applied",
     ),
-    code(
+    entry(
         "voucher_not_active",
         403,
         "redeem before `starts_at` or from `expires_at` on",
     ),
-    code("voucher_not_found", 404, "no voucher with this code"),
-    code(
+    entry("voucher_not_found", 404, "no voucher with this code"),
+    entry(
         "redemption_not_found",
         404,
         "this phone number holds no redemption of this voucher",
     ),
-    code("profile_not_found", 404, "no wallet for this phone number"),
-    code(
+    entry("profile_not_found", 404, "no wallet for this phone number"),
+    entry(
         "not_found",
         404,
         "no route has this path (an empty path parameter is no path parameter)",
     ),
-    code(
+    entry(
         "method_not_allowed",
         405,
         "the path is a route's, the method is not (`Allow` lists those it takes)",
     ),
-    code(
+    entry(
         "request_timeout",
         408,
         "the body did not arrive within the body timeout (10 s by default)",
     ),
-    code("voucher_exists", 409, "a voucher with this code exists"),
-    code("profile_exists", 409, "a wallet for this phone number exists"),
-    code("already_redeemed", 409, "this phone number already redeemed this voucher (a 202 pending included)"),
-    code(
+    entry("voucher_exists", 409, "a voucher with this code exists"),
+    entry("profile_exists", 409, "a wallet for this phone number exists"),
+    entry("already_redeemed", 409, "this phone number already redeemed this voucher (a 202 pending included)"),
+    entry(
         "insufficient_funds",
         409,
         "the debit would take the balance below zero; nothing changed",
     ),
-    code(
+    entry(
         "idempotency_key_reused",
         409,
         "this Idempotency-Key was used for another request (another phone, amount or reference)",
     ),
-    code(
+    entry(
         "credit_refused",
         409,
         "split mode: the wallet service refused this redemption's credit for good; the redemption is void and its slot free again",
     ),
-    code("voucher_exhausted", 410, "every slot of this voucher is taken"),
-    code("payload_too_large", 413, "a body over 16 KiB"),
-    code("uri_too_long", 414, "path and query over 2 KiB"),
-    code(
+    entry("voucher_exhausted", 410, "every slot of this voucher is taken"),
+    entry("payload_too_large", 413, "a body over 16 KiB"),
+    entry("uri_too_long", 414, "path and query over 2 KiB"),
+    entry(
         "not_served_here",
         421,
         "the route belongs to the other service of a split deployment (`--role voucher` or `--role wallet`)",
     ),
-    code(
+    entry(
         "rate_limited",
         429,
         "this phone number redeemed more often than its rate (5/s, burst 10 by default); `Retry-After` says when to try again",
     ),
-    code(
+    entry(
         "overloaded",
         429,
         "the instance's admission limit is reached; retry after `Retry-After`",
     ),
-    code(
+    entry(
         "headers_too_large",
         431,
         "more than 64 header fields or over 8 KiB of headers",
     ),
-    code(
+    entry(
         "internal",
         500,
         "the ledger failed and the outcome is unknown (opaque; the cause is logged)",
     ),
-    code(
+    entry(
         "unavailable",
         503,
         "a bounded internal wait ran out, a component is restarting, or the ledger cannot write now; nothing refused was applied; retry after `Retry-After`",
