@@ -209,6 +209,19 @@ async fn integral_numbers_written_as_floats_are_integers() {
     let profile = json!({"phone_number": "+989120000009", "balance": 10.0});
     let (status, body) = call(&routes, "POST", "/api/profiles", Some(profile)).await;
     assert_eq!((status, &body["balance"]), (201, &json!(10)));
+    // Many digits: parsed exactly, not off by a unit in the last place.
+    let raw = r#"{"phone_number": "+989120000010", "balance": 2251799813685247.0}"#;
+    let response = warp::test::request()
+        .method("POST")
+        .path("/api/profiles")
+        .body(raw)
+        .reply(&routes.filter)
+        .await;
+    let body: Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(
+        (response.status().as_u16(), &body["balance"]),
+        (201, &json!(2_251_799_813_685_247_i64))
+    );
     let debit = json!({"phone_number": "+989120000009", "amount": -4.0});
     let (status, body) = call(&routes, "POST", "/api/transactions", Some(debit)).await;
     assert_eq!((status, &body["balance"]), (200, &json!(6)));

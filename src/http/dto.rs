@@ -40,7 +40,10 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
 
 /// A new voucher.
 /// Below this magnitude every integral float is exact (2^53): a JSON number
-/// written `5.0` beyond it may already have been rounded by the parser.
+/// written `5.0` beyond it may already have been rounded by the parser. (Below
+/// it the parse is exact because serde_json's `float_roundtrip` is on; its
+/// default fast path can land a unit off and make `2251799813685247.0` look
+/// fractional.)
 const EXACT_FLOAT_INTEGER_BOUND: f64 = 9_007_199_254_740_992.0;
 
 /// The integer a JSON number holds: `5`, or `5.0` (JSON has one number type,
