@@ -38,7 +38,6 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
     })
 }
 
-/// A new voucher.
 /// Below this magnitude every integral float is exact (2^53): a JSON number
 /// written `5.0` beyond it may already have been rounded by the parser. (Below
 /// it the parse is exact because serde_json's `float_roundtrip` is on; its
@@ -73,6 +72,10 @@ pub fn deserialize_integer<'de, D: serde::Deserializer<'de>>(
     })
 }
 
+/// A new voucher: its `code`, the `amount` (minor units) each redemption
+/// credits, the `limit` of phone numbers that may redeem it, and an optional
+/// window: redemptions from `starts_at` and before `expires_at` (`starts_at`
+/// must be before `expires_at`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVoucherBody {
@@ -128,6 +131,7 @@ impl CreateVoucherBody {
 /// strings need no copy (they are copied only if they contain escapes).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "A redemption request: which phone number redeems which voucher.")]
 pub struct RedeemBody<'a> {
     #[serde(borrow)]
     #[schema(schema_with = schemas::phone)]
@@ -147,7 +151,9 @@ pub struct ReportBody {
     pub cursor: Option<String>,
 }
 
-/// A new wallet.
+/// A new wallet, with an optional opening `balance` in minor units (0 when
+/// absent or null; when not 0 it is recorded as a transaction with reference
+/// `opening_balance`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProfileBody {
@@ -160,7 +166,10 @@ pub struct CreateProfileBody {
     pub balance: Option<Number>,
 }
 
-/// A credit (amount > 0) or a debit (amount < 0) of a wallet.
+/// A credit (`amount` > 0, opening the wallet if missing) or a debit
+/// (`amount` < 0) of a wallet, in minor units, with the client's own optional
+/// `reference` (empty when absent; `voucher:…` and `opening_balance`, in any
+/// letter case, are the service's own).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionBody {
@@ -221,7 +230,9 @@ fn rfc3339(t: Option<Timestamp>) -> Option<String> {
     t.map(Timestamp::to_rfc3339)
 }
 
-/// A voucher with its live counts.
+/// A voucher with its live counts: `redeemed` (pending or credited
+/// redemptions) and `remaining` (`limit - redeemed`); `amount` is the credit
+/// per redemption in minor units.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VoucherResponse {
     #[schema(schema_with = schemas::code)]
