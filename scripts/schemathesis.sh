@@ -190,6 +190,9 @@ start voucher --role voucher --wallet-url "$wallet_url"
 voucher_pid="$started_pid" voucher_url="$started_url"
 seed_vouchers "$voucher_url"
 seed_wallets "$wallet_url"
+# Each service answers the other's routes 421 (the runs below test only its own).
+expect 421 GET "$voucher_url/api/profiles/%2B989371209055"
+expect 421 GET "$wallet_url/api/vouchers/GOAL2026"
 run voucher "$voucher_url" --include-tag-regex '^(voucher|operations)$'
 run wallet "$wallet_url" --include-tag-regex '^(wallet|operations)$'
 survived voucher "$voucher_pid" "$voucher_url"
