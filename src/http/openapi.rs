@@ -289,6 +289,7 @@ fn describe(endpoint: Endpoint) -> Described {
                     .link("getVoucher", code_link("getVoucher"))
                     .link("getVoucherByQuery", code_link("getVoucherByQuery"))
                     .link("getReport", code_link("getReport"))
+                    .link("redeemVoucher", body_link("redeemVoucher", "code"))
                     .build(),
             )],
             errors: &[
@@ -394,6 +395,10 @@ fn describe(endpoint: Endpoint) -> Described {
                 201,
                 json_response("Opened.", schema_ref::<dto::ProfileCreatedResponse>())
                     .link("getProfile", phone_link())
+                    .link(
+                        "createTransaction",
+                        body_link("createTransaction", "phone_number"),
+                    )
                     .build(),
             )],
             errors: &[
@@ -608,6 +613,18 @@ fn code_link(operation_id: &str) -> utoipa::openapi::link::Link {
         .operation_id(operation_id)
         .parameter("code", "$response.body#/code")
         .description("The voucher just created.")
+        .build()
+}
+
+/// A link whose request body takes `field` from this response (the rest of the
+/// body is the client's).
+fn body_link(operation_id: &str, field: &str) -> utoipa::openapi::link::Link {
+    LinkBuilder::new()
+        .operation_id(operation_id)
+        .request_body(Some(
+            serde_json::json!({ field: format!("$response.body#/{field}") }),
+        ))
+        .description(format!("`{field}` from this response."))
         .build()
 }
 
