@@ -91,7 +91,7 @@ start() {
     started_pid=$!
     pids+=("$started_pid")
     for _ in $(seq 1 300); do
-        if grep -q '^voucherd listening on ' "$work/$name.out"; then
+        if grep -qs '^voucherd listening on ' "$work/$name.out"; then
             started_url="$(sed -n 's/^voucherd listening on //p' "$work/$name.out")"
             say "$name: $started_url (pid $started_pid)"
             return 0

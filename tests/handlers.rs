@@ -252,3 +252,39 @@ async fn a_window_outside_what_rfc3339_can_write_is_refused() {
     let (status, _) = call(&routes, "GET", "/api/vouchers/FAR", None).await;
     assert_eq!(status, 404);
 }
+
+/// In one process the credit is part of the claim: a wallet whose balance the
+/// credit would overflow refuses the redemption as the wallet service does in
+/// split mode, 409 `credit_refused`, and nothing changes (the slot stays free,
+/// the balance as it was). Found by schemathesis: it was 400 `invalid_amount`,
+/// about a field the redeem request does not have.
+#[tokio::test]
+async fn a_credit_the_wallet_cannot_take_refuses_the_redemption_and_changes_nothing() {
+    let routes = routes_with(AccessPolicy::open()).await;
+    let full = "+989120000011";
+    let voucher = json!({"code": "FULL", "amount": 100, "limit": 1});
+    let (status, _) = call(&routes, "POST", "/api/vouchers", Some(voucher)).await;
+    assert_eq!(status, 201);
+    let profile = json!({"phone_number": full, "balance": i64::MAX - 10});
+    let (status, _) = call(&routes, "POST", "/api/profiles", Some(profile)).await;
+    assert_eq!(status, 201);
+    let redeem = json!({"phone_number": full, "code": "FULL"});
+    let (status, body) = call(&routes, "POST", "/api/vouchers/redeem", Some(redeem)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("credit_refused")),
+        "{body}"
+    );
+    let path = format!("/api/profiles/{}", full.replace('+', "%2B"));
+    let (_, wallet) = call(&routes, "GET", &path, None).await;
+    assert_eq!(wallet["balance"], json!(i64::MAX - 10));
+    let (_, voucher) = call(&routes, "GET", "/api/vouchers/FULL", None).await;
+    assert_eq!(
+        (&voucher["redeemed"], &voucher["remaining"]),
+        (&json!(0), &json!(1))
+    );
+    // I1: the slot is still there for someone else.
+    let other = json!({"phone_number": "+989120000012", "code": "FULL"});
+    let (status, _) = call(&routes, "POST", "/api/vouchers/redeem", Some(other)).await;
+    assert_eq!(status, 200);
+}

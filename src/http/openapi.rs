@@ -172,7 +172,7 @@ pub static ERROR_CODES: &[ErrorCode] = &[
     entry(
         "credit_refused",
         409,
-        "split mode: the wallet service refused this redemption's credit for good; the redemption is void and its slot free again",
+        "the wallet refused this redemption's credit for good (e.g. the balance would overflow): in split mode the redemption is void and its slot free again; in one process nothing was redeemed",
     ),
     entry("voucher_exhausted", 410, "every slot of this voucher is taken"),
     entry("payload_too_large", 413, "a body over 16 KiB"),
@@ -1016,7 +1016,7 @@ pub fn to_json() -> String {
 /// `GET /openapi.json`: the contract, generated once.
 pub fn response() -> warp::reply::Response {
     static JSON: OnceLock<String> = OnceLock::new();
-    let json = JSON.get_or_init(to_json).clone();
+    let json: &'static str = JSON.get_or_init(to_json);
     let mut response = json.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
