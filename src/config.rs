@@ -60,6 +60,10 @@ pub enum Command {
     /// exit. `serve` also applies it on start; this lets a deployment do it once,
     /// before instances start.
     Migrate(MigrateArgs),
+    /// Print the OpenAPI 3.1 contract of the HTTP API (every route of every role)
+    /// to stdout and exit: `voucherd openapi > docs/openapi.json` regenerates the
+    /// committed one. A running service serves the same at `GET /openapi.json`.
+    Openapi,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -105,14 +105,24 @@ impl Timestamp {
         Self((nanos / 1_000) as i64)
     }
 
+    /// Parses an RFC 3339 timestamp whose instant, in UTC, falls in the years
+    /// 0000 to 9999: only such an instant can be written back in RFC 3339
+    /// (`9999-12-31T23:30:00-01:00` is in the year 10000 in UTC).
     pub fn parse_rfc3339(raw: &str, code: &'static str) -> Result<Self> {
-        let parsed = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
+        let invalid = || {
             Error::invalid(
                 code,
-                "timestamps must be RFC 3339, e.g. 2026-11-25T12:00:00Z",
+                "timestamps must be RFC 3339 within the years 0000 to 9999 in UTC, e.g. 2026-11-25T12:00:00Z",
             )
-        })?;
-        Ok(Self((parsed.unix_timestamp_nanos() / 1_000) as i64))
+        };
+        let parsed = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| invalid())?;
+        let nanos = parsed.unix_timestamp_nanos();
+        // In UTC (the conversion fails, never panics, past the years ±9999).
+        let utc_year = OffsetDateTime::from_unix_timestamp_nanos(nanos).map(|utc| utc.year());
+        if !utc_year.is_ok_and(|year| (0..=9999).contains(&year)) {
+            return Err(invalid());
+        }
+        Ok(Self((nanos / 1_000) as i64))
     }
 
     pub fn to_rfc3339(self) -> String {
@@ -445,5 +455,23 @@ mod tests {
     fn timestamps_round_trip() {
         let t = Timestamp::parse_rfc3339("2026-11-25T12:00:00Z", "invalid_window").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-25T12:00:00Z");
+    }
+
+    #[test]
+    fn timestamps_outside_what_rfc3339_can_write_in_utc_are_refused() {
+        for outside in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
+            match Timestamp::parse_rfc3339(outside, "invalid_window") {
+                Err(Error::Invalid { code, .. }) => assert_eq!(code, "invalid_window"),
+                other => panic!("{outside} must be refused, got {other:?}"),
+            }
+        }
+        for inside in [
+            "9999-12-31T23:59:59Z",
+            "0000-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+        ] {
+            let t = Timestamp::parse_rfc3339(inside, "invalid_window").unwrap();
+            assert!(!t.to_rfc3339().is_empty(), "{inside} must be written back");
+        }
     }
 }

@@ -22,6 +22,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Openapi => {
+            let mut stdout = std::io::stdout();
+            stdout.write_all(voucherd::http::openapi::to_json().as_bytes())?;
+            stdout.flush()?;
+            Ok(())
+        }
     }
 }
 

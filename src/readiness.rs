@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::store::LedgerHealth;
 
 /// One reason not to send this instance traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotReadyReason {
     /// SIGTERM arrived: the instance is draining.

@@ -295,7 +295,8 @@ impl Service {
             phone,
             reply,
         })
-        .await?;
+        .await
+        .map_err(credit_refused_in_the_claim)?;
         match &self.parts.credits {
             Some(wallet) => self.complete(claimed, wallet.clone()).await,
             None => Ok(claimed),
@@ -569,5 +570,21 @@ where
         Ok(CallResult::Timeout) => Err(Error::unavailable("actor call timed out")),
         Ok(CallResult::SenderError) => Err(Error::unavailable("actor stopped before answering")),
         Err(error) => Err(Error::unavailable(format!("actor unreachable: {error}"))),
+    }
+}
+
+/// In one process (role `all`) the credit is part of the claim's write, so a
+/// wallet that cannot take it (its balance would overflow: `invalid_amount`
+/// from the wallet rules) refuses the claim, and nothing is written. The client
+/// asked to redeem, not to move an amount: it gets what the wallet service's
+/// refusal gives in split mode, 409 `credit_refused`, not a 400 about a field
+/// it never sent.
+fn credit_refused_in_the_claim(error: Error) -> Error {
+    match error {
+        Error::Invalid {
+            code: "invalid_amount",
+            message,
+        } => Error::CreditRefused { reason: message },
+        other => other,
     }
 }

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use utoipa::ToSchema;
 
+use crate::http::openapi::schemas;
 use crate::limits::{
     MAX_CREDITS_PER_CALL, MAX_QUEUED_CREDITS, MAX_WALLET_CALLS_IN_FLIGHT, WALLET_CALL_TIMEOUT_MS,
     WALLET_CONNECT_TIMEOUT_MS,
@@ -29,28 +31,42 @@ use crate::redemption::{Credit, CreditAnswer, CreditPort};
 pub const CREDITS_PATH: &str = "/internal/credits";
 
 /// One credit on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreditItem {
+    /// The redemption id: a credit is applied at most once by its id.
     pub id: uuid::Uuid,
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: String,
+    #[schema(schema_with = schemas::positive_amount)]
+    #[serde(deserialize_with = "crate::http::dto::deserialize_integer")]
     pub amount: i64,
+    /// `voucher:<code>`.
+    #[schema(schema_with = schemas::voucher_reference)]
     pub reference: String,
 }
 
 /// The body of `POST /internal/credits`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreditBatch {
+    #[schema(min_items = 1, max_items = 64)]
     pub credits: Vec<CreditItem>,
 }
 
 /// The wallet's answer to one credit, in the order of the request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CreditResultItem {
-    Applied { id: uuid::Uuid, balance: i64 },
+    /// Applied now or before; the wallet's balance right after it.
+    Applied {
+        id: uuid::Uuid,
+        #[schema(schema_with = schemas::balance)]
+        balance: i64,
+    },
+    /// Refused for good: the same id is refused again.
     Refused { id: uuid::Uuid, reason: String },
+    /// Not decided now (overload, the store unavailable): ask again.
     Unknown { id: uuid::Uuid },
 }
 
@@ -72,8 +88,9 @@ impl CreditResultItem {
     }
 }
 
-/// The response body of `POST /internal/credits`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The response body of `POST /internal/credits`: one result per credit, in
+/// request order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreditResults {
     pub results: Vec<CreditResultItem>,
 }

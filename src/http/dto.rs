@@ -2,9 +2,16 @@
 //!
 //! Numbers arrive as raw JSON numbers so that a fractional amount or an
 //! out-of-range limit gets its own error code instead of a generic type error.
+//!
+//! Each body derives its OpenAPI schema ([`ToSchema`]) next to the serde shape
+//! it describes; the rules serde cannot see (patterns, ranges) are the
+//! [`schemas`] of the contract, checked against the validators by its tests.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
+use utoipa::ToSchema;
+
+use super::openapi::schemas;
 
 use crate::domain::{
     redemption_id, PageRequest, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode,
@@ -31,28 +38,74 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// Below this magnitude every integral float is exact (2^53): a JSON number
+/// written `5.0` beyond it may already have been rounded by the parser. (Below
+/// it the parse is exact because serde_json's `float_roundtrip` is on; its
+/// default fast path can land a unit off and make `2251799813685247.0` look
+/// fractional.)
+const EXACT_FLOAT_INTEGER_BOUND: f64 = 9_007_199_254_740_992.0;
+
+/// The integer a JSON number holds: `5`, or `5.0` (JSON has one number type,
+/// and JSON Schema's `integer` takes both), as long as it fits an i64 and, when
+/// written as a float, is below 2^53 in magnitude and so exact. Fractional
+/// numbers and numbers out of range are `None`.
+pub fn integer_of(number: &Number) -> Option<i64> {
+    if let Some(integer) = number.as_i64() {
+        return Some(integer);
+    }
+    let float = number.as_f64()?;
+    let exact = float.fract() == 0.0 && float.abs() < EXACT_FLOAT_INTEGER_BOUND;
+    // In range and integral, so the cast is exact.
+    exact.then_some(float as i64)
+}
+
+/// Deserialises an i64 as [`integer_of`] reads it (for bodies typed `i64`).
+pub fn deserialize_integer<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<i64, D::Error> {
+    let number = Number::deserialize(deserializer)?;
+    integer_of(&number).ok_or_else(|| {
+        serde::de::Error::invalid_value(
+            serde::de::Unexpected::Other(&number.to_string()),
+            &"an integer",
+        )
+    })
+}
+
+/// A new voucher: its `code`, the `amount` (minor units) each redemption
+/// credits, the `limit` of phone numbers that may redeem it, and an optional
+/// window: redemptions from `starts_at` and before `expires_at` (`starts_at`
+/// must be before `expires_at`).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVoucherBody {
+    #[schema(schema_with = schemas::code)]
     pub code: String,
+    /// Credit per redemption, in minor units.
+    #[schema(schema_with = schemas::positive_amount)]
     pub amount: Number,
+    /// How many users may redeem it.
+    #[schema(schema_with = schemas::voucher_limit)]
     pub limit: Number,
+    /// Redemptions before this instant are refused (403 `voucher_not_active`).
+    /// Must be before `expires_at` when both are given (400 `invalid_window`).
+    #[schema(schema_with = schemas::optional_timestamp)]
     pub starts_at: Option<String>,
+    /// Redemptions from this instant on are refused (403 `voucher_not_active`).
+    #[schema(schema_with = schemas::optional_timestamp)]
     pub expires_at: Option<String>,
 }
 
 impl CreateVoucherBody {
     pub fn into_voucher(self, now: Timestamp) -> Result<Voucher> {
         let code = VoucherCode::parse(&self.code)?;
-        let amount = self.amount.as_i64().ok_or_else(|| {
+        let amount = integer_of(&self.amount).ok_or_else(|| {
             Error::invalid(
                 "invalid_amount",
                 "amount must be a positive integer of minor units",
             )
         })?;
-        let limit = self
-            .limit
-            .as_u64()
+        let limit = integer_of(&self.limit)
             .and_then(|l| u32::try_from(l).ok())
             .ok_or_else(|| {
                 Error::invalid(
@@ -76,12 +129,15 @@ impl CreateVoucherBody {
 
 /// Borrows from the request body: the redeem path is the hottest, and these
 /// strings need no copy (they are copied only if they contain escapes).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "A redemption request: which phone number redeems which voucher.")]
 pub struct RedeemBody<'a> {
     #[serde(borrow)]
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
+    #[schema(schema_with = schemas::code)]
     pub code: std::borrow::Cow<'a, str>,
 }
 
@@ -95,19 +151,37 @@ pub struct ReportBody {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A new wallet, with an optional opening `balance` in minor units (0 when
+/// absent or null; when not 0 it is recorded as a transaction with reference
+/// `opening_balance`).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProfileBody {
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: String,
+    /// The opening balance in minor units (0 when absent or null); recorded as a
+    /// transaction with reference `opening_balance` when not 0.
     #[serde(default)]
+    #[schema(schema_with = schemas::optional_opening_balance)]
     pub balance: Option<Number>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A credit (`amount` > 0, opening the wallet if missing) or a debit
+/// (`amount` < 0) of a wallet, in minor units, with the client's own optional
+/// `reference` (empty when absent; `voucher:…` and `opening_balance`, in any
+/// letter case, are the service's own).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionBody {
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: String,
+    /// Minor units: > 0 credits (opening the wallet if missing), < 0 debits.
+    #[schema(schema_with = schemas::non_zero_amount)]
     pub amount: Number,
+    /// The client's own reference (empty when absent). `voucher:…` and
+    /// `opening_balance`, in any letter case, are the service's own (400
+    /// `reserved_reference`).
+    #[schema(schema_with = schemas::optional_client_reference)]
     pub reference: Option<String>,
 }
 
@@ -156,15 +230,29 @@ fn rfc3339(t: Option<Timestamp>) -> Option<String> {
     t.map(Timestamp::to_rfc3339)
 }
 
-#[derive(Debug, Serialize)]
+/// A voucher with its live counts: `redeemed` (pending or credited
+/// redemptions) and `remaining` (`limit - redeemed`); `amount` is the credit
+/// per redemption in minor units.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct VoucherResponse {
+    #[schema(schema_with = schemas::code)]
     pub code: String,
+    /// Credit per redemption, in minor units.
+    #[schema(schema_with = schemas::positive_amount)]
     pub amount: i64,
+    #[schema(schema_with = schemas::voucher_limit)]
     pub limit: u32,
+    /// Redemptions so far (pending or credited).
+    #[schema(minimum = 0)]
     pub redeemed: u32,
+    /// `limit - redeemed`.
+    #[schema(minimum = 0)]
     pub remaining: u32,
+    #[schema(schema_with = schemas::optional_timestamp, required = true)]
     pub starts_at: Option<String>,
+    #[schema(schema_with = schemas::optional_timestamp, required = true)]
     pub expires_at: Option<String>,
+    #[schema(schema_with = schemas::timestamp)]
     pub created_at: String,
 }
 
@@ -184,18 +272,30 @@ impl From<VoucherStatus> for VoucherResponse {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 /// A redemption: the redeem's answer (200 `credited`, or 202 `pending`: the
 /// credit has not been confirmed yet and the status lookup tells when it is)
 /// and the status lookup's (`pending`, `credited` or `void`).
 pub struct RedemptionResponse {
+    /// UUIDv5 of (code, phone): the same on every retry, and the id of the
+    /// wallet credit.
+    #[schema(schema_with = schemas::uuid)]
     pub redemption_id: String,
+    #[schema(schema_with = schemas::redemption_status)]
     pub status: &'static str,
+    #[schema(schema_with = schemas::code)]
     pub code: String,
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: String,
+    /// The credit, in minor units.
+    #[schema(schema_with = schemas::positive_amount)]
     pub amount: i64,
+    #[schema(schema_with = schemas::timestamp)]
     pub redeemed_at: String,
+    /// The wallet's balance right after the credit: always in the redeem's
+    /// 200; in the status lookup once credited, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schemas::balance)]
     pub balance: Option<i64>,
 }
 
@@ -213,21 +313,34 @@ impl From<Redemption> for RedemptionResponse {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One winner in a report.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReportItem {
+    #[schema(schema_with = schemas::uuid)]
     pub redemption_id: String,
     /// `pending` or `credited` (a void redemption left the report).
+    #[schema(schema_with = schemas::reported_status)]
     pub status: &'static str,
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: String,
+    #[schema(schema_with = schemas::timestamp)]
     pub redeemed_at: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of a voucher's winners, in winning order.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReportResponse {
+    #[schema(schema_with = schemas::code)]
     pub code: String,
+    /// The voucher's redemption count.
+    #[schema(minimum = 0)]
     pub total: u32,
+    /// The number of items in this page.
+    #[schema(minimum = 0)]
     pub length: usize,
     pub redemptions: Vec<ReportItem>,
+    /// Pass it back as `cursor` for the next page; null on the last page.
+    #[schema(schema_with = schemas::next_cursor, required = true)]
     pub next_cursor: Option<String>,
 }
 
@@ -261,10 +374,14 @@ impl From<Report> for ReportResponse {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A wallet as opened.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileCreatedResponse {
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: String,
+    #[schema(schema_with = schemas::balance)]
     pub balance: i64,
+    #[schema(schema_with = schemas::timestamp)]
     pub created_at: String,
 }
 
@@ -278,20 +395,33 @@ impl From<Wallet> for ProfileCreatedResponse {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One transaction of a wallet.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TransactionItem {
+    /// A voucher credit's id is its redemption id.
+    #[schema(schema_with = schemas::uuid)]
     pub id: String,
+    /// Minor units: > 0 a credit, < 0 a debit.
+    #[schema(schema_with = schemas::non_zero_amount)]
     pub amount: i64,
+    /// `voucher:<code>`, `opening_balance`, or the client's reference.
     pub reference: String,
+    #[schema(schema_with = schemas::timestamp)]
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A wallet's balance and a page of its transactions, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileResponse {
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: String,
+    #[schema(schema_with = schemas::balance)]
     pub balance: i64,
+    #[schema(schema_with = schemas::timestamp)]
     pub created_at: String,
     pub transactions: Vec<TransactionItem>,
+    /// Pass it back as `cursor` for the next page; null on the last page.
+    #[schema(schema_with = schemas::next_cursor, required = true)]
     pub next_cursor: Option<String>,
 }
 
@@ -316,13 +446,21 @@ impl ProfileResponse {
     }
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// A transaction as applied (or, for a repeated Idempotency-Key, as first applied).
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct TransactionResponse {
+    /// Derived from the Idempotency-Key when one was sent, random otherwise.
+    #[schema(schema_with = schemas::uuid)]
     pub id: String,
+    #[schema(schema_with = schemas::phone)]
     pub phone_number: String,
+    #[schema(schema_with = schemas::non_zero_amount)]
     pub amount: i64,
+    /// The wallet's balance right after this transaction.
+    #[schema(schema_with = schemas::balance)]
     pub balance: i64,
     pub reference: String,
+    #[schema(schema_with = schemas::timestamp)]
     pub created_at: String,
 }
 
@@ -339,7 +477,20 @@ impl From<WalletTransaction> for TransactionResponse {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// Liveness (`ok`) or readiness (`ready`).
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatusResponse {
+    #[schema(value_type = String)]
     pub status: &'static str,
+}
+
+/// Why this instance should get no traffic now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotReadyResponse {
+    /// Always `not_ready`.
+    #[schema(schema_with = schemas::not_ready)]
+    pub status: &'static str,
+    /// Every reason that holds.
+    #[schema(min_items = 1)]
+    pub reasons: Vec<crate::readiness::NotReadyReason>,
 }

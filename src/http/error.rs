@@ -18,7 +18,9 @@ pub enum ApiError {
     Domain(Error),
     PayloadTooLarge,
     NotFound,
-    MethodNotAllowed,
+    /// A route's path with a method it does not take; carries the methods it
+    /// does take, for the `Allow` header RFC 9110 requires on a 405.
+    MethodNotAllowed(String),
     /// No credential, or not one that grants this route.
     Unauthorized,
     /// The body did not arrive within the body timeout.
@@ -39,14 +41,20 @@ impl From<Error> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error's body: a stable machine-readable code and a human text.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(super) struct ErrorBody<'a> {
+    /// Stable code: match on it, never on the message.
+    #[schema(value_type = String)]
     error: &'a str,
+    /// Human-readable; opaque for 5xx.
+    #[schema(value_type = String)]
     message: Cow<'a, str>,
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
+    pub(super) fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
         use Error as E;
         let opaque =
             |status, code: &'static str, text: &'static str| (status, code, Cow::Borrowed(text));
@@ -92,7 +100,7 @@ impl ApiError {
                 "not_served_here",
                 "this is the wallet service; vouchers and redemptions are served by the voucher service",
             ),
-            ApiError::MethodNotAllowed => opaque(
+            ApiError::MethodNotAllowed(_) => opaque(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "this route does not accept this method",
@@ -182,6 +190,11 @@ impl Reply for ApiError {
             }
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                if let Ok(allow) = HeaderValue::from_str(allow) {
+                    headers.insert(header::ALLOW, allow);
+                }
             }
             _ => {}
         }

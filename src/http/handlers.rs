@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use percent_encoding::percent_decode_str;
 
 use super::dto::{
-    page_request, parse_json, CreateProfileBody, CreateVoucherBody, ProfileCreatedResponse,
-    ProfileResponse, RedeemBody, RedemptionResponse, ReportBody, ReportResponse, TransactionBody,
-    TransactionResponse, VoucherResponse,
+    integer_of, page_request, parse_json, CreateProfileBody, CreateVoucherBody,
+    ProfileCreatedResponse, ProfileResponse, RedeemBody, RedemptionResponse, ReportBody,
+    ReportResponse, TransactionBody, TransactionResponse, VoucherResponse,
 };
 use super::error::ApiError;
 use crate::domain::{parse_reference, PhoneNumber, VoucherCode, VOUCHER_REFERENCE_PREFIX};
@@ -83,7 +83,11 @@ pub async fn report(service: &Service, query: &Query, body: &[u8]) -> Outcome<Re
     } else {
         parse_json(body)?
     };
-    let number = |n: &Option<serde_json::Number>| n.as_ref().map(ToString::to_string);
+    // `5.0` is 5; anything else is read as written, and refused if not a page bound.
+    let number = |n: &Option<serde_json::Number>| {
+        n.as_ref()
+            .map(|n| integer_of(n).map_or_else(|| n.to_string(), |i| i.to_string()))
+    };
     let (body_limit, body_offset) = (number(&from_body.limit), number(&from_body.offset));
     let field = |name: &str, fallback: Option<String>| query.get(name).cloned().or(fallback);
     let code = required_code(field("code", from_body.code).as_deref())?;
@@ -100,7 +104,7 @@ pub async fn create_profile(service: &Service, body: &[u8]) -> Outcome<ProfileCr
     let phone = PhoneNumber::parse(&body.phone_number)?;
     let opening_balance = match body.balance {
         None => 0,
-        Some(balance) => balance.as_i64().filter(|b| *b >= 0).ok_or_else(|| {
+        Some(balance) => integer_of(&balance).filter(|b| *b >= 0).ok_or_else(|| {
             Error::invalid(
                 "invalid_amount",
                 "balance must be a non-negative integer of minor units",
@@ -144,12 +148,14 @@ pub async fn transaction(
     }
     let body: TransactionBody = parse_json(body)?;
     let phone = PhoneNumber::parse(&body.phone_number)?;
-    let amount = body.amount.as_i64().filter(|a| *a != 0).ok_or_else(|| {
-        Error::invalid(
-            "invalid_amount",
-            "amount must be a non-zero integer of minor units",
-        )
-    })?;
+    let amount = integer_of(&body.amount)
+        .filter(|a| *a != 0)
+        .ok_or_else(|| {
+            Error::invalid(
+                "invalid_amount",
+                "amount must be a non-zero integer of minor units",
+            )
+        })?;
     let reference = parse_reference(body.reference.as_deref().unwrap_or(""))?;
     let request = TransactionRequest {
         phone,

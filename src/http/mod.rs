@@ -8,6 +8,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod handlers;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 
@@ -180,6 +181,7 @@ async fn dispatch(service: &Service, endpoint: Endpoint, inputs: Inputs) -> Resp
         E::Healthz => respond(ok, Ok(StatusResponse { status: "ok" })),
         E::Readyz => readiness(service),
         E::Metrics => metrics_text(service),
+        E::OpenApi => openapi::response(),
     }
 }
 
@@ -198,10 +200,11 @@ fn readiness(service: &Service) -> Response {
     if reasons.is_empty() {
         return respond(StatusCode::OK, Ok(StatusResponse { status: "ready" }));
     }
-    let body = serde_json::json!({"status": "not_ready", "reasons": reasons});
-    let mut response = warp::reply::json(&body).into_response();
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    response
+    let body = dto::NotReadyResponse {
+        status: "not_ready",
+        reasons,
+    };
+    respond(StatusCode::SERVICE_UNAVAILABLE, Ok(body))
 }
 
 /// The routes of the separate metrics address: `/metrics` without a token (the
@@ -236,7 +239,9 @@ fn fallback() -> BoxedFilter<(Response,)> {
                     "invalid_request",
                     "the request could not be read",
                 )),
-                Lookup::OtherMethod => ApiError::MethodNotAllowed,
+                Lookup::OtherMethod => {
+                    ApiError::MethodNotAllowed(routes::allowed_methods(path.as_str()))
+                }
                 Lookup::NotFound => ApiError::NotFound,
             };
             error.into_response()

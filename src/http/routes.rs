@@ -15,7 +15,8 @@ pub enum Segment {
     /// This exact text.
     Literal(&'static str),
     /// Any non-empty segment, handed to the handler raw (handlers percent-decode).
-    Param,
+    /// The name is the parameter's in the OpenAPI contract (`{code}`).
+    Param(&'static str),
 }
 
 use Segment::{Literal as L, Param as P};
@@ -36,6 +37,7 @@ pub enum Endpoint {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
 }
 
 /// A route as the table declares it.
@@ -53,10 +55,11 @@ pub struct RouteSpec {
     pub serves: Serves,
 }
 
-/// Every route. The first that matches a request wins, so a literal segment must
-/// come before a parameter in the same position (`report` before `{code}`);
-/// redeem comes first because it carries the crowd.
-pub static ROUTES: [RouteSpec; 13] = [
+/// Every route. A request's path is the route path with the most literal
+/// segments that fits it (`report` before `{code}`, whatever the order here),
+/// and its method picks the route of that path; redeem comes first because it
+/// carries the crowd.
+pub static ROUTES: [RouteSpec; 14] = [
     RouteSpec {
         endpoint: Endpoint::Redeem,
         label: Route::redeem,
@@ -98,7 +101,7 @@ pub static ROUTES: [RouteSpec; 13] = [
         endpoint: Endpoint::VoucherByPath,
         label: Route::get_voucher,
         method: Method::GET,
-        path: &[L("api"), L("vouchers"), P],
+        path: &[L("api"), L("vouchers"), P("code")],
         access: Access::Public,
         reads_body: false,
         serves: Serves::Vouchers,
@@ -107,7 +110,13 @@ pub static ROUTES: [RouteSpec; 13] = [
         endpoint: Endpoint::Redemption,
         label: Route::get_redemption,
         method: Method::GET,
-        path: &[L("api"), L("vouchers"), P, L("redemptions"), P],
+        path: &[
+            L("api"),
+            L("vouchers"),
+            P("code"),
+            L("redemptions"),
+            P("phone"),
+        ],
         access: Access::Public,
         reads_body: false,
         serves: Serves::Vouchers,
@@ -125,7 +134,7 @@ pub static ROUTES: [RouteSpec; 13] = [
         endpoint: Endpoint::Profile,
         label: Route::get_profile,
         method: Method::GET,
-        path: &[L("api"), L("profiles"), P],
+        path: &[L("api"), L("profiles"), P("phone")],
         access: ADMIN,
         reads_body: false,
         serves: Serves::Wallets,
@@ -175,6 +184,15 @@ pub static ROUTES: [RouteSpec; 13] = [
         reads_body: false,
         serves: Serves::Any,
     },
+    RouteSpec {
+        endpoint: Endpoint::OpenApi,
+        label: Route::openapi,
+        method: Method::GET,
+        path: &[L("openapi.json")],
+        access: Access::Public,
+        reads_body: false,
+        serves: Serves::Any,
+    },
 ];
 
 /// Most parameters a route has.
@@ -205,26 +223,63 @@ pub enum Lookup {
 }
 
 /// Finds the route of `method` and `path` (without the query).
+///
+/// A path belongs to one resource: the matching route path with the most
+/// literal segments, as OpenAPI matches a concrete path before a templated one.
+/// So `GET /api/vouchers/redeem` is the redeem resource with a method it does
+/// not take (405), never the voucher `redeem`; a voucher with such a code is
+/// read with `GET /api/vouchers?code=`.
 pub fn lookup(method: &Method, path: &str) -> Lookup {
     let Some(segments) = split(path) else {
         return Lookup::NotFound;
     };
     let segments = &segments.0[..segments.1];
-    let mut path_known = false;
+    let Some(resource) = resource_of(segments) else {
+        return Lookup::NotFound;
+    };
+    ROUTES
+        .iter()
+        .find(|spec| spec.path == resource && spec.method == *method)
+        .map_or(Lookup::OtherMethod, |spec| {
+            Lookup::Matched(spec, params_of(resource, segments))
+        })
+}
+
+/// The methods the resource of `path` takes, as an `Allow` header lists them
+/// (`GET, POST`); empty when no route has this path.
+pub fn allowed_methods(path: &str) -> String {
+    let Some(segments) = split(path) else {
+        return String::new();
+    };
+    let segments = &segments.0[..segments.1];
+    let Some(resource) = resource_of(segments) else {
+        return String::new();
+    };
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|spec| spec.path == resource)
+        .map(|spec| spec.method.as_str())
+        .collect();
+    methods.join(", ")
+}
+
+/// The route path that `segments` are: among those that fit, the one with the
+/// most literal segments.
+fn resource_of(segments: &[&str]) -> Option<&'static [Segment]> {
+    let literals = |pattern: &[Segment]| {
+        pattern
+            .iter()
+            .filter(|segment| matches!(segment, Segment::Literal(_)))
+            .count()
+    };
+    let mut resource: Option<&'static [Segment]> = None;
     for spec in &ROUTES {
-        let Some(params) = match_path(spec.path, segments) else {
-            continue;
-        };
-        if spec.method == *method {
-            return Lookup::Matched(spec, params);
+        let more_specific = resource.is_none_or(|best| literals(spec.path) > literals(best));
+        if more_specific && fits(spec.path, segments) {
+            resource = Some(spec.path);
         }
-        path_known = true;
     }
-    if path_known {
-        Lookup::OtherMethod
-    } else {
-        Lookup::NotFound
-    }
+    resource
 }
 
 /// The metrics label of a request: its route's, or `other` (so scanners cannot
@@ -254,23 +309,29 @@ fn split(path: &str) -> Option<([&str; MAX_SEGMENTS], usize)> {
     Some((segments, count))
 }
 
-fn match_path(pattern: &[Segment], segments: &[&str]) -> Option<Params> {
-    if pattern.len() != segments.len() {
-        return None;
-    }
+fn fits(pattern: &[Segment], segments: &[&str]) -> bool {
+    pattern.len() == segments.len()
+        && pattern
+            .iter()
+            .zip(segments)
+            .all(|(expected, actual)| match expected {
+                Segment::Literal(text) => text == actual,
+                Segment::Param(_) => !actual.is_empty(),
+            })
+}
+
+/// The parameters of `segments`, which fit `pattern`.
+fn params_of(pattern: &[Segment], segments: &[&str]) -> Params {
     let mut params = Params::default();
-    let mut next_param = 0;
-    for (expected, actual) in pattern.iter().zip(segments) {
-        match expected {
-            Segment::Literal(text) if text == actual => {}
-            Segment::Param if !actual.is_empty() && next_param < MAX_PARAMS => {
-                params.values[next_param] = (*actual).to_owned();
-                next_param += 1;
-            }
-            _ => return None,
-        }
+    let values = pattern
+        .iter()
+        .zip(segments)
+        .filter(|(expected, _)| matches!(expected, Segment::Param(_)))
+        .map(|(_, actual)| *actual);
+    for (slot, value) in params.values.iter_mut().zip(values) {
+        value.clone_into(slot);
     }
-    Some(params)
+    params
 }
 
 #[cfg(test)]
@@ -324,6 +385,59 @@ mod tests {
     }
 
     #[test]
+    fn a_concrete_path_is_its_own_resource_whatever_the_method() {
+        // Not the voucher `redeem`: OpenAPI matches concrete paths first.
+        assert_eq!(
+            lookup(&Method::GET, "/api/vouchers/redeem"),
+            Lookup::OtherMethod
+        );
+        assert_eq!(
+            lookup(&Method::POST, "/api/vouchers/report"),
+            Lookup::OtherMethod
+        );
+        let Lookup::Matched(spec, params) = lookup(&Method::GET, "/api/vouchers/redeemed") else {
+            panic!("no match");
+        };
+        assert_eq!(spec.endpoint, Endpoint::VoucherByPath);
+        assert_eq!(params.get(0), "redeemed");
+    }
+
+    #[test]
+    fn allowed_methods_are_those_of_every_route_of_the_path() {
+        assert_eq!(allowed_methods("/api/vouchers"), "POST, GET");
+        assert_eq!(allowed_methods("/api/vouchers/redeem"), "POST");
+        assert_eq!(allowed_methods("/api/vouchers/report"), "GET");
+        assert_eq!(allowed_methods("/healthz"), "GET");
+        assert_eq!(allowed_methods("/nothing"), "");
+    }
+
+    #[test]
+    fn no_request_path_fits_two_route_paths_equally_well() {
+        let literals = |path: &[Segment]| {
+            path.iter()
+                .filter(|s| matches!(s, Segment::Literal(_)))
+                .count()
+        };
+        for a in &ROUTES {
+            for b in &ROUTES {
+                if a.path == b.path || a.path.len() != b.path.len() {
+                    continue;
+                }
+                let overlap = a.path.iter().zip(b.path).all(|pair| match pair {
+                    (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                    _ => true,
+                });
+                assert!(
+                    !overlap || literals(a.path) != literals(b.path),
+                    "{:?} and {:?} are ambiguous",
+                    a.endpoint,
+                    b.endpoint
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_endpoint_has_exactly_one_route() {
         for spec in &ROUTES {
             let same = ROUTES
@@ -333,7 +447,11 @@ mod tests {
             assert_eq!(same, 1, "{:?} is declared {same} times", spec.endpoint);
             assert_ne!(spec.label, Route::other);
             assert!(spec.path.len() <= MAX_SEGMENTS);
-            let params = spec.path.iter().filter(|s| **s == Segment::Param).count();
+            let params = spec
+                .path
+                .iter()
+                .filter(|s| matches!(s, Segment::Param(_)))
+                .count();
             assert!(params <= MAX_PARAMS);
         }
     }

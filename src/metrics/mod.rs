@@ -39,6 +39,7 @@ pub enum Route {
     healthz,
     readyz,
     metrics,
+    openapi,
     other,
 }
 
