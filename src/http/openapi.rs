@@ -318,27 +318,11 @@ fn describe(endpoint: Endpoint) -> Described {
                 back as `cursor` for the next page (`offset` then skips within what follows it). For the \
                 seed's client the same fields (`code`, `limit`, `offset`, `cursor`) may instead come as a \
                 JSON body on this GET (query fields win; an unknown field is 400 `invalid_body`).",
-            parameters: vec![
-                query("code", "The voucher code.", true, schemas::code()),
-                query(
-                    "limit",
-                    "Items per page (default 100).",
-                    false,
-                    schemas::page_limit(),
-                ),
-                query(
-                    "offset",
-                    "Items to skip (after the cursor, if one is given).",
-                    false,
-                    schemas::page_offset(),
-                ),
-                query(
-                    "cursor",
-                    "A `next_cursor` from the previous page; empty means the first page.",
-                    false,
-                    schemas::cursor(),
-                ),
-            ],
+            parameters: [
+                vec![query("code", "The voucher code.", true, schemas::code())],
+                page_parameters(),
+            ]
+            .concat(),
             request_body: None,
             responses: vec![(
                 200,
@@ -413,26 +397,7 @@ fn describe(endpoint: Endpoint) -> Described {
             operation_id: "getProfile",
             summary: "A wallet's balance and transactions, newest first, paged",
             description: "`+` in the phone number may be percent-encoded (`%2B`).",
-            parameters: vec![
-                query(
-                    "limit",
-                    "Items per page (default 100).",
-                    false,
-                    schemas::page_limit(),
-                ),
-                query(
-                    "offset",
-                    "Items to skip (after the cursor, if one is given).",
-                    false,
-                    schemas::page_offset(),
-                ),
-                query(
-                    "cursor",
-                    "A `next_cursor` from the previous page; empty means the first page.",
-                    false,
-                    schemas::cursor(),
-                ),
-            ],
+            parameters: page_parameters(),
             request_body: None,
             responses: vec![(
                 200,
@@ -654,6 +619,30 @@ fn json_response(description: &str, schema: RefOr<Schema>) -> ResponseBuilder {
         "application/json",
         ContentBuilder::new().schema(Some(schema)).build(),
     )
+}
+
+/// The paging parameters of the report and the wallet (`limit`, `offset`, `cursor`).
+fn page_parameters() -> Vec<Parameter> {
+    vec![
+        query(
+            "limit",
+            "Items per page (default 100).",
+            false,
+            schemas::page_limit(),
+        ),
+        query(
+            "offset",
+            "Items to skip (after the cursor, if one is given).",
+            false,
+            schemas::page_offset(),
+        ),
+        query(
+            "cursor",
+            "A `next_cursor` from the previous page; empty means the first page.",
+            false,
+            schemas::cursor(),
+        ),
+    ]
 }
 
 fn query(name: &str, description: &str, required: bool, schema: Schema) -> Parameter {
