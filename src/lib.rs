@@ -6,8 +6,10 @@
 //!
 //! - [`http`]: the server loop (connection cap, timeouts, head checks), the one
 //!   route table (`http::routes`: method, path, access rule, metrics label), the
-//!   handlers, DTOs, tokens, and the one error → HTTP mapping. **A new route** is a
-//!   row in the table, an arm in the dispatcher and a handler.
+//!   handlers, DTOs, tokens, the one error → HTTP mapping, and the OpenAPI
+//!   contract built from the table (`http::openapi`, `docs/openapi.json`). **A new
+//!   route** is a row in the table, an arm in the dispatcher, a handler and its
+//!   description in the contract (which does not compile without it).
 //! - [`service`]: one function per use case; the per-phone rate limit
 //!   ([`rate_limit`]) and the fast path that rejects from the in-memory [`catalog`].
 //! - [`actors`]: voucher shards (own leased slots, hand one to each contender),
@@ -16,7 +18,8 @@
 //! - [`store`]: the ledger seam in two halves ([`store::VoucherLedger`],
 //!   [`store::WalletLedger`]; [`store::Ledger`] is both), the durable truth:
 //!   embedded redb (the default), PostgreSQL/CockroachDB, and ScyllaDB (the CAS
-//!   ledger of `store::cas` over the CQL adapter of `store::scylla`). **A new
+//!   ledger of `store::cas` over the CQL adapter of `store::scylla`, with its LWT
+//!   metrics in `store::cas::observed`). **A new
 //!   ledger backend** is a module here that passes `tests/ledger_conformance.rs`,
 //!   calls the shared wallet rules in [`domain::wallet`], and is opened in [`wiring`].
 //! - [`redemption`]: the split-mode protocol (claim → credit → settle, recovery),
@@ -31,8 +34,9 @@
 //!   there, and each route of the table says which role serves it.
 //! - [`domain`], [`error`], [`clock`]: validated values and shared rules, the
 //!   closed error enum, the injected time.
-//! - [`metrics`], [`readiness`], [`limits`]: observability, `/readyz` reasons, and
-//!   every bound with its reason.
+//! - [`metrics`], [`readiness`], [`limits`]: observability (readiness is exported
+//!   too, as `voucherd_ready`), `/readyz` reasons, and every bound with its reason.
+//!   Dashboards, alerts and deployments are in `deploy/` (`docs/OPERATING.md`).
 //!
 //! Invariants (see `docs/DESIGN.md`): I1 limit, I2 unique, I3 credited, I4
 //! durable, I5 balance.
