@@ -4,7 +4,7 @@
 //! renamed metric or label breaks this test, not a dashboard in production.
 //!
 //! Real processes only: Debian's `prometheus` and `promtool` (found on PATH; the test
-//! fails, never skips, without them: `.ci/run` installs them), a private `redis-server`
+//! fails, never skips, without them: `scripts/services.sh up` installs them), a private `redis-server`
 //! for slot leases, a wallet service and a voucher service (real binaries, embedded
 //! stores in temp dirs), both with an admin token, so Prometheus scrapes `/metrics` with
 //! a bearer token from a file. A small crowd drives both roles (wins, sold-out and
@@ -78,8 +78,9 @@ fn repo() -> PathBuf {
 fn required_binary(name: &str) -> PathBuf {
     which(name).unwrap_or_else(|| {
         panic!(
-            "`{name}` is not on PATH; tests/observability.rs needs Debian's prometheus package \
-             (apt-get install prometheus: prometheus and promtool); .ci/run installs it"
+            "`{name}` is not on PATH; tests/observability.rs runs Debian's prometheus and \
+             promtool (Debian package `prometheus`). Install it with `scripts/services.sh up` \
+             (or run everything with `scripts/test.sh`)."
         )
     })
 }

@@ -1,7 +1,8 @@
 //! One conformance suite for every `SlotSource`: the local source, the shared
 //! (random-start) local source and Redis leases, each over a real ledger.
 //! Redis tests use the server at `VOUCHERD_TEST_REDIS` (default
-//! redis://127.0.0.1:6379) and fail, never skip, if it is unreachable. Each test
+//! redis://127.0.0.1:6379) and fail, never skip, if it is unreachable (`scripts/services.sh
+//! up` starts one). Each test
 //! uses its own voucher code, so tests share one Redis safely.
 
 use std::collections::HashSet;
@@ -54,7 +55,9 @@ async fn assert_redis_reachable() {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "Redis is unreachable at {}: {e}; start one or set VOUCHERD_TEST_REDIS",
+                "Redis is unreachable at {}: {e}. This test needs a Redis server: start it \
+                 with `scripts/services.sh up` (or run everything with `scripts/test.sh`), \
+                 or set VOUCHERD_TEST_REDIS to a server's URL.",
                 redis_url()
             )
         });

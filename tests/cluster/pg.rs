@@ -6,7 +6,8 @@
 //! server run as the `postgres` user (the child drops to its uid/gid before exec, which
 //! is what `runuser -u postgres` does, but keeps the server itself as our direct child so
 //! that signals reach it and nothing is left behind). Missing binaries or a missing
-//! `postgres` user fail the test with a clear message; nothing is skipped.
+//! `postgres` user fail the test with a message naming the package and
+//! `scripts/services.sh up`, which installs it; nothing is skipped.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -49,7 +50,9 @@ fn bin_dir() -> PathBuf {
         Some((_, bin)) => bin,
         None => panic!(
             "PostgreSQL server binaries not found: no initdb+postgres in PATH or under \
-             /usr/lib/postgresql/*/bin; the cluster tests need them (Debian: apt-get install postgresql)"
+             /usr/lib/postgresql/*/bin; this test runs a private PostgreSQL server with them \
+             (Debian package `postgresql`). Install them with `scripts/services.sh up` (or run \
+             everything with `scripts/test.sh`)."
         ),
     }
 }
@@ -68,8 +71,9 @@ fn run_as() -> Option<(u32, u32)> {
         assert!(
             out.status.success(),
             "the tests run as root and PostgreSQL refuses to run as root, but there is no \
-             `postgres` user to run it as (`id {flag} postgres`: {}); install the postgresql \
-             package, which creates it",
+             `postgres` user to run it as (`id {flag} postgres`: {}); the Debian package \
+             `postgresql` creates it: install it with `scripts/services.sh up` (or run \
+             everything with `scripts/test.sh`)",
             String::from_utf8_lossy(&out.stderr).trim()
         );
         String::from_utf8_lossy(&out.stdout)

@@ -19,8 +19,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn redis_server_binary() -> std::path::PathBuf {
     which("redis-server").unwrap_or_else(|| {
         panic!(
-            "redis-server is not installed (PATH has no redis-server); the cluster tests need it \
-             (Debian: apt-get install redis-server)"
+            "redis-server is not installed (PATH has no redis-server); this test runs private \
+             Redis servers with it (Debian package `redis-server`). Install it with \
+             `scripts/services.sh up` (or run everything with `scripts/test.sh`)."
         )
     })
 }

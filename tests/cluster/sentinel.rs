@@ -33,11 +33,18 @@ fn sentinel_command(config: &std::path::Path) -> Command {
             command.arg(config);
             command
         }
-        None => {
+        // `redis-server --sentinel` is the same program; without either, say which package.
+        None if which("redis-server").is_some() => {
             let mut command = Command::new(redis_server_binary());
             command.arg(config).arg("--sentinel");
             command
         }
+        None => panic!(
+            "neither redis-sentinel nor redis-server is installed (PATH has neither); this test \
+             runs a private Sentinel group with them (Debian packages `redis-sentinel` and \
+             `redis-server`). Install them with `scripts/services.sh up` (or run everything \
+             with `scripts/test.sh`)."
+        ),
     }
 }
 

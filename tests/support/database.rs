@@ -1,7 +1,8 @@
 //! A throwaway PostgreSQL database per test on the shared server
 //! (`VOUCHERD_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/postgres`),
 //! dropped with its connections when the test ends, so tests run in parallel. An
-//! unreachable server fails the test: it never skips silently.
+//! unreachable server fails the test, saying how to start one (`scripts/services.sh up`):
+//! it never skips silently.
 
 use uuid::Uuid;
 
@@ -70,8 +71,9 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
             let cause = std::error::Error::source(&error)
                 .map_or_else(|| error.to_string(), |source| format!("{error}: {source}"));
             panic!(
-                "PostgreSQL is unreachable at {url} ({cause}). The PostgreSQL tests \
-                 need a server: start one, or set VOUCHERD_TEST_POSTGRES to its URL."
+                "PostgreSQL is unreachable at {url}: {cause}. This test needs a PostgreSQL \
+                 server: start it with `scripts/services.sh up` (or run everything with \
+                 `scripts/test.sh`), or set VOUCHERD_TEST_POSTGRES to a server's URL."
             )
         });
     tokio::spawn(connection);

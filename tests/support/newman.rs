@@ -34,9 +34,10 @@ pub async fn newman_binary() -> PathBuf {
     let child = match command.spawn() {
         Ok(child) => child,
         Err(error) => panic!(
-            "newman is not installed in {} and `npm` could not be run ({error}); \
-             install Node.js and npm (e.g. `apt-get install -y nodejs npm`) or run \
-             `npm ci` in tests/newman",
+            "newman is not installed in {} and `npm` could not be run ({error}): the Postman \
+             test runs newman, which needs Node.js and npm (Debian packages `nodejs` and \
+             `npm`). Install them with `scripts/services.sh up` (or run everything with \
+             `scripts/test.sh`, which also runs `npm ci` in tests/newman).",
             dir.display()
         ),
     };
@@ -102,7 +103,13 @@ pub async fn run_seed_collection(voucher_url: &str, wallet_url: &str) -> Run {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", newman.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "run {}: {e} (newman needs Node.js, Debian package `nodejs`: \
+                 `scripts/services.sh up` installs it)",
+                newman.display()
+            )
+        });
     let output = tokio::time::timeout(NEWMAN_TIMEOUT, child.wait_with_output())
         .await
         .expect("newman finished in time")

@@ -3,7 +3,8 @@
 //! it once committed, which is what `Writer::resolve` relies on after a lost
 //! COMMIT reply. Like the conformance suite, these tests need PostgreSQL
 //! (`VOUCHERD_TEST_POSTGRES`, default
-//! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database each.
+//! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/services.sh up` starts one)
+//! and create a database each; an unreachable server fails them, never skips them.
 
 use super::fixtures::{claim, code, phone};
 use super::writer::{apply_batch, apply_waves};
@@ -20,8 +21,7 @@ struct TestDatabase {
 impl TestDatabase {
     /// Creates and migrates the database; answers it and its config.
     async fn create() -> (Self, tokio_postgres::Config) {
-        let url = std::env::var("VOUCHERD_TEST_POSTGRES")
-            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let url = server_url();
         let admin = parse_url(&url).expect("a valid PostgreSQL URL");
         let name = format!("voucherd_probe_{}", Uuid::new_v4().simple());
         execute(&admin, &format!("CREATE DATABASE {name}")).await;
@@ -48,8 +48,22 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The server the tests use: `VOUCHERD_TEST_POSTGRES`, else the default.
+fn server_url() -> String {
+    std::env::var("VOUCHERD_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
 async fn execute(config: &tokio_postgres::Config, sql: &str) {
-    let (client, connection) = config.connect(NoTls).await.expect("PostgreSQL answers");
+    let (client, connection) = config.connect(NoTls).await.unwrap_or_else(|error| {
+        let cause = std::error::Error::source(&error)
+            .map_or_else(|| error.to_string(), |source| format!("{error}: {source}"));
+        panic!(
+            "PostgreSQL is unreachable at {}: {cause}. This test needs a PostgreSQL server: \
+             start it with `scripts/services.sh up` (or run everything with \
+             `scripts/test.sh`), or set VOUCHERD_TEST_POSTGRES to a server's URL.",
+            server_url()
+        )
+    });
     tokio::spawn(connection);
     client.batch_execute(sql).await.expect(sql);
 }
