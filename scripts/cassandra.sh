@@ -15,7 +15,7 @@
 #
 # Each cluster lives in $VOUCHERD_CASSANDRA_HOME/<first address> (default
 # /tmp/voucherd-cassandra): per node its yaml, data, logs (node*/system.log) and pid.
-# Nodes are sized for a 2-core machine: a 512 MiB heap (VOUCHERD_CASSANDRA_HEAP),
+# Nodes are sized for a 2-core machine: a 1 GiB heap (VOUCHERD_CASSANDRA_HEAP),
 # one token each (evenly spaced, so nodes start together without bootstrapping),
 # small thread pools. The timeouts are Cassandra's defaults (write 2 s, CAS
 # contention 1 s), which the ledger's client timeout must exceed.
@@ -23,7 +23,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 home="${VOUCHERD_CASSANDRA_HOME:-/tmp/voucherd-cassandra}"
-heap="${VOUCHERD_CASSANDRA_HEAP:-512M}"
+heap="${VOUCHERD_CASSANDRA_HEAP:-1G}"
 start_timeout_s="${VOUCHERD_CASSANDRA_START_TIMEOUT_S:-300}"
 java="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 
@@ -113,6 +113,9 @@ native_transport_max_threads: 32
 memtable_flush_writers: 1
 key_cache_size: 16MiB
 disk_access_mode: mmap_index_only
+# Tests make a keyspace of six tables each; slab-allocated memtables would hold
+# a 1 MiB region per table on the heap.
+memtable_allocation_type: unslabbed_heap_buffers
 hinted_handoff_enabled: true
 max_hint_window: 1h
 write_request_timeout: 2000ms
@@ -163,8 +166,7 @@ jvm_options() {
 -XX:ParallelGCThreads=1
 -XX:ConcGCThreads=1
 -XX:CICompilerCount=2
--XX:+HeapDumpOnOutOfMemoryError
--XX:HeapDumpPath=$dir/logs
+-XX:+ExitOnOutOfMemoryError
 -Djava.net.preferIPv4Stack=true
 -javaagent:$jamm
 -Dcassandra.config=file://$dir/cassandra.yaml

@@ -21,6 +21,7 @@ use crate::limits::{
 use crate::rate_limit::PhoneRate;
 use crate::role::Role;
 use crate::slots::redis::RedisTarget;
+use crate::store::scylla::CqlOptions;
 
 /// The environment variable that may hold the admin token itself (instead of
 /// `--admin-token-file`); never a command-line flag, which `ps` would show.
@@ -372,10 +373,12 @@ pub enum StoreLocation {
     Embedded(PathBuf),
     /// A PostgreSQL or CockroachDB URL, `postgres://user@host:port/db`.
     Postgres(String),
-    /// A ScyllaDB cluster, `scylla://host1:9042,host2:9042/keyspace`.
+    /// A ScyllaDB (or Cassandra) cluster,
+    /// `scylla://host1:9042,host2:9042/keyspace[?local_dc=NAME&replication_factor=N]`.
     Scylla {
         hosts: Vec<String>,
         keyspace: String,
+        options: CqlOptions,
     },
 }
 
@@ -384,8 +387,21 @@ impl std::fmt::Display for StoreLocation {
         match self {
             StoreLocation::Embedded(path) => write!(f, "{}", path.display()),
             StoreLocation::Postgres(url) => f.write_str(&redact_password(url)),
-            StoreLocation::Scylla { hosts, keyspace } => {
-                write!(f, "scylla://{}/{keyspace}", hosts.join(","))
+            StoreLocation::Scylla {
+                hosts,
+                keyspace,
+                options,
+            } => {
+                write!(f, "scylla://{}/{keyspace}", hosts.join(","))?;
+                let mut separator = '?';
+                if let Some(dc) = &options.local_dc {
+                    write!(f, "{separator}local_dc={dc}")?;
+                    separator = '&';
+                }
+                if options.replication_factor != CqlOptions::default().replication_factor {
+                    write!(f, "{separator}replication_factor={}", options.replication_factor)?;
+                }
+                Ok(())
             }
         }
     }
@@ -442,9 +458,12 @@ impl FromStr for StoreLocation {
     }
 }
 
-/// `host1:9042,host2:9042/keyspace` (the part after `scylla://`).
+/// `host1:9042,host2:9042/keyspace[?option=value&…]` (the part after
+/// `scylla://`); the options are [`CqlOptions`]'s.
 fn parse_scylla(rest: &str) -> Result<StoreLocation, String> {
-    const FORM: &str = "give scylla://HOST:PORT[,HOST:PORT...]/KEYSPACE";
+    const FORM: &str = "give scylla://HOST:PORT[,HOST:PORT...]/KEYSPACE[?local_dc=NAME&replication_factor=N]";
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let options = parse_cql_options(query)?;
     let (hosts, keyspace) = rest.split_once('/').unwrap_or((rest, ""));
     let hosts: Vec<String> = hosts
         .split(',')
@@ -478,7 +497,46 @@ fn parse_scylla(rest: &str) -> Result<StoreLocation, String> {
     Ok(StoreLocation::Scylla {
         hosts,
         keyspace: keyspace.to_owned(),
+        options,
     })
+}
+
+/// `local_dc=NAME&replication_factor=N`, each optional.
+fn parse_cql_options(query: &str) -> Result<CqlOptions, String> {
+    let mut options = CqlOptions::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "local_dc" => {
+                let valid = !value.is_empty()
+                    && value.len() <= 64
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                if !valid {
+                    return Err(format!(
+                        "the scylla:// option local_dc={value:?} is not a datacenter name"
+                    ));
+                }
+                options.local_dc = Some(value.to_owned());
+            }
+            "replication_factor" => {
+                options.replication_factor = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=9).contains(n))
+                    .ok_or_else(|| {
+                        format!("the scylla:// option replication_factor={value:?} is not 1 to 9")
+                    })?;
+            }
+            _ => {
+                return Err(format!(
+                    "the scylla:// store has no option {name:?} (local_dc, replication_factor)"
+                ))
+            }
+        }
+    }
+    Ok(options)
 }
 
 #[cfg(test)]
@@ -492,10 +550,26 @@ mod tests {
             store,
             StoreLocation::Scylla {
                 hosts: vec!["a:9042".into(), "b:9043".into()],
-                keyspace: "ledger".into()
+                keyspace: "ledger".into(),
+                options: CqlOptions::default(),
             }
         );
         assert_eq!(store.to_string(), "scylla://a:9042,b:9043/ledger");
+        let pinned: StoreLocation = "scylla://a/ledger?local_dc=dc-1&replication_factor=1"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            pinned.to_string(),
+            "scylla://a:9042/ledger?local_dc=dc-1&replication_factor=1"
+        );
+        let unknown = "scylla://a/ledger?serial=local"
+            .parse::<StoreLocation>()
+            .unwrap_err();
+        assert!(unknown.contains("no option"), "{unknown}");
+        let zero = "scylla://a/ledger?replication_factor=0"
+            .parse::<StoreLocation>()
+            .unwrap_err();
+        assert!(zero.contains("not 1 to 9"), "{zero}");
         assert!(store.is_shared());
         let default_port: StoreLocation = "scylla://a/ledger".parse().unwrap();
         assert_eq!(default_port.to_string(), "scylla://a:9042/ledger");

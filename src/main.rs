@@ -85,8 +85,12 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             tracing::info!(store = %args.store, "schema applied");
             Ok(())
         }
-        StoreLocation::Scylla { hosts, keyspace } => {
-            voucherd::store::scylla::migrate(hosts, keyspace).await?;
+        StoreLocation::Scylla {
+            hosts,
+            keyspace,
+            options,
+        } => {
+            voucherd::store::scylla::migrate(hosts, keyspace, options).await?;
             tracing::info!(store = %args.store, "schema applied");
             Ok(())
         }

@@ -48,8 +48,12 @@ async fn open_store(
             let ledger = PostgresLedger::open_half(url, half, metrics).await?;
             Ok(Arc::new(ledger))
         }
-        StoreLocation::Scylla { hosts, keyspace } => {
-            let store = ScyllaStore::open(hosts, keyspace).await?;
+        StoreLocation::Scylla {
+            hosts,
+            keyspace,
+            options,
+        } => {
+            let store = ScyllaStore::open(hosts, keyspace, options).await?;
             Ok(Arc::new(CasLedger::open(
                 Observed::new(store, metrics),
                 half,

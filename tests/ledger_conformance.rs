@@ -10,13 +10,19 @@
 //! tests run in parallel. An unreachable PostgreSQL fails its tests: they never
 //! skip silently. The CAS backend (the protocol a ScyllaDB ledger runs) runs on
 //! a fresh in-memory compare-and-set store, without faults; reopening it opens
-//! a new ledger over the same store. The Scylla backend runs the same ledger
-//! over a real cluster when `VOUCHERD_TEST_SCYLLA=host:9042[,host:9042]` is
-//! set (`deploy/scylla-compose.yaml` starts one), each test in a fresh
-//! keyspace migrated from `cql/schema.cql`; without it each Scylla test says
-//! it is skipped and passes (the one sanctioned skip: no Scylla server runs
-//! on the development machines).
+//! a new ledger over the same store. The same ledger runs over real Apache
+//! Cassandra 5.0 through the CQL adapter, on one node (`cassandra`) and on a
+//! three-node cluster with replication factor 3 (`cassandra_cluster`), each
+//! test in a fresh keyspace migrated from `cql/schema.cql`
+//! (`tests/support/cql.rs` names the clusters; `scripts/cassandra.sh` starts
+//! them). The Scylla backend runs it over a ScyllaDB cluster when
+//! `VOUCHERD_TEST_SCYLLA=host:9042[,host:9042]` is set
+//! (`deploy/scylla-compose.yaml` starts one); without it each Scylla test says
+//! it is skipped and passes (the one sanctioned skip: ScyllaDB cannot run on
+//! the development machines).
 
+#[path = "support/cql.rs"]
+mod cql;
 #[path = "support/database.rs"]
 mod database;
 
@@ -49,10 +55,11 @@ enum Store {
     Embedded(TempDir),
     Postgres(TestDatabase),
     Cas(MemoryStore),
-    /// A fresh keyspace on the cluster `VOUCHERD_TEST_SCYLLA` names.
-    Scylla {
-        hosts: Vec<String>,
-        keyspace: String,
+    /// A fresh keyspace on a CQL cluster (Cassandra, or the ScyllaDB cluster
+    /// `VOUCHERD_TEST_SCYLLA` names).
+    Cql {
+        cluster: cql::CqlCluster,
+        keyspace: cql::TestKeyspace,
     },
     /// A backend whose server is not configured here (said when made).
     Skipped,
@@ -75,17 +82,31 @@ impl Store {
         Store::Cas(MemoryStore::new())
     }
 
+    async fn cassandra() -> Store {
+        Store::cql(cql::one_node()).await
+    }
+
+    async fn cassandra_cluster() -> Store {
+        Store::cql(cql::three_nodes()).await
+    }
+
     async fn scylla() -> Store {
         let Ok(hosts) = std::env::var("VOUCHERD_TEST_SCYLLA") else {
             println!("skipped: VOUCHERD_TEST_SCYLLA is not set (no Scylla server here)");
             return Store::Skipped;
         };
         let hosts: Vec<String> = hosts.split(',').map(|h| h.trim().to_owned()).collect();
-        let keyspace = format!("voucherd_conf_{}", Uuid::new_v4().simple());
-        voucherd::store::scylla::migrate(&hosts, &keyspace)
-            .await
-            .unwrap_or_else(|error| panic!("cannot create keyspace {keyspace}: {error:#}"));
-        Store::Scylla { hosts, keyspace }
+        Store::cql(cql::CqlCluster {
+            replication_factor: hosts.len().clamp(1, 3) as u32,
+            hosts,
+            start: "docker compose -f deploy/scylla-compose.yaml up -d",
+        })
+        .await
+    }
+
+    async fn cql(cluster: cql::CqlCluster) -> Store {
+        let keyspace = cluster.fresh_keyspace("voucherd_conf").await;
+        Store::Cql { cluster, keyspace }
     }
 
     async fn open(&self) -> Arc<dyn Ledger> {
@@ -120,8 +141,8 @@ impl Store {
                     .expect("open the PostgreSQL ledger"),
             ),
             Store::Cas(store) => Arc::new(CasLedger::open(store.clone(), half)),
-            Store::Scylla { hosts, keyspace } => {
-                let store = ScyllaStore::open(hosts, keyspace)
+            Store::Cql { cluster, keyspace } => {
+                let store = ScyllaStore::open(&cluster.hosts, &keyspace.name, &cluster.options())
                     .await
                     .unwrap_or_else(|error| panic!("open the Scylla ledger: {error:#}"));
                 Arc::new(CasLedger::open(Observed::new(store, metrics), half))
@@ -185,6 +206,8 @@ macro_rules! every_case {
 every_case!(embedded);
 every_case!(postgres);
 every_case!(cas);
+every_case!(cassandra);
+every_case!(cassandra_cluster);
 every_case!(scylla);
 
 /// Helpers the cases share.

@@ -196,11 +196,7 @@ impl<S: CasStore> Inner<S> {
         serial: bool,
     ) -> Result<SlotState> {
         let key = voucher.slot_key(slot);
-        let current = if serial {
-            self.store.read_serial(key.clone()).await?
-        } else {
-            self.store.read(key.clone()).await?
-        };
+        let current = self.read_with_statics(key.clone(), serial).await?;
         SlotState::read(&current.statics, current.row(&key.row))
     }
 

@@ -53,7 +53,7 @@ use uuid::Uuid;
 
 use self::order::{Lane, Order, Use};
 use self::schema::{voucher_key, VoucherRow};
-use self::store::{Cas, CasOutcome, Write};
+use self::store::{Cas, CasOutcome, Current, RowKey, Write};
 use super::{
     Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
     SlotUsage, VoucherLedger, WalletLedger,
@@ -196,6 +196,32 @@ impl<S: CasStore> Inner<S> {
     /// Whether claims carry their credit (role `all`) or are born pending.
     fn claims_credit(&self) -> bool {
         self.half != Half::Voucher
+    }
+
+    /// A row and its partition's statics. CQL returns no statics with a
+    /// clustering row that does not exist (a wallet's marker of a new
+    /// transaction, a slot never taken), so those come from a read of the
+    /// partition alone. After a serial read of the row, which completes any
+    /// Paxos round in progress on the partition, a plain read of the statics
+    /// sees that round. The two reads are not one snapshot: every write decided
+    /// from them is conditioned on what it read, so a change in between only
+    /// makes it not apply.
+    pub(super) async fn read_with_statics(&self, at: RowKey, serial: bool) -> Result<Current> {
+        let table = at.partition.table;
+        let mut current = if serial {
+            self.store.read_serial(at.clone()).await?
+        } else {
+            self.store.read(at.clone()).await?
+        };
+        let absent = current.row(&at.row).is_none();
+        if absent && !at.row.is_empty() && !table.statics().is_empty() {
+            let partition_alone = RowKey {
+                partition: at.partition,
+                row: Vec::new(),
+            };
+            current.statics = self.store.read(partition_alone).await?.statics;
+        }
+        Ok(current)
     }
 
     /// The voucher, from the cache or the catalog.

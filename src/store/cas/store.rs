@@ -232,10 +232,13 @@ pub trait CasStore: Send + Sync + 'static {
 
     /// `SELECT * FROM t WHERE <key>` at SERIAL consistency: the row as the
     /// last decided Paxos round left it, after completing any round still in
-    /// progress on the partition. The statics come with it.
+    /// progress on the partition (a plain read after it sees that round's
+    /// commit). The statics come with the row only when the row exists, as in
+    /// CQL; an empty clustering key reads the partition's statics alone.
     fn read_serial(&self, at: RowKey) -> StoreFuture<Current>;
 
-    /// The same at LOCAL_QUORUM: cheaper, sees every applied `Cas`.
+    /// The same at QUORUM: cheaper, sees every applied `Cas` (and the same
+    /// rule for statics).
     fn read(&self, at: RowKey) -> StoreFuture<Current>;
 
     /// `SELECT * FROM t WHERE <partition> AND <clustering range>

@@ -185,11 +185,7 @@ impl<S: CasStore> Inner<S> {
             partition: wallet_of(phone),
             row: marker_row(id),
         };
-        if serial {
-            self.store.read_serial(at).await
-        } else {
-            self.store.read(at).await
-        }
+        self.read_with_statics(at, serial).await
     }
 
     pub(super) async fn transact(&self, transaction: NewTransaction) -> Result<WalletTransaction> {

@@ -6,9 +6,14 @@
 //! server; the conformance suites run the whole ledger against a real
 //! cluster when `VOUCHERD_TEST_SCYLLA` names one.
 //!
-//! Consistency: every statement at LOCAL_QUORUM, LWTs with LOCAL_SERIAL for
-//! their Paxos round, serial reads at LOCAL_SERIAL. LWTs are prepared, so the
-//! driver routes them to the partition's replicas in one fixed order.
+//! Consistency ([`CqlOptions`]): by default every statement at QUORUM, LWTs
+//! with SERIAL for their Paxos round and serial reads at SERIAL, which is
+//! safe whatever datacenter each writer is in. With `local_dc` set, LOCAL_QUORUM
+//! and LOCAL_SERIAL, and the driver sends every statement to that datacenter
+//! only (no failover to another): Paxos rounds of two datacenters never run on
+//! disjoint quorums, because no writer ever coordinates in the other one. LWTs
+//! are prepared, so the driver routes them to the partition's replicas in one
+//! fixed order.
 
 pub mod cql;
 pub mod mapping;
@@ -21,9 +26,11 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::Mutex;
+use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::ExecutionError;
+use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
@@ -41,6 +48,48 @@ use crate::store::cas::store::{
 
 /// The CQL schema `voucherd migrate --store scylla://…` applies.
 pub const SCHEMA: &str = include_str!("../../../cql/schema.cql");
+
+/// How the ledger uses the cluster: `scylla://…/keyspace?local_dc=NAME&replication_factor=N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CqlOptions {
+    /// The one datacenter every writer of this keyspace uses. `None` (the
+    /// default): SERIAL and QUORUM, correct with writers in any datacenter.
+    /// `Some(dc)`: LOCAL_SERIAL and LOCAL_QUORUM, and the driver talks to `dc`
+    /// only. Only correct when *every* instance of the deployment names the same
+    /// datacenter: two datacenters deciding LWTs locally can both apply
+    /// contradicting conditions (two users on one slot).
+    pub local_dc: Option<String>,
+    /// The replication factor `voucherd migrate` creates the keyspace with (per
+    /// datacenter). 3 by default: a Paxos round needs 2 of 3 replicas, so the
+    /// ledger keeps deciding with one replica down. A one-node test cluster
+    /// needs 1.
+    pub replication_factor: u32,
+}
+
+impl Default for CqlOptions {
+    fn default() -> Self {
+        CqlOptions {
+            local_dc: None,
+            replication_factor: 3,
+        }
+    }
+}
+
+impl CqlOptions {
+    fn consistency(&self) -> Consistency {
+        match self.local_dc {
+            Some(_) => Consistency::LocalQuorum,
+            None => Consistency::Quorum,
+        }
+    }
+
+    fn serial(&self) -> SerialConsistency {
+        match self.local_dc {
+            Some(_) => SerialConsistency::LocalSerial,
+            None => SerialConsistency::Serial,
+        }
+    }
+}
 
 /// How long connecting to the cluster may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,25 +112,39 @@ struct Shared {
     columns: Mutex<HashMap<Table, Vec<String>>>,
     /// Whether the last probe read a quorum of the catalog (see [`watch`]).
     reachable: AtomicBool,
+    options: CqlOptions,
 }
 
 /// How a statement is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Mode {
-    /// A conditional write: LOCAL_QUORUM commit, LOCAL_SERIAL Paxos.
+    /// A conditional write: a (LOCAL_)QUORUM commit after a (LOCAL_)SERIAL
+    /// Paxos round.
     Lwt,
-    /// A read or plain write at LOCAL_QUORUM.
+    /// A read or plain write at (LOCAL_)QUORUM.
     Quorum,
-    /// A serial read (LOCAL_SERIAL).
+    /// A serial read ((LOCAL_)SERIAL).
     Serial,
 }
 
 /// Connects to `hosts` (`host:port` each), failing within [`OPEN_TIMEOUT`].
-async fn connect(hosts: &[String]) -> anyhow::Result<Session> {
+/// With a local datacenter, the driver's plans name its nodes only.
+async fn connect(hosts: &[String], options: &CqlOptions) -> anyhow::Result<Session> {
     let names = hosts.join(",");
-    let builder = SessionBuilder::new()
+    let mut builder = SessionBuilder::new()
         .known_nodes(hosts)
         .connection_timeout(CONNECT_TIMEOUT);
+    if let Some(dc) = &options.local_dc {
+        let policy = DefaultPolicy::builder()
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false)
+            .token_aware(true)
+            .build();
+        let profile = ExecutionProfile::builder()
+            .load_balancing_policy(policy)
+            .build();
+        builder = builder.default_execution_profile_handle(profile.into_handle());
+    }
     match tokio::time::timeout(OPEN_TIMEOUT, builder.build()).await {
         Ok(Ok(session)) => Ok(session),
         Ok(Err(error)) => Err(anyhow::anyhow!(
@@ -98,9 +161,13 @@ impl ScyllaStore {
     /// Connects to `hosts` and uses `keyspace` (which `migrate` creates).
     /// A task probes the cluster every second for readiness until the store
     /// is dropped.
-    pub async fn open(hosts: &[String], keyspace: &str) -> anyhow::Result<Self> {
+    pub async fn open(
+        hosts: &[String],
+        keyspace: &str,
+        options: &CqlOptions,
+    ) -> anyhow::Result<Self> {
         let names = hosts.join(",");
-        let session = connect(hosts).await?;
+        let session = connect(hosts, options).await?;
         session
             .use_keyspace(keyspace, true)
             .await
@@ -116,6 +183,7 @@ impl ScyllaStore {
                 prepared: Mutex::default(),
                 columns: Mutex::default(),
                 reachable: AtomicBool::new(true),
+                options: options.clone(),
             }),
         };
         tokio::spawn(watch(Arc::downgrade(&store.shared)));
@@ -159,19 +227,24 @@ impl ScyllaStore {
                 self.shared.hosts
             ))
         })?;
+        let options = &self.shared.options;
         match mode {
             Mode::Lwt => {
-                prepared.set_consistency(Consistency::LocalQuorum);
-                prepared.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+                prepared.set_consistency(options.consistency());
+                prepared.set_serial_consistency(Some(options.serial()));
                 prepared.set_is_idempotent(false);
             }
             Mode::Quorum => {
-                prepared.set_consistency(Consistency::LocalQuorum);
+                prepared.set_consistency(options.consistency());
                 prepared.set_is_idempotent(true);
             }
             Mode::Serial => {
-                prepared.set_consistency(Consistency::LocalSerial);
-                prepared.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+                let serial = match options.serial() {
+                    SerialConsistency::Serial => Consistency::Serial,
+                    SerialConsistency::LocalSerial => Consistency::LocalSerial,
+                };
+                prepared.set_consistency(serial);
+                prepared.set_serial_consistency(Some(options.serial()));
                 prepared.set_is_idempotent(true);
             }
         }
@@ -222,8 +295,8 @@ impl ScyllaStore {
             values.push(bind(&prepared, &statement.values).map_err(Fail::Here)?);
             batch.append_statement(prepared);
         }
-        batch.set_consistency(Consistency::LocalQuorum);
-        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        batch.set_consistency(self.shared.options.consistency());
+        batch.set_serial_consistency(Some(self.shared.options.serial()));
         batch.set_is_idempotent(false);
         let result = self
             .shared
@@ -268,7 +341,9 @@ impl ScyllaStore {
             Answer::NotApplied {
                 complete: false, ..
             } => {
-                // Cassandra's shape: read the addressed rows serially.
+                // Cassandra's shape: read the addressed rows serially, then
+                // the statics (a row that does not exist brings none; after
+                // the serial reads a plain one sees every decided round).
                 let keys: BTreeSet<_> = cas.writes.iter().map(|w| w.row().clone()).collect();
                 let mut current = Current::default();
                 for row in keys {
@@ -279,6 +354,13 @@ impl ScyllaStore {
                     let read = self.read_with(Mode::Serial, at).await?;
                     current.statics.extend(read.statics);
                     current.rows.extend(read.rows);
+                }
+                if !table.statics().is_empty() {
+                    let partition_alone = RowKey {
+                        partition: cas.partition.clone(),
+                        row: Vec::new(),
+                    };
+                    current.statics = self.read_with(Mode::Quorum, partition_alone).await?.statics;
                 }
                 Ok(CasOutcome::NotApplied(current))
             }
@@ -488,10 +570,17 @@ async fn watch(shared: Weak<Shared>) {
 }
 
 /// Applies [`SCHEMA`] to the cluster at `hosts`, in `keyspace` (the schema's
-/// keyspace statement is retargeted to it, so tests can use fresh ones).
-pub async fn migrate(hosts: &[String], keyspace: &str) -> anyhow::Result<()> {
+/// keyspace statement is retargeted to it, so tests can use fresh ones), with
+/// the options' replication factor. On ScyllaDB the keyspace also disables
+/// tablets (`cql/schema.cql` says why); Cassandra has no such option.
+pub async fn migrate(hosts: &[String], keyspace: &str, options: &CqlOptions) -> anyhow::Result<()> {
     let names = hosts.join(",");
-    let session = connect(hosts).await?;
+    let session = connect(hosts, options).await?;
+    let scylla = session
+        .get_cluster_state()
+        .get_nodes_info()
+        .iter()
+        .any(|node| node.sharder().is_some());
     let mut used = false;
     let statements = cql::schema_statements(SCHEMA);
     let from = cql::schema_keyspace(&statements);
@@ -502,24 +591,29 @@ pub async fn migrate(hosts: &[String], keyspace: &str) -> anyhow::Result<()> {
         let creates_keyspace = statement
             .to_ascii_uppercase()
             .starts_with("CREATE KEYSPACE");
+        let statement = if creates_keyspace {
+            cql::keyspace_options(&statement, options.replication_factor, scylla)
+        } else {
+            statement
+        };
         if !creates_keyspace && !used {
             session
                 .use_keyspace(keyspace, true)
                 .await
                 .map_err(|error| {
-                    anyhow::anyhow!("ScyllaDB at {names}: cannot use keyspace {keyspace}: {error}")
+                    anyhow::anyhow!("CQL cluster at {names}: cannot use keyspace {keyspace}: {error}")
                 })?;
             used = true;
         }
         session
             .query_unpaged(statement.as_str(), ())
             .await
-            .map_err(|error| anyhow::anyhow!("ScyllaDB at {names}: `{statement}`: {error}"))?;
+            .map_err(|error| anyhow::anyhow!("CQL cluster at {names}: `{statement}`: {error}"))?;
     }
     session
         .await_schema_agreement()
         .await
-        .map_err(|error| anyhow::anyhow!("ScyllaDB at {names}: schema agreement: {error}"))?;
+        .map_err(|error| anyhow::anyhow!("CQL cluster at {names}: schema agreement: {error}"))?;
     Ok(())
 }
 

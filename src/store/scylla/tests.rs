@@ -213,6 +213,16 @@ fn the_schema_splits_into_statements_aimed_at_any_keyspace() {
         table,
         "CREATE TABLE IF NOT EXISTS fresh_ks.slots (a bigint PRIMARY KEY)"
     );
+    assert!(!create.contains("tablets"), "the schema is portable: {create}");
+    let cassandra = cql::keyspace_options(&create, 1, false);
+    assert!(cassandra.contains("'replication_factor': 1"), "{cassandra}");
+    assert!(!cassandra.contains("tablets"), "{cassandra}");
+    let scylla = cql::keyspace_options(&create, 3, true);
+    assert!(scylla.contains("'replication_factor': 3"), "{scylla}");
+    assert!(
+        scylla.ends_with(" AND tablets = {'enabled': false}"),
+        "{scylla}"
+    );
     assert_eq!(cql::retarget("USE voucherd", from.as_deref(), "k"), None);
     let text =
         "-- a comment; with a semicolon\nCREATE TABLE t (a int PRIMARY KEY); // trailing\n\n;";
