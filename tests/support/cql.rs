@@ -58,15 +58,6 @@ impl CqlCluster {
         }
     }
 
-    /// The `--store` URL of `keyspace` on this cluster.
-    pub fn store_url(&self, keyspace: &str) -> String {
-        format!(
-            "scylla://{}/{keyspace}?replication_factor={}",
-            self.hosts.join(","),
-            self.replication_factor
-        )
-    }
-
     /// A fresh keyspace with the ledger's schema, dropped with the returned
     /// guard; panics with the command that starts the cluster when it does
     /// not answer.

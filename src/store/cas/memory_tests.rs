@@ -157,3 +157,37 @@ async fn store_taken(store: &MemoryStore) -> Option<i64> {
         _ => None,
     }
 }
+
+/// CQL's rule, which Cassandra showed (`tests/ledger_conformance.rs`,
+/// backends `cassandra*`): a read naming a clustering row that does not exist
+/// returns nothing, the partition's statics included; a read of the
+/// partition alone returns them.
+#[tokio::test]
+async fn a_missing_row_reads_without_the_statics_and_the_partition_alone_with_them() {
+    let store = MemoryStore::new();
+    assert_eq!(store.cas(take(1, None)).await, CasOutcome::Applied);
+    let at = |row: Clustering| RowKey {
+        partition: slots(0),
+        row,
+    };
+    let held = store.read(at(slot(1))).await.unwrap();
+    assert_eq!(held.statics.get("taken"), Some(&Value::Int(1)));
+    assert!(held.row(&slot(1)).is_some());
+    for serial in [false, true] {
+        let missing = if serial {
+            store.read_serial(at(slot(2))).await.unwrap()
+        } else {
+            store.read(at(slot(2))).await.unwrap()
+        };
+        assert!(missing.rows.is_empty(), "serial: {serial}");
+        assert!(missing.statics.is_empty(), "serial: {serial}: {missing:?}");
+    }
+    let alone = store.read(at(Vec::new())).await.unwrap();
+    assert_eq!(alone.statics.get("taken"), Some(&Value::Int(1)));
+    // A failed condition answers the partition's statics with the rows it
+    // addressed, as the adapter completes Cassandra's answer.
+    let CasOutcome::NotApplied(current) = store.cas(take(2, None)).await else {
+        panic!("the count moved: the take must not apply");
+    };
+    assert_eq!(current.statics.get("taken"), Some(&Value::Int(1)));
+}

@@ -430,3 +430,6 @@ impl<S: CasStore> WalletLedger for CasLedger<S> {
         Box::pin(async move { inner.wallet(phone, page).await })
     }
 }
+
+#[cfg(test)]
+mod rounds_tests;

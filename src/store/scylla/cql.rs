@@ -326,13 +326,10 @@ pub fn retarget(statement: &str, from: Option<&str>, keyspace: &str) -> Option<S
 /// replicas per datacenter and, on ScyllaDB, tablets disabled (the schema
 /// itself is portable: Cassandra rejects the `tablets` option).
 pub fn keyspace_options(statement: &str, replication_factor: u32, scylla: bool) -> String {
-    let mut statement = statement
-        .trim_end()
-        .trim_end_matches(';')
-        .replace(
-            "'replication_factor': 3",
-            &format!("'replication_factor': {replication_factor}"),
-        );
+    let mut statement = statement.trim_end().trim_end_matches(';').replace(
+        "'replication_factor': 3",
+        &format!("'replication_factor': {replication_factor}"),
+    );
     if scylla {
         statement.push_str(" AND tablets = {'enabled': false}");
     }

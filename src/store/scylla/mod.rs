@@ -127,6 +127,21 @@ enum Mode {
     Serial,
 }
 
+/// The consistency of a statement run in `mode`, and of its Paxos round.
+fn consistencies(mode: Mode, options: &CqlOptions) -> (Consistency, Option<SerialConsistency>) {
+    match mode {
+        Mode::Lwt => (options.consistency(), Some(options.serial())),
+        Mode::Quorum => (options.consistency(), None),
+        Mode::Serial => {
+            let read = match options.serial() {
+                SerialConsistency::Serial => Consistency::Serial,
+                SerialConsistency::LocalSerial => Consistency::LocalSerial,
+            };
+            (read, Some(options.serial()))
+        }
+    }
+}
+
 /// Connects to `hosts` (`host:port` each), failing within [`OPEN_TIMEOUT`].
 /// With a local datacenter, the driver's plans name its nodes only.
 async fn connect(hosts: &[String], options: &CqlOptions) -> anyhow::Result<Session> {
@@ -227,27 +242,12 @@ impl ScyllaStore {
                 self.shared.hosts
             ))
         })?;
-        let options = &self.shared.options;
-        match mode {
-            Mode::Lwt => {
-                prepared.set_consistency(options.consistency());
-                prepared.set_serial_consistency(Some(options.serial()));
-                prepared.set_is_idempotent(false);
-            }
-            Mode::Quorum => {
-                prepared.set_consistency(options.consistency());
-                prepared.set_is_idempotent(true);
-            }
-            Mode::Serial => {
-                let serial = match options.serial() {
-                    SerialConsistency::Serial => Consistency::Serial,
-                    SerialConsistency::LocalSerial => Consistency::LocalSerial,
-                };
-                prepared.set_consistency(serial);
-                prepared.set_serial_consistency(Some(options.serial()));
-                prepared.set_is_idempotent(true);
-            }
-        }
+        let (consistency, serial) = consistencies(mode, &self.shared.options);
+        prepared.set_consistency(consistency);
+        prepared.set_serial_consistency(serial);
+        // A conditional write is never retried by the driver: its outcome is
+        // the ledger's to settle (a serial read), not a resend's.
+        prepared.set_is_idempotent(mode != Mode::Lwt);
         self.shared.prepared.lock().insert(key, prepared.clone());
         Ok(prepared)
     }
@@ -295,8 +295,9 @@ impl ScyllaStore {
             values.push(bind(&prepared, &statement.values).map_err(Fail::Here)?);
             batch.append_statement(prepared);
         }
-        batch.set_consistency(self.shared.options.consistency());
-        batch.set_serial_consistency(Some(self.shared.options.serial()));
+        let (consistency, serial) = consistencies(Mode::Lwt, &self.shared.options);
+        batch.set_consistency(consistency);
+        batch.set_serial_consistency(serial);
         batch.set_is_idempotent(false);
         let result = self
             .shared
@@ -601,7 +602,9 @@ pub async fn migrate(hosts: &[String], keyspace: &str, options: &CqlOptions) -> 
                 .use_keyspace(keyspace, true)
                 .await
                 .map_err(|error| {
-                    anyhow::anyhow!("CQL cluster at {names}: cannot use keyspace {keyspace}: {error}")
+                    anyhow::anyhow!(
+                        "CQL cluster at {names}: cannot use keyspace {keyspace}: {error}"
+                    )
                 })?;
             used = true;
         }

@@ -213,7 +213,10 @@ fn the_schema_splits_into_statements_aimed_at_any_keyspace() {
         table,
         "CREATE TABLE IF NOT EXISTS fresh_ks.slots (a bigint PRIMARY KEY)"
     );
-    assert!(!create.contains("tablets"), "the schema is portable: {create}");
+    assert!(
+        !create.contains("tablets"),
+        "the schema is portable: {create}"
+    );
     let cassandra = cql::keyspace_options(&create, 1, false);
     assert!(cassandra.contains("'replication_factor': 1"), "{cassandra}");
     assert!(!cassandra.contains("tablets"), "{cassandra}");
@@ -437,5 +440,48 @@ fn timeouts_and_lost_connections_are_unknown_outcomes() {
     assert!(
         matches!(error, crate::error::Error::Unavailable { .. }),
         "{error}"
+    );
+}
+
+/// Two datacenters that each ran Paxos among their own replicas could both
+/// decide one slot: the default is SERIAL (and QUORUM), LOCAL_* only for a
+/// deployment that pins every writer to one named datacenter.
+#[test]
+fn lwts_are_serial_unless_writers_are_pinned_to_one_datacenter() {
+    use scylla::statement::{Consistency, SerialConsistency};
+    let default = super::CqlOptions::default();
+    assert_eq!(
+        super::consistencies(super::Mode::Lwt, &default),
+        (Consistency::Quorum, Some(SerialConsistency::Serial))
+    );
+    assert_eq!(
+        super::consistencies(super::Mode::Serial, &default),
+        (Consistency::Serial, Some(SerialConsistency::Serial))
+    );
+    assert_eq!(
+        super::consistencies(super::Mode::Quorum, &default),
+        (Consistency::Quorum, None)
+    );
+    let pinned = super::CqlOptions {
+        local_dc: Some("dc1".into()),
+        ..super::CqlOptions::default()
+    };
+    assert_eq!(
+        super::consistencies(super::Mode::Lwt, &pinned),
+        (
+            Consistency::LocalQuorum,
+            Some(SerialConsistency::LocalSerial)
+        )
+    );
+    assert_eq!(
+        super::consistencies(super::Mode::Serial, &pinned),
+        (
+            Consistency::LocalSerial,
+            Some(SerialConsistency::LocalSerial)
+        )
+    );
+    assert_eq!(
+        super::consistencies(super::Mode::Quorum, &pinned),
+        (Consistency::LocalQuorum, None)
     );
 }
