@@ -399,7 +399,11 @@ impl std::fmt::Display for StoreLocation {
                     separator = '&';
                 }
                 if options.replication_factor != CqlOptions::default().replication_factor {
-                    write!(f, "{separator}replication_factor={}", options.replication_factor)?;
+                    write!(
+                        f,
+                        "{separator}replication_factor={}",
+                        options.replication_factor
+                    )?;
                 }
                 Ok(())
             }
@@ -461,7 +465,8 @@ impl FromStr for StoreLocation {
 /// `host1:9042,host2:9042/keyspace[?option=value&…]` (the part after
 /// `scylla://`); the options are [`CqlOptions`]'s.
 fn parse_scylla(rest: &str) -> Result<StoreLocation, String> {
-    const FORM: &str = "give scylla://HOST:PORT[,HOST:PORT...]/KEYSPACE[?local_dc=NAME&replication_factor=N]";
+    const FORM: &str =
+        "give scylla://HOST:PORT[,HOST:PORT...]/KEYSPACE[?local_dc=NAME&replication_factor=N]";
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let options = parse_cql_options(query)?;
     let (hosts, keyspace) = rest.split_once('/').unwrap_or((rest, ""));
