@@ -244,6 +244,18 @@ pub const DATABASE_PROBE_TIMEOUT_MS: u64 = 1_000;
 // a recovering writer looks at its queue more often than it probes; a database
 // probe ends before the next one starts.
 const _: () = assert!(ACTOR_RESTART_MIN_DELAY_MS <= ACTOR_RESTART_MAX_DELAY_MS);
+/// How long the CQL driver waits for one statement's answer before it counts
+/// as unknown. Longer than the server's own timeouts (Cassandra's defaults:
+/// writes 2 s, CAS contention 1 s, reads 5 s, as `scripts/cassandra.sh`
+/// configures them): a round in doubt is then decided by the next Paxos round
+/// on its partition, because its coordinator has itself given up (the CAS
+/// model assumes it). Shorter than the driver's default of 30 s, so that a
+/// frozen coordinator costs seconds, not half a minute.
+pub const CQL_REQUEST_TIMEOUT_MS: u64 = 8_000;
+/// The longest server-side timeout the above must exceed (a read's).
+pub const CQL_SERVER_TIMEOUT_MS: u64 = 5_000;
+
+const _: () = assert!(CQL_SERVER_TIMEOUT_MS < CQL_REQUEST_TIMEOUT_MS);
 const _: () =
     assert!(ACTOR_RESTART_MAX_DELAY_MS + ACTOR_START_TIMEOUT_MS < ACTOR_RESTART_BUDGET_MS);
 const _: () = assert!(LEDGER_RECOVERY_MIN_DELAY_MS <= LEDGER_RECOVERY_MAX_DELAY_MS);

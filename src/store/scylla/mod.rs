@@ -40,7 +40,9 @@ use scylla::value::CqlValue;
 use self::cql::Statement;
 use self::mapping::{Answer, Failure, Rows};
 use crate::error::{Error, Result};
-use crate::limits::{DATABASE_PROBE_INTERVAL_MS, DATABASE_PROBE_TIMEOUT_MS};
+use crate::limits::{
+    CQL_REQUEST_TIMEOUT_MS, DATABASE_PROBE_INTERVAL_MS, DATABASE_PROBE_TIMEOUT_MS,
+};
 use crate::store::cas::store::{
     Cas, CasOutcome, CasStore, Current, Partition, Row, RowKey, Scan, Slice, StoreFuture, Table,
     Value,
@@ -146,20 +148,20 @@ fn consistencies(mode: Mode, options: &CqlOptions) -> (Consistency, Option<Seria
 /// With a local datacenter, the driver's plans name its nodes only.
 async fn connect(hosts: &[String], options: &CqlOptions) -> anyhow::Result<Session> {
     let names = hosts.join(",");
-    let mut builder = SessionBuilder::new()
-        .known_nodes(hosts)
-        .connection_timeout(CONNECT_TIMEOUT);
+    let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &options.local_dc {
-        let policy = DefaultPolicy::builder()
+        policy = policy
             .prefer_datacenter(dc.clone())
-            .permit_dc_failover(false)
-            .token_aware(true)
-            .build();
-        let profile = ExecutionProfile::builder()
-            .load_balancing_policy(policy)
-            .build();
-        builder = builder.default_execution_profile_handle(profile.into_handle());
+            .permit_dc_failover(false);
     }
+    let profile = ExecutionProfile::builder()
+        .load_balancing_policy(policy.build())
+        .request_timeout(Some(Duration::from_millis(CQL_REQUEST_TIMEOUT_MS)))
+        .build();
+    let builder = SessionBuilder::new()
+        .known_nodes(hosts)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .default_execution_profile_handle(profile.into_handle());
     match tokio::time::timeout(OPEN_TIMEOUT, builder.build()).await {
         Ok(Ok(session)) => Ok(session),
         Ok(Err(error)) => Err(anyhow::anyhow!(
