@@ -6,6 +6,7 @@
 #   scripts/bench.sh                 # every scenario (about 15 minutes)
 #   scripts/bench.sh flash hot       # some of them: flash half hot users40m
 #                                    # pg-hot cluster-flash cluster-hot split-flash split-hot
+#                                    # cql-hot cql3-hot cql-split-hot cql3-split-hot
 #
 # Sizes can be reduced for a quick look, e.g. FLASH_REQUESTS=1000000 USERS_40M=4000000.
 set -euo pipefail
@@ -140,12 +141,100 @@ run_split_stress() {
         --out "$OUT/$name.json" --html "$OUT/$name.html" "$@" | tee "$OUT/$name.txt"
 }
 
+# ---- the CQL ledger on Apache Cassandra (issue: real servers) ----
+# cql-hot / cql3-hot: role `all` on one Cassandra node / on three (RF 3);
+# cql-split-hot / cql3-split-hot: a wallet and a voucher service, each on its own
+# keyspace. Clusters from scripts/cassandra.sh (started here if not running). After
+# each run the services' LWT metrics give the Paxos rounds per win.
+BENCH_CQL=${BENCH_CQL:-127.0.0.1:9042}
+BENCH_CQL3=${BENCH_CQL3:-127.0.0.11:9042,127.0.0.12:9042,127.0.0.13:9042}
+CQL_CONNECTIONS=${CQL_CONNECTIONS:-256}
+cql_store() {
+    local hosts=$1 role=$2 rf keyspace store
+    rf=$(tr ',' '\n' <<<"$hosts" | wc -l)
+    [ "$rf" -le 3 ] || rf=3
+    keyspace="voucherd_bench_${role}_$(date +%s)_$$"
+    store="scylla://$hosts/$keyspace?replication_factor=$rf"
+    "$VOUCHERD" migrate --store "$store" 2>/dev/null
+    echo "$store"
+}
+start_cql_cluster() {
+    case "$1" in
+    "$BENCH_CQL") scripts/cassandra.sh start 1 >/dev/null ;;
+    "$BENCH_CQL3") scripts/cassandra.sh start 3 --first 127.0.0.11 >/dev/null ;;
+    esac
+}
+# Paxos rounds per win from the services' /metrics: conditional writes of every
+# outcome plus serial reads, over the redemptions answered 200 or 202.
+lwt_rounds() {
+    local name=$1
+    shift
+    python3 - "$@" <<'PY' | tee "$OUT/$name.lwt"
+import re, sys, urllib.request
+totals = {"lwt": 0.0, "serial": 0.0, "unknown": 0.0, "not_applied": 0.0, "wins": 0.0}
+for url in sys.argv[1:]:
+    text = urllib.request.urlopen(url + "/metrics").read().decode()
+    for line in text.splitlines():
+        m = re.match(r'voucherd_lwt_outcomes_total\{result="(\w+)"\} (\S+)', line)
+        if m:
+            totals["lwt"] += float(m.group(2))
+            if m.group(1) in ("unknown", "not_applied"):
+                totals[m.group(1)] += float(m.group(2))
+        m = re.match(r'voucherd_lwt_serial_reads_total (\S+)', line)
+        if m:
+            totals["serial"] += float(m.group(1))
+        m = re.match(r'voucherd_redemptions_total\{outcome="(redeemed|pending)"\} (\S+)', line)
+        if m:
+            totals["wins"] += float(m.group(2))
+wins = max(totals["wins"], 1.0)
+print(f"lwt: {totals['lwt']:.0f} conditional writes ({totals['not_applied']:.0f} not applied, "
+      f"{totals['unknown']:.0f} unknown), {totals['serial']:.0f} serial reads, "
+      f"{totals['wins']:.0f} wins: {(totals['lwt'] + totals['serial']) / wins:.2f} rounds per win")
+PY
+}
+
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(flash half hot users40m pg-hot cluster-flash cluster-hot)
 
 for scenario in "${scenarios[@]}"; do
     echo "=== $scenario"
     case "$scenario" in
+    cql-hot | cql3-hot)
+        hosts=$BENCH_CQL
+        [ "$scenario" = cql3-hot ] && hosts=$BENCH_CQL3
+        start_cql_cluster "$hosts"
+        store=$(cql_store "$hosts" all)
+        rm -f "$OUT/server.out"
+        "$VOUCHERD" serve --listen 127.0.0.1:0 --store "$store" >"$OUT/server.out" 2>"$OUT/server.err" &
+        server_pid=$!
+        server_url=$(wait_listening "$OUT/server.out")
+        run_stress "$scenario" --max --concurrency "$CQL_CONNECTIONS" --connections "$CQL_CONNECTIONS" \
+            --duration "${HOT_SECONDS}s" --users 40000000 --repeat-share 0 --limit 1000000 \
+            --baseline --baseline-secs 10
+        lwt_rounds "$scenario" "$server_url"
+        stop_server "$scenario"
+        continue
+        ;;
+    cql-split-hot | cql3-split-hot)
+        hosts=$BENCH_CQL
+        [ "$scenario" = cql3-split-hot ] && hosts=$BENCH_CQL3
+        start_cql_cluster "$hosts"
+        rm -f "$OUT/wallet.out" "$OUT/voucher.out"
+        "$VOUCHERD" serve --role wallet --listen 127.0.0.1:0 --store "$(cql_store "$hosts" wallets)" \
+            >"$OUT/wallet.out" 2>"$OUT/wallet.err" &
+        split_pids=($!)
+        wallet_url=$(wait_listening "$OUT/wallet.out")
+        "$VOUCHERD" serve --role voucher --listen 127.0.0.1:0 --store "$(cql_store "$hosts" vouchers)" \
+            --wallet-url "$wallet_url" >"$OUT/voucher.out" 2>"$OUT/voucher.err" &
+        split_pids+=($!)
+        voucher_url=$(wait_listening "$OUT/voucher.out")
+        run_split_stress "$scenario" --max --concurrency "$CQL_CONNECTIONS" --connections "$CQL_CONNECTIONS" \
+            --duration "${HOT_SECONDS}s" --users 40000000 --repeat-share 0 --limit 1000000 \
+            --baseline --baseline-secs 10
+        lwt_rounds "$scenario" "$voucher_url" "$wallet_url"
+        stop_split
+        continue
+        ;;
     pg-hot)
         # Hot wins with the ledger on PostgreSQL: one instance, no Redis.
         start_sql_instances 1 no
