@@ -127,6 +127,18 @@ pub async fn run(
     phones: Vec<String>,
     progress: Progress,
 ) -> Vec<Attempt> {
+    run_in_flight(client, targets, code, phones, progress, IN_FLIGHT).await
+}
+
+/// Like [`run`], with `in_flight` requests in flight instead of [`IN_FLIGHT`].
+pub async fn run_in_flight(
+    client: reqwest::Client,
+    targets: Arc<Targets>,
+    code: String,
+    phones: Vec<String>,
+    progress: Progress,
+    in_flight: usize,
+) -> Vec<Attempt> {
     let total = phones.len();
     let requests = futures::stream::iter(phones.into_iter().enumerate())
         .map(|(seq, phone)| {
@@ -152,7 +164,7 @@ pub async fn run(
                 }
             }
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(in_flight)
         .collect::<Vec<_>>();
     let mut attempts = tokio::time::timeout(CROWD_DEADLINE, requests)
         .await

@@ -14,6 +14,7 @@ use stress::verify::ReportEntry;
 use tempfile::TempDir;
 
 use super::crowd::Seen;
+use super::support::cql::{self, TestKeyspace};
 use super::support::database::TestDatabase;
 use super::support::http::report_all;
 use super::support::invariants::{check_invariants_at, Expect};
@@ -36,12 +37,16 @@ pub enum Backend {
     Embedded,
     /// A throwaway database each on the shared PostgreSQL server.
     Postgres,
+    /// A fresh keyspace each on the one-node Cassandra cluster (`support::cql`).
+    Cassandra,
 }
 
 /// One service's store, removed when the test ends.
 enum Store {
     Embedded(TempDir),
     Postgres(TestDatabase),
+    /// The keyspace (dropped with it) and the `--store` URL over it.
+    Cassandra(TestKeyspace, String),
 }
 
 impl Store {
@@ -54,6 +59,12 @@ impl Store {
                     .expect("create a store directory"),
             ),
             Backend::Postgres => Store::Postgres(TestDatabase::create().await),
+            Backend::Cassandra => {
+                let cluster = cql::one_node();
+                let keyspace = cluster.fresh_keyspace("split").await;
+                let url = cluster.store_url(&keyspace);
+                Store::Cassandra(keyspace, url)
+            }
         }
     }
 
@@ -62,6 +73,7 @@ impl Store {
         match self {
             Store::Embedded(directory) => directory.path().display().to_string(),
             Store::Postgres(database) => database.url.clone(),
+            Store::Cassandra(_, url) => url.clone(),
         }
     }
 }
@@ -125,28 +137,7 @@ impl Split {
     /// `credited` (bounded by [`SETTLE_LIMIT`]; the failure names those that are not);
     /// returns the report's items.
     pub async fn wait_all_credited(&self, code: &str) -> Vec<Value> {
-        let mut last = Vec::new();
-        let settled = tokio::time::timeout(SETTLE_LIMIT, async {
-            loop {
-                let items = report_all(&self.client, self.voucher.base_url(), code).await;
-                if items.items.iter().all(|item| item["status"] == "credited") {
-                    return items.items;
-                }
-                last = items.items;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await;
-        settled.unwrap_or_else(|_| {
-            let unsettled: Vec<&Value> =
-                last.iter().filter(|i| i["status"] != "credited").collect();
-            panic!(
-                "{code}: {} of {} redemptions still not credited after {SETTLE_LIMIT:?}, e.g. {:?}",
-                unsettled.len(),
-                last.len(),
-                &unsettled[..unsettled.len().min(5)]
-            )
-        })
+        wait_all_credited(&self.client, self.voucher.base_url(), code).await
     }
 
     /// Waits until nothing more can reach the wallet service: the proxy holds no chunk
@@ -239,6 +230,33 @@ impl Drop for Split {
             }
         }
     }
+}
+
+/// Polls the report of `code` served at `base` until every redemption in it is
+/// `credited` (bounded by [`SETTLE_LIMIT`]; the failure names those that are not);
+/// returns the report's items.
+pub async fn wait_all_credited(client: &reqwest::Client, base: &str, code: &str) -> Vec<Value> {
+    let mut last = Vec::new();
+    let settled = tokio::time::timeout(SETTLE_LIMIT, async {
+        loop {
+            let items = report_all(client, base, code).await;
+            if items.items.iter().all(|item| item["status"] == "credited") {
+                return items.items;
+            }
+            last = items.items;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    settled.unwrap_or_else(|_| {
+        let unsettled: Vec<&Value> = last.iter().filter(|i| i["status"] != "credited").collect();
+        panic!(
+            "{code}: {} of {} redemptions still not credited after {SETTLE_LIMIT:?}, e.g. {:?}",
+            unsettled.len(),
+            last.len(),
+            &unsettled[..unsettled.len().min(5)]
+        )
+    })
 }
 
 async fn start_wallet(store: &Store, log_dir: &Path) -> Instance {

@@ -58,6 +58,19 @@ impl CqlCluster {
         }
     }
 
+    /// The `--store` value of the binary over `keyspace` on this cluster:
+    /// `scylla://HOST:PORT,…/KEYSPACE?replication_factor=N`. (The conformance suite
+    /// loads this module too and opens the ledger in process, without it.)
+    #[allow(dead_code)]
+    pub fn store_url(&self, keyspace: &TestKeyspace) -> String {
+        format!(
+            "scylla://{}/{}?replication_factor={}",
+            self.hosts.join(","),
+            keyspace.name,
+            self.replication_factor
+        )
+    }
+
     /// A fresh keyspace with the ledger's schema, dropped with the returned
     /// guard; panics with the command that starts the cluster when it does
     /// not answer.
