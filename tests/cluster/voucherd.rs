@@ -62,7 +62,19 @@ impl Instance {
         let log = self.log.clone();
         let (child, url) =
             super::binary::start(&mut command, &format!("voucherd {}", self.name), || {
-                super::process::log_tail(&log, 60)
+                // Without the backtrace's frames, so that the error itself shows.
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|line| {
+                        let line = line.trim_start();
+                        let frame = line.split_once(':').is_some_and(|(n, _)| {
+                            !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())
+                        });
+                        !frame && !line.starts_with("at ")
+                    })
+                    .collect();
+                lines[lines.len().saturating_sub(60)..].join("\n")
             })
             .await;
         self.child = Some(child);
