@@ -110,6 +110,14 @@ impl<S: CasStore> Inner<S> {
     /// wallet applies it (idempotent by the redemption id) and the claim is
     /// settled by the answer; an unknown answer leaves it pending, for
     /// recovery.
+    ///
+    /// The credit's refusal is final (`refusal_is_final`): the wallet
+    /// records it in the same batch that decides it, so the id is refused
+    /// for good however the wallet changes later, as the wallet service's
+    /// is. Only such a refusal voids the claim: a void redemption then never
+    /// gets its credit from another instance that still sees it pending (a
+    /// recovery pass) once the wallet has room, and every later claim of the
+    /// same user (the same id) gets the same answer.
     pub(super) async fn credit_locally(&self, redemption: Redemption) -> Result<Redemption> {
         let credit = NewTransaction {
             id: redemption.id,
@@ -118,7 +126,7 @@ impl<S: CasStore> Inner<S> {
             amount: redemption.amount,
             reference: voucher_reference(&redemption.code),
             at: redemption.redeemed_at,
-            refusal_is_final: false,
+            refusal_is_final: true,
         };
         match self.transact(credit).await {
             Ok(transaction) => {
@@ -170,3 +178,7 @@ fn release_write(key: &RowKey, state: &SlotState, holder: Holder) -> Result<Cas>
         writes: vec![write],
     })
 }
+
+#[cfg(test)]
+#[path = "settle_tests.rs"]
+mod tests;

@@ -231,7 +231,10 @@ impl<S: CasStore> Inner<S> {
                 let (cas, applied) = apply(transaction, &head, balance);
                 Decision::Write(cas, Ok(applied))
             }
-            Err(refusal) if transaction.replayable && transaction.refusal_is_final => {
+            // Recorded whatever `replayable` says: every id has its marker
+            // row here, so an id that is no idempotency key (role `all`'s
+            // credit, by redemption id) is refused for good the same way.
+            Err(refusal) if transaction.refusal_is_final => {
                 Decision::Write(refuse(transaction, &head, &refusal), Err(refusal))
             }
             Err(refusal) if serial => Decision::Answer(Err(refusal)),
