@@ -406,9 +406,12 @@ impl<S: CasStore> Inner<S> {
         let key = KeyState::read(row.as_ref())?;
         let redemption =
             redemption_of(id, &key)?.ok_or_else(|| Error::storage("a won claim holds nothing"))?;
+        let Some(committed) = key.committed else {
+            return Err(Error::storage("a won claim holds nothing"));
+        };
         if !self.claims_credit() || redemption.status != RedemptionStatus::Pending {
             return Ok(redemption);
         }
-        self.credit_locally(redemption).await
+        self.credit_locally(redemption, committed.attempt).await
     }
 }

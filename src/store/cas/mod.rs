@@ -18,7 +18,8 @@
 //!   freed and taken again meanwhile moves the key's attempt to the slot's new
 //!   generation. The take of a given generation can happen at most once, and
 //!   a generation only grows, so a late duplicate of a take never lands.
-//! - **settle**: the key's status (`IF version = ?`), then for a void the
+//! - **settle**: the key's status (`IF version = ?`, only while the key
+//!   holds the redemption of the attempt settled), then for a void the
 //!   slot's release (`IF holder = ? AND attempt = ?`), then the log entry.
 //! - **wallet**: a credit or debit is one conditional batch in the wallet's
 //!   partition: the balance and version (`IF version = ?`), the transaction
@@ -53,6 +54,7 @@ use uuid::Uuid;
 
 use self::order::{Lane, Order, Use};
 use self::schema::{voucher_key, VoucherRow};
+use self::settle::{Settled, Settling};
 use self::store::{Cas, CasOutcome, Current, RowKey, Write};
 use super::{
     Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
@@ -99,6 +101,12 @@ pub struct CasOptions {
     /// Conditional steps one write may take before it answers `Unavailable`
     /// (contention; recovery finishes what it leaves).
     pub max_steps: u32,
+    /// Test-only, always false outside the CAS simulation's planted bug
+    /// `SettleAnyAttempt` (`tests/cas_sim/planted.rs`): a settle of one
+    /// claim attempt's redemption settles whatever redemption the key holds,
+    /// as settles did before they named their attempt. Never set it.
+    #[doc(hidden)]
+    pub planted_settle_any_attempt: bool,
 }
 
 impl Default for CasOptions {
@@ -107,6 +115,7 @@ impl Default for CasOptions {
             max_buckets: 64,
             log_shards: 16,
             max_steps: 32,
+            planted_settle_any_attempt: false,
         }
     }
 }
@@ -317,12 +326,16 @@ impl<S: CasStore> Durable for CasLedger<S> {
 }
 
 impl<S: CasStore> PendingLedger for CasLedger<S> {
+    /// Split mode's settle knows the id only: it settles the redemption the
+    /// key holds ([`Settling::ById`] says why that is safe).
     fn settle(&self, id: Uuid, resolution: Resolution) -> LedgerFuture<Redemption> {
         let lanes = self.inner.settle_lanes(id);
-        self.write(
-            lanes,
-            |inner| async move { inner.settle(id, resolution).await },
-        )
+        self.write(lanes, |inner| async move {
+            match inner.settle(id, Settling::ById, resolution).await? {
+                Settled::Done(redemption) => Ok(redemption),
+                Settled::Superseded => Err(Error::storage("a settle by id was superseded")),
+            }
+        })
     }
 
     fn pending(&self, claimed_before: Timestamp, limit: usize) -> LedgerFuture<Vec<Redemption>> {

@@ -10,7 +10,9 @@
 //!   key released), whoever else drives it meanwhile;
 //! - the attempt made a redemption: pending, the entry stays (it is how
 //!   [`Inner::pending`] finds it; an all-in-one ledger credits it locally);
-//!   credited, the entry goes; void, its slot is released, then the entry goes;
+//!   credited, the entry goes; void, its slot is released, then the entry
+//!   goes (the void attempt's own slot: every settle names the attempt it
+//!   settles, so a redemption its user claimed since is left alone);
 //! - the attempt never started, or ended without a redemption: while the
 //!   key is still at the version its start expects, the version is bumped
 //!   first (the start can never land after that); then its slot is released
@@ -25,6 +27,7 @@ use futures::stream::{self, StreamExt};
 
 use super::claim::{redemption_of, version_of, Finish};
 use super::schema::{Holder, KeyState, LogEntry};
+use super::settle::{Settled, Settling};
 use super::store::{CasStore, Row};
 use super::Inner;
 use crate::domain::{RedemptionStatus, Timestamp};
@@ -166,8 +169,12 @@ impl<S: CasStore> Inner<S> {
         }
     }
 
-    /// A settled redemption's entry: settling again with its own status
-    /// finishes the settle (a void's slot is released); the entry goes.
+    /// A settled redemption's entry: settling its attempt again with its
+    /// own status finishes the settle (a void's slot is released); the entry
+    /// goes. Its user may have claimed again since the key was read, so that
+    /// the key holds the next claim's redemption (still pending, say): that
+    /// one is not this entry's to settle (the settle of this attempt is
+    /// `Superseded`), only this attempt's slot is, if it still holds it.
     async fn settle_again(&self, entry: &LogEntry, status: RedemptionStatus) -> Result<Recovered> {
         let (resolution, recovered) = match status {
             RedemptionStatus::Void => {
@@ -176,8 +183,11 @@ impl<S: CasStore> Inner<S> {
             }
             _ => (Resolution::Credited { balance: 0 }, Recovered::Cleaned),
         };
-        self.settle(entry.id, resolution).await?;
-        self.forget(entry).await;
+        let settling = Settling::Attempt(entry.attempt);
+        match self.settle(entry.id, settling, resolution).await? {
+            Settled::Done(_) => self.forget(entry).await,
+            Settled::Superseded => self.release_attempt(entry).await?,
+        }
         Ok(recovered)
     }
 
@@ -202,6 +212,13 @@ impl<S: CasStore> Inner<S> {
                 return Box::pin(self.recover_entry(entry)).await;
             }
         }
+        self.release_attempt(entry).await?;
+        Ok(Recovered::Cleaned)
+    }
+
+    /// Frees the entry's slot if its attempt still holds it, and drops the
+    /// entry: the attempt is over for good, and the key is another's.
+    async fn release_attempt(&self, entry: &LogEntry) -> Result<()> {
         let voucher = self.known_voucher(&entry.code).await?;
         let holder = Holder {
             id: entry.id,
@@ -209,7 +226,7 @@ impl<S: CasStore> Inner<S> {
         };
         self.release(&voucher, entry.slot, holder).await?;
         self.forget(entry).await;
-        Ok(Recovered::Cleaned)
+        Ok(())
     }
 
     /// In an all-in-one ledger, a pending redemption's credit is local:
@@ -222,7 +239,7 @@ impl<S: CasStore> Inner<S> {
             return Ok(());
         };
         if redemption.status == RedemptionStatus::Pending {
-            self.credit_locally(redemption).await?;
+            self.credit_locally(redemption, entry.attempt).await?;
         }
         Ok(())
     }

@@ -5,20 +5,32 @@
 //! - role `all`: a credit refused for good voids the claim, and the refusal
 //!   is recorded, so another instance that still sees the redemption
 //!   pending (its recovery pass) cannot credit it once the wallet has room,
-//!   and the user's next claim (the same id) is refused too (I3).
+//!   and the user's next claim (the same id) is refused too (I3);
+//! - a settle of an old attempt (a slow instance, a recovery pass working
+//!   from a key read before the user claimed again) leaves the user's newer
+//!   redemption alone (I3, I4), and recovery still frees the old attempt's
+//!   slot (I1).
 
+use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::{BoxFuture, FutureExt};
+use parking_lot::Mutex;
 use uuid::Uuid;
 
+use super::{Settled, Settling};
 use crate::domain::{
     redemption_id, voucher_reference, PageRequest, PhoneNumber, Redemption, RedemptionStatus,
     Timestamp, Voucher, VoucherCode,
 };
 use crate::error::Error;
+use crate::redemption::{PendingLedger, Resolution};
 use crate::store::cas::memory::MemoryStore;
-use crate::store::cas::schema::{col, KeyState};
-use crate::store::cas::store::{Table, Value};
+use crate::store::cas::schema::{col, int, KeyState};
+use crate::store::cas::store::{
+    Cas, CasOutcome, CasStore, Current, Partition, Row, RowKey, Scan, Slice, StoreFuture, Table,
+    Value,
+};
 use crate::store::cas::{CasLedger, CasOptions, RandomNonces};
 use crate::store::{Claim, Half, NewProfile, NewTransaction, VoucherLedger, WalletLedger};
 
@@ -71,6 +83,12 @@ async fn key(ledger: &CasLedger<MemoryStore>) -> KeyState {
     let id = redemption_id(&code(), phone());
     let row = ledger.inner.key_row(id, true).await.expect("the key");
     KeyState::read(row.as_ref()).expect("a readable key")
+}
+
+/// The attempt that made the redemption the key holds.
+async fn committed_attempt(ledger: &CasLedger<MemoryStore>) -> Uuid {
+    let key = key(ledger).await;
+    key.committed.expect("a redemption").attempt
 }
 
 /// The holder (id, attempt) of every held slot.
@@ -145,6 +163,7 @@ async fn role_all_a_void_claim_is_never_credited_by_another_instance_later() {
 
     let refused = first.claim(claim(1, 10)).await;
     assert!(matches!(refused, Err(Error::Invalid { .. })), "{refused:?}");
+    let attempt = committed_attempt(&first).await;
     let void = key(&first).await.committed.expect("a redemption");
     assert_eq!(void.status, RedemptionStatus::Void);
 
@@ -162,7 +181,7 @@ async fn role_all_a_void_claim_is_never_credited_by_another_instance_later() {
         status: RedemptionStatus::Pending,
         balance: None,
     };
-    let late = other.inner.credit_locally(pending).await;
+    let late = other.inner.credit_locally(pending, attempt).await;
     assert!(matches!(late, Err(Error::CreditRefused { .. })), "{late:?}");
     let recovered = other.recover_claims(at(i64::MAX / 2), 100).await;
     assert!(recovered.is_ok(), "{recovered:?}");
@@ -181,4 +200,163 @@ async fn role_all_a_void_claim_is_never_credited_by_another_instance_later() {
     assert_eq!(voucher_credits(&first).await, 0);
     assert!(held_slots(&store).is_empty());
     assert!(logged_attempts(&store).is_empty());
+}
+
+/// Goal (I3, I4): a settle of an old attempt changes nothing once the user
+/// claimed again: the newer redemption stays pending, to be settled by its
+/// own credit's answer (which may be 200 to its client).
+#[tokio::test]
+async fn a_stale_settle_of_an_old_attempt_leaves_the_newer_redemption_alone() {
+    let store = MemoryStore::new();
+    let ledger = open(&store, Half::Voucher);
+    prepare(&open(&store, Half::Both), 0).await;
+    let id = redemption_id(&code(), phone());
+
+    ledger.claim(claim(1, 10)).await.expect("the first claim");
+    let old = committed_attempt(&ledger).await;
+    let reason = "refused".to_owned();
+    let voided = ledger.settle(id, Resolution::Void { reason }).await;
+    assert_eq!(voided.map(|r| r.status), Ok(RedemptionStatus::Void));
+    ledger.claim(claim(2, 20)).await.expect("the claim again");
+    let new = committed_attempt(&ledger).await;
+    assert_ne!(old, new);
+
+    for resolution in [
+        Resolution::Void {
+            reason: "late".to_owned(),
+        },
+        Resolution::Credited { balance: AMOUNT },
+    ] {
+        let stale = ledger.inner.settle(id, Settling::Attempt(old), resolution);
+        assert_eq!(stale.await, Ok(Settled::Superseded));
+    }
+    let key = key(&ledger).await;
+    let committed = key.committed.expect("a redemption");
+    assert_eq!(
+        (committed.attempt, committed.status, committed.slot),
+        (new, RedemptionStatus::Pending, 2)
+    );
+    assert_eq!(held_slots(&store), vec![(2, new)]);
+    assert_eq!(logged_attempts(&store), vec![new]);
+}
+
+/// When [`Meanwhile`] runs its work.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// A serial read of a user's key, before its answer comes back.
+    KeyRead,
+}
+
+/// An instance's store on which other instances do `work` (once) while one
+/// of its operations is on its way back: what the instance then decides on
+/// is the store as it was before that work.
+#[derive(Clone)]
+struct Meanwhile {
+    inner: MemoryStore,
+    after: After,
+    work: Arc<Mutex<Option<BoxFuture<'static, ()>>>>,
+}
+
+impl Meanwhile {
+    fn new(
+        inner: &MemoryStore,
+        after: After,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Meanwhile {
+            inner: inner.clone(),
+            after,
+            work: Arc::new(Mutex::new(Some(work.boxed()))),
+        }
+    }
+
+    fn then<T: Send + 'static>(
+        &self,
+        now: After,
+        op: BoxFuture<'static, T>,
+    ) -> BoxFuture<'static, T> {
+        let work = if now == self.after {
+            self.work.lock().take()
+        } else {
+            None
+        };
+        async move {
+            let answer = op.await;
+            if let Some(work) = work {
+                work.await;
+            }
+            answer
+        }
+        .boxed()
+    }
+}
+
+impl CasStore for Meanwhile {
+    fn cas(&self, cas: Cas) -> BoxFuture<'static, CasOutcome> {
+        self.inner.cas(cas)
+    }
+
+    fn read_serial(&self, at: RowKey) -> StoreFuture<Current> {
+        let key = at.partition.table == Table::Redemptions;
+        let read = self.inner.read_serial(at);
+        if key {
+            self.then(After::KeyRead, read)
+        } else {
+            read
+        }
+    }
+
+    fn read(&self, at: RowKey) -> StoreFuture<Current> {
+        self.inner.read(at)
+    }
+
+    fn scan(&self, partition: Partition, scan: Scan) -> StoreFuture<Slice> {
+        self.inner.scan(partition, scan)
+    }
+
+    fn put(&self, at: RowKey, values: Row) -> StoreFuture<()> {
+        self.inner.put(at, values)
+    }
+
+    fn remove(&self, at: RowKey) -> StoreFuture<()> {
+        self.inner.remove(at)
+    }
+}
+
+/// Goal (I1, I3): recovery re-settling a void whose slot release a crash
+/// interrupted, from a key it read before the user claimed again, frees the
+/// old attempt's slot and leaves the newer pending redemption (its slot, its
+/// log entry) alone.
+#[tokio::test]
+async fn recovery_re_settling_an_interrupted_void_frees_only_the_old_attempts_slot() {
+    let store = MemoryStore::new();
+    let ledger = open(&store, Half::Voucher);
+    prepare(&open(&store, Half::Both), 0).await;
+    let id = redemption_id(&code(), phone());
+
+    ledger.claim(claim(1, 10)).await.expect("the first claim");
+    let old = committed_attempt(&ledger).await;
+    // The void's decision, then a crash: the slot is still held and the log
+    // entry still there.
+    let row = ledger.inner.key_row(id, true).await.expect("the key");
+    let void = vec![(col::STATUS, int(i64::from(RedemptionStatus::Void.stored())))];
+    (ledger.inner.write_key(id, &row, void).await).expect("the void");
+
+    // Recovery reads the key serially; the user claims again meanwhile.
+    let again = ledger.claim(claim(2, 20));
+    let meanwhile = async move {
+        again.await.expect("the claim again");
+    };
+    let recovering = CasLedger::open(
+        Meanwhile::new(&store, After::KeyRead, meanwhile),
+        Half::Voucher,
+    );
+    let recovered = recovering.recover_claims(at(i64::MAX / 2), 100).await;
+    assert!(recovered.is_ok(), "{recovered:?}");
+
+    let committed = key(&ledger).await.committed.expect("a redemption");
+    assert_ne!(committed.attempt, old);
+    assert_eq!(committed.status, RedemptionStatus::Pending);
+    assert_eq!(held_slots(&store), vec![(2, committed.attempt)]);
+    assert_eq!(logged_attempts(&store), vec![committed.attempt]);
 }
