@@ -332,7 +332,8 @@ impl<S: CasStore> Inner<S> {
         let started = key.attempt.is_some_and(|a| a.nonce == attempt.nonce)
             || key.committed_by(attempt.nonce).is_some();
         if !started {
-            self.forget(&entry).await;
+            // A failure leaves the entry to recovery; the answer stands.
+            let _ = self.abandon(&entry).await;
             refuse(&key)?;
             return Ok(None);
         }
@@ -342,7 +343,7 @@ impl<S: CasStore> Inner<S> {
         {
             Finish::Won(row) => self.won(id, row).await.map(Some),
             Finish::Lost => {
-                self.forget(&entry).await;
+                let _ = self.abandon(&entry).await;
                 Err(Error::SlotTaken)
             }
         }
@@ -393,6 +394,28 @@ impl<S: CasStore> Inner<S> {
         let key = entry.key(self.options.log_shards);
         self.store.put(key, entry.values()).await?;
         Ok(entry)
+    }
+
+    /// Ends an attempt that is over while the key holds no redemption of it:
+    /// frees its slot if the attempt still holds it, then drops its log
+    /// entry. "Over" is not always "lost": the attempt may have been driven
+    /// to a redemption (by recovery, beside a slow contender) that was then
+    /// voided, with a crash between the void and its slot's release, and
+    /// its user may have claimed again since, so that the key shows a newer
+    /// attempt. Its slot is then nobody's, and only this entry leads to it.
+    /// The release is conditioned on the attempt holding the slot, and a
+    /// take of the attempt can never land again (the key is past it), so
+    /// this is safe whoever else ends the attempt. A failure keeps the
+    /// entry, for recovery.
+    pub(super) async fn abandon(&self, entry: &LogEntry) -> Result<()> {
+        let voucher = self.known_voucher(&entry.code).await?;
+        let holder = Holder {
+            id: entry.id,
+            attempt: entry.attempt,
+        };
+        self.release(&voucher, entry.slot, holder).await?;
+        self.forget(entry).await;
+        Ok(())
     }
 
     /// Drops a log entry nothing needs any more; a failure leaves it to

@@ -26,7 +26,7 @@ use futures::future::join_all;
 use futures::stream::{self, StreamExt};
 
 use super::claim::{redemption_of, version_of, Finish};
-use super::schema::{Holder, KeyState, LogEntry};
+use super::schema::{KeyState, LogEntry};
 use super::settle::{Settled, Settling};
 use super::store::{CasStore, Row};
 use super::Inner;
@@ -154,7 +154,7 @@ impl<S: CasStore> Inner<S> {
                     Ok(Recovered::Finished)
                 }
                 Finish::Lost => {
-                    self.forget(entry).await;
+                    self.abandon(entry).await?;
                     Ok(Recovered::Abandoned)
                 }
             };
@@ -186,7 +186,7 @@ impl<S: CasStore> Inner<S> {
         let settling = Settling::Attempt(entry.attempt);
         match self.settle(entry.id, settling, resolution).await? {
             Settled::Done(_) => self.forget(entry).await,
-            Settled::Superseded => self.release_attempt(entry).await?,
+            Settled::Superseded => self.abandon(entry).await?,
         }
         Ok(recovered)
     }
@@ -212,21 +212,8 @@ impl<S: CasStore> Inner<S> {
                 return Box::pin(self.recover_entry(entry)).await;
             }
         }
-        self.release_attempt(entry).await?;
+        self.abandon(entry).await?;
         Ok(Recovered::Cleaned)
-    }
-
-    /// Frees the entry's slot if its attempt still holds it, and drops the
-    /// entry: the attempt is over for good, and the key is another's.
-    async fn release_attempt(&self, entry: &LogEntry) -> Result<()> {
-        let voucher = self.known_voucher(&entry.code).await?;
-        let holder = Holder {
-            id: entry.id,
-            attempt: entry.attempt,
-        };
-        self.release(&voucher, entry.slot, holder).await?;
-        self.forget(entry).await;
-        Ok(())
     }
 
     /// In an all-in-one ledger, a pending redemption's credit is local:

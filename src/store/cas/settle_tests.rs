@@ -9,7 +9,10 @@
 //! - a settle of an old attempt (a slow instance, a recovery pass working
 //!   from a key read before the user claimed again) leaves the user's newer
 //!   redemption alone (I3, I4), and recovery still frees the old attempt's
-//!   slot (I1).
+//!   slot (I1);
+//! - a slow contender whose attempt another instance committed, voided and
+//!   saw claimed again frees the attempt's slot before it drops its log
+//!   entry (I1).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -245,6 +248,8 @@ async fn a_stale_settle_of_an_old_attempt_leaves_the_newer_redemption_alone() {
 enum After {
     /// A serial read of a user's key, before its answer comes back.
     KeyRead,
+    /// A conditional write of a slot, before its answer comes back.
+    SlotWrite,
 }
 
 /// An instance's store on which other instances do `work` (once) while one
@@ -293,7 +298,13 @@ impl Meanwhile {
 
 impl CasStore for Meanwhile {
     fn cas(&self, cas: Cas) -> BoxFuture<'static, CasOutcome> {
-        self.inner.cas(cas)
+        let slot = cas.partition.table == Table::Slots;
+        let write = self.inner.cas(cas);
+        if slot {
+            self.then(After::SlotWrite, write)
+        } else {
+            write
+        }
     }
 
     fn read_serial(&self, at: RowKey) -> StoreFuture<Current> {
@@ -357,6 +368,47 @@ async fn recovery_re_settling_an_interrupted_void_frees_only_the_old_attempts_sl
     let committed = key(&ledger).await.committed.expect("a redemption");
     assert_ne!(committed.attempt, old);
     assert_eq!(committed.status, RedemptionStatus::Pending);
+    assert_eq!(held_slots(&store), vec![(2, committed.attempt)]);
+    assert_eq!(logged_attempts(&store), vec![committed.attempt]);
+}
+
+/// Goal (I1): a slow contender whose attempt recovery drove to a redemption
+/// meanwhile, which was then voided (a crash before the slot's release) and
+/// claimed again by its user, finds its attempt over and frees its slot
+/// before it drops the attempt's log entry (the only way to it).
+#[tokio::test]
+async fn a_contender_whose_redemption_was_voided_and_claimed_again_frees_its_slot() {
+    let store = MemoryStore::new();
+    prepare(&open(&store, Half::Both), 0).await;
+    let id = redemption_id(&code(), phone());
+
+    // While the contender's take of slot 1 is on its way back: recovery
+    // commits its attempt, a void is decided and its instance crashes, and
+    // the user claims slot 2.
+    let other = open(&store, Half::Voucher);
+    let meanwhile = async move {
+        let recovered = other.recover_claims(at(i64::MAX / 2), 100).await;
+        assert_eq!(recovered.map(|r| r.finished), Ok(1));
+        let row = other.inner.key_row(id, true).await.expect("the key");
+        let void = vec![(col::STATUS, int(i64::from(RedemptionStatus::Void.stored())))];
+        (other.inner.write_key(id, &row, void).await).expect("the void");
+        other.claim(claim(2, 20)).await.expect("the claim again");
+    };
+    let contender = CasLedger::open(
+        Meanwhile::new(&store, After::SlotWrite, meanwhile),
+        Half::Voucher,
+    );
+    let answer = contender.claim(claim(1, 10)).await;
+    assert_eq!(answer, Err(Error::SlotTaken));
+
+    let committed = key(&open(&store, Half::Voucher))
+        .await
+        .committed
+        .expect("a redemption");
+    assert_eq!(
+        (committed.slot, committed.status),
+        (2, RedemptionStatus::Pending)
+    );
     assert_eq!(held_slots(&store), vec![(2, committed.attempt)]);
     assert_eq!(logged_attempts(&store), vec![committed.attempt]);
 }
