@@ -277,7 +277,9 @@ fn slots_agree(contents: &Contents, limit: u32) -> Outcome {
             k.is_live() && k.slot_attempt == Some(attempt) && k.slot == Some(slot)
         });
         if !made {
-            let detail = format!("slot {slot} is held by {holder}, whose key is {key:?}");
+            let detail = format!(
+                "slot {slot} is held by {holder} (attempt {attempt}), whose key is {key:?}"
+            );
             return Err(violation("I1 limit (orphan slot)", detail));
         }
         if holders.insert(holder, slot).is_some() || holders.len() > limit as usize {

@@ -1,6 +1,8 @@
 //! The clients of a schedule: the crowd redeeming the voucher (each attempt
 //! handled on a random voucher instance: claims of random slots, the next
-//! slot on `SlotTaken` as a shard does, then the real `complete_and_tell`),
+//! slot on `SlotTaken` as a shard does, then the real `complete_and_tell`;
+//! in role `all` the claim carries its credit and its answer is the
+//! client's, as the app answers it),
 //! and clients' own wallet transactions (keyed from a small pool of
 //! idempotency keys, so keys come again, for other phones and amounts too,
 //! and are retried after an unknown outcome).
@@ -112,6 +114,12 @@ async fn handle(
         }
     };
     let _ = claimed.send(Ok(redemption.clone()));
+    if cluster.setup.role_all {
+        // The claim credited it (or answered its refusal): the app answers
+        // the client with the claim's redemption, 200 when credited.
+        let _ = done.send(Ok(redemption));
+        return;
+    }
     let port = cluster.port();
     let _ = complete_and_tell(ledger.as_ref(), &port, redemption, done).await;
 }
@@ -135,6 +143,7 @@ async fn claim_some_slot(
         let kind = match &answer {
             Ok(_) => "claim.won",
             Err(Error::SlotTaken) => "claim.slot_taken",
+            Err(Error::CreditRefused { .. } | Error::Invalid { .. }) => "claim.credit_refused",
             Err(Error::AlreadyRedeemed) => "claim.already_redeemed",
             Err(_) => "claim.failed",
         };
@@ -161,16 +170,44 @@ pub async fn traffic(cluster: Arc<Cluster>) -> Vec<Told> {
     for _ in 0..cluster.setup.transactions {
         cluster.world.pause(10, 300).await;
         let request = client_transaction(&cluster);
-        for _ in 0..3 {
-            let answer = send(&cluster, request.clone()).await;
-            let unknown = matches!(answer, Err(Error::Unavailable { .. }));
-            told.push(Told {
-                request: request.clone(),
-                answer,
-            });
-            if !unknown {
-                break;
-            }
+        told.extend(send_until_known(&cluster, request).await);
+    }
+    told
+}
+
+/// A rich user's spending (see [`User::spends`]): one debit larger than the
+/// voucher's amount, sent again while its outcome is unknown.
+pub async fn spender(cluster: Arc<Cluster>, crowd: User) -> Vec<Told> {
+    let Some(after) = crowd.spends else {
+        return Vec::new();
+    };
+    tokio::time::sleep(crowd.arrival + after).await;
+    let world = &cluster.world;
+    let amount = cluster.setup.amount as u64;
+    let request = NewTransaction {
+        id: Uuid::from_u64_pair(world.range(0, u64::MAX - 1), 8),
+        replayable: false,
+        phone: crowd.phone,
+        amount: -(world.range(amount, 2 * amount) as i64),
+        reference: "client spend".to_owned(),
+        at: world.now(),
+        refusal_is_final: false,
+    };
+    send_until_known(&cluster, request).await
+}
+
+/// Sends `request` up to three times while its outcome is unknown.
+async fn send_until_known(cluster: &Arc<Cluster>, request: NewTransaction) -> Vec<Told> {
+    let mut told = Vec::new();
+    for _ in 0..3 {
+        let answer = send(cluster, request.clone()).await;
+        let unknown = matches!(answer, Err(Error::Unavailable { .. }));
+        told.push(Told {
+            request: request.clone(),
+            answer,
+        });
+        if !unknown {
+            break;
         }
     }
     told
@@ -199,7 +236,7 @@ fn client_transaction(cluster: &Cluster) -> NewTransaction {
 }
 
 async fn send(cluster: &Arc<Cluster>, request: NewTransaction) -> Result<WalletTransaction> {
-    let node = cluster.pick(&cluster.wallets);
+    let node = cluster.pick(cluster.wallet_nodes());
     let Some(ledger) = node.ledger() else {
         return Err(Error::unavailable("wallet instance down"));
     };

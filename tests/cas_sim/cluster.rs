@@ -1,9 +1,11 @@
 //! The instances of a schedule over one faulty store: voucher services
 //! (voucher half, a recovery loop each: the real `recover_claims` and
-//! `recover_once`) and wallet services (wallet half), each a `CasLedger` that
-//! a crash halts where it stands (every write in flight stops between two
-//! store operations, before or after one applies) and a restart opens anew.
-//! The voucher services reach the wallets through [`SimPort`], the real
+//! `recover_once`) and wallet services (wallet half), or instances of role
+//! `all` (both halves, a recovery loop each of `recover_claims` only, as the
+//! app runs it without a wallet client), each a `CasLedger` that a crash
+//! halts where it stands (every write in flight stops between two store
+//! operations, before or after one applies) and a restart opens anew. The
+//! voucher services reach the wallets through [`SimPort`], the real
 //! `answer_of` over a wallet instance's `transact`.
 
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use voucherd::store::cas::memory::{Fate, Faults, MemoryStore, Op, Plan, SeededFa
 use voucherd::store::cas::{CasLedger, CasOptions, Nonces};
 use voucherd::store::{Half, NewTransaction, WalletLedger};
 
-use super::planted::SimStore;
+use super::planted::{DiesAfterVoid, SimStore};
 use super::setup::Setup;
 use super::world::World;
 use super::Planted;
@@ -32,6 +34,7 @@ pub const OPTIONS: CasOptions = CasOptions {
     max_buckets: 3,
     log_shards: 2,
     max_steps: 32,
+    planted_settle_any_attempt: false,
 };
 
 /// Attempt nonces from the schedule's seed.
@@ -80,6 +83,8 @@ struct NodeState {
 /// One service instance.
 pub struct Node {
     pub half: Half,
+    /// Its number among the instances of its kind.
+    index: usize,
     state: Mutex<NodeState>,
 }
 
@@ -92,6 +97,9 @@ pub struct Cluster {
     planted: Planted,
     pub vouchers: Vec<Node>,
     pub wallets: Vec<Node>,
+    /// Voucher instances whose store asked to crash them (see
+    /// `Setup::crash_after_void`).
+    crash_requests: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Cluster {
@@ -108,20 +116,33 @@ impl Cluster {
             planted,
             vouchers: Vec::new(),
             wallets: Vec::new(),
+            crash_requests: Arc::default(),
             setup,
             world,
         };
+        let claims = cluster.claims_half();
         cluster.vouchers = (0..cluster.setup.voucher_nodes)
-            .map(|_| cluster.node(Half::Voucher))
+            .map(|i| cluster.node(claims, i))
             .collect();
         cluster.wallets = (0..cluster.setup.wallet_nodes)
-            .map(|_| cluster.node(Half::Wallet))
+            .map(|i| cluster.node(Half::Wallet, i))
             .collect();
         Arc::new(cluster)
     }
 
     /// A ledger over the faulty store (or over the same data without faults).
     pub fn open(&self, half: Half, recovery: bool, faulty: bool) -> Arc<SimLedger> {
+        self.open_instance(half, recovery, faulty, None)
+    }
+
+    /// [`Self::open`] for voucher instance `instance`, if it is one.
+    fn open_instance(
+        &self,
+        half: Half,
+        recovery: bool,
+        faulty: bool,
+        instance: Option<usize>,
+    ) -> Arc<SimLedger> {
         let inner = if faulty {
             self.store.clone()
         } else {
@@ -130,33 +151,77 @@ impl Cluster {
         let slow = self
             .setup
             .slow_vouchers_ms
-            .filter(|_| half == Half::Voucher && faulty);
+            .filter(|_| half != Half::Wallet && faulty);
         let store = SimStore {
             inner,
             bug: self.planted,
+            half,
             recovery,
             slow: slow.map(|ms| (self.world.clone(), ms)),
+            paused: (self.setup.paused_recovery_ms)
+                .filter(|_| recovery && faulty)
+                .map(|ms| (self.world.clone(), ms)),
+            dies_after_void: instance
+                .filter(|_| self.setup.crash_after_void && faulty && half != Half::Wallet)
+                .map(|instance| DiesAfterVoid {
+                    world: self.world.clone(),
+                    instance,
+                    requests: self.crash_requests.clone(),
+                }),
         };
         let nonces = Arc::new(SeededNonces(self.world.clone()));
-        Arc::new(CasLedger::open_with(store, half, OPTIONS, nonces))
+        let options = CasOptions {
+            planted_settle_any_attempt: self.planted == Planted::SettleAnyAttempt,
+            ..OPTIONS
+        };
+        Arc::new(CasLedger::open_with(store, half, options, nonces))
     }
 
-    fn node(&self, half: Half) -> Node {
+    fn node(&self, half: Half, index: usize) -> Node {
         let state = NodeState {
             up: true,
-            ledger: self.open(half, false, true),
-            recovery: self.open(half, true, true),
+            ledger: self.open_instance(half, false, true, Some(index)),
+            recovery: self.open_instance(half, true, true, Some(index)),
             tasks: Vec::new(),
             recovery_loop: None,
         };
         Node {
             half,
+            index,
             state: Mutex::new(state),
         }
     }
 
+    /// Crashes the voucher instances whose store asked for it; answers them.
+    fn crash_requested(&self) -> Vec<usize> {
+        let requested = std::mem::take(&mut *self.crash_requests.lock());
+        for &instance in &requested {
+            self.vouchers[instance].crash();
+        }
+        requested
+    }
+
     pub fn pick<'a>(&self, nodes: &'a [Node]) -> &'a Node {
         &nodes[self.world.range(0, nodes.len() as u64 - 1) as usize]
+    }
+
+    /// The instances serving wallets: the wallet services, or in role `all`
+    /// every instance.
+    pub fn wallet_nodes(&self) -> &[Node] {
+        if self.setup.role_all {
+            &self.vouchers
+        } else {
+            &self.wallets
+        }
+    }
+
+    /// The half the instances serving redemptions hold.
+    pub fn claims_half(&self) -> Half {
+        if self.setup.role_all {
+            Half::Both
+        } else {
+            Half::Voucher
+        }
     }
 
     pub fn port(self: &Arc<Self>) -> SimPort {
@@ -177,6 +242,8 @@ impl Cluster {
     pub fn heal(self: &Arc<Self>) {
         self.faults.seeded.heal();
         self.world.heal();
+        // Their writes wait forever: crash them before the restarts.
+        self.crash_requested();
         for node in self.vouchers.iter().chain(&self.wallets) {
             node.restart(self);
             node.stop_recovery();
@@ -234,10 +301,10 @@ impl Node {
                 return;
             }
             state.up = true;
-            state.ledger = cluster.open(self.half, false, true);
-            state.recovery = cluster.open(self.half, true, true);
+            state.ledger = cluster.open_instance(self.half, false, true, Some(self.index));
+            state.recovery = cluster.open_instance(self.half, true, true, Some(self.index));
         }
-        if self.half == Half::Voucher {
+        if self.half != Half::Wallet {
             self.start_recovery(cluster, 9);
         }
     }
@@ -273,7 +340,9 @@ async fn recovery_loop(cluster: Arc<Cluster>, ledger: Arc<SimLedger>, instance: 
 }
 
 /// One pass of the voucher service's recovery: interrupted claims first,
-/// then the credits of pending redemptions (the real drivers).
+/// then the credits of pending redemptions (the real drivers). In role `all`
+/// only the first, as the app's recovery runs without a wallet client
+/// (`recover_claims` credits pending redemptions locally).
 pub async fn recovery_pass(
     cluster: &Arc<Cluster>,
     ledger: &SimLedger,
@@ -296,6 +365,9 @@ pub async fn recovery_pass(
             }
         }
         Err(_) => world.event("recovery.claims_failed", instance, 0),
+    }
+    if cluster.setup.role_all {
+        return;
     }
     match recover_once(ledger, &cluster.port(), before, limit).await {
         Ok(pass) => world.event(
@@ -351,6 +423,26 @@ impl CreditPort for SimPort {
     }
 }
 
+/// Crashes the voucher instances whose store asked for it, right away, and
+/// restarts each a little later, while faults last.
+pub async fn crashes_after_void(cluster: Arc<Cluster>) {
+    if !cluster.setup.crash_after_void {
+        return;
+    }
+    let world = cluster.world.clone();
+    while world.faulty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for instance in cluster.crash_requested() {
+            world.event("voucher.crash_after_void", instance as u64, 0);
+            let (cluster, pause) = (cluster.clone(), world.millis(10, 300));
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                cluster.vouchers[instance].restart(&cluster);
+            });
+        }
+    }
+}
+
 /// Crashes and restarts instances of `nodes` now and then while faults last.
 pub async fn crashes(cluster: Arc<Cluster>, wallets: bool, mean: Option<u64>) {
     let Some(mean) = mean else {
@@ -367,6 +459,9 @@ pub async fn crashes(cluster: Arc<Cluster>, wallets: bool, mean: Option<u64>) {
         } else {
             &cluster.vouchers
         };
+        if nodes.is_empty() {
+            return;
+        }
         let node = cluster.pick(nodes);
         node.crash();
         world.event(

@@ -24,8 +24,9 @@ pub mod setup;
 
 use runner::{run_seeded, Run};
 
-/// A bug planted in the simulation's store wrapper (never in `src/`), which
-/// the simulation must catch.
+/// A bug planted in the simulation's store wrapper (never in `src/`, but for
+/// one test-only switch of the ledger's options), which the simulation must
+/// catch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Planted {
     Nothing,
@@ -35,6 +36,15 @@ pub enum Planted {
     /// (b) Recovery undoes a claim (clears the key's attempt) without the
     /// condition on the key's state.
     UnconditionalUndo,
+    /// (c) Role `all` voids on a refusal its wallet did not record: the
+    /// refusal marker of an instance of role `all` is dropped from the
+    /// wallet's batch, so the credit's refusal is answered but not final
+    /// (as when the credit was sent with `refusal_is_final: false`).
+    NonFinalRefusal,
+    /// (d) A settle of one claim attempt's redemption settles whatever the
+    /// key holds, a newer attempt's too (the ledger's test-only switch
+    /// `CasOptions::planted_settle_any_attempt`).
+    SettleAnyAttempt,
 }
 
 /// Runs schedule `seed` on its own single-threaded runtime with virtual time.

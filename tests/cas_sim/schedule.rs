@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use voucherd::domain::Timestamp;
 use voucherd::store::cas::store::{Table, Value};
-use voucherd::store::Half;
 
 use super::check::{check, Expected};
-use super::clients::{prepare, redeemer, traffic};
-use super::cluster::{crashes, recovery_pass, Cluster};
+use super::clients::{prepare, redeemer, spender, traffic};
+use super::cluster::{crashes, crashes_after_void, recovery_pass, Cluster};
 use super::runner::{violation, Violation};
 use super::setup::Setup;
 use super::world::World;
@@ -28,17 +27,24 @@ pub async fn run(world: Arc<World>, planted: Planted) -> Result<(), Violation> {
     let background = [
         tokio::spawn(crashes(cluster.clone(), false, setup.voucher_crash_ms)),
         tokio::spawn(crashes(cluster.clone(), true, setup.wallet_crash_ms)),
+        tokio::spawn(crashes_after_void(cluster.clone())),
     ];
     let traffic = tokio::spawn(traffic(cluster.clone()));
     let crowd: Vec<_> = (setup.users.iter())
         .map(|u| tokio::spawn(redeemer(cluster.clone(), u.clone())))
+        .collect();
+    let spenders: Vec<_> = (setup.users.iter())
+        .map(|u| tokio::spawn(spender(cluster.clone(), u.clone())))
         .collect();
     tokio::time::sleep(setup.fault_phase).await;
     cluster.heal();
     for task in background {
         task.await.expect("a crash loop");
     }
-    let told = traffic.await.expect("the client traffic");
+    let mut told = traffic.await.expect("the client traffic");
+    for task in spenders {
+        told.extend(task.await.expect("a spender"));
+    }
     let mut answers = Vec::new();
     for task in crowd {
         answers.extend(task.await.expect("a redeemer"));
@@ -57,7 +63,7 @@ pub async fn run(world: Arc<World>, planted: Planted) -> Result<(), Violation> {
 /// Recovery passes (the real drivers, on an instance of their own) until no
 /// claim is in flight, nothing is pending and the claim log is empty.
 async fn quiesce(cluster: &Arc<Cluster>) -> Result<(), Violation> {
-    let ledger = cluster.open(Half::Voucher, true, false);
+    let ledger = cluster.open(cluster.claims_half(), true, false);
     let everything = Timestamp(i64::MAX / 2);
     for _ in 0..HEAL_PASSES {
         cluster.store.decide_all();

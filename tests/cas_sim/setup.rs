@@ -21,6 +21,10 @@ pub struct User {
     /// Redemption attempts, and the gap between them.
     pub attempts: u32,
     pub gap: Duration,
+    /// In role `all`, a rich user may spend (a debit larger than the
+    /// voucher's amount) this long after arriving: room appears in the
+    /// wallet while the credit of its claim is being decided.
+    pub spends: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,7 +32,9 @@ pub struct Setup {
     pub limit: u32,
     pub amount: i64,
     pub users: Vec<User>,
+    /// Voucher instances (in role `all`: the instances, both halves each).
     pub voucher_nodes: usize,
+    /// Wallet instances (none in role `all`).
     pub wallet_nodes: usize,
     pub rates: FaultRates,
     /// Mean time between crashes of a voucher (wallet) instance, if any.
@@ -50,6 +56,20 @@ pub struct Setup {
     /// they draw from (small, so keys come again, for other phones too).
     pub transactions: usize,
     pub keys: u64,
+    /// The instances run role `all` (`Half::Both`: a claim carries its
+    /// credit, applied in the same store, and recovery only finishes
+    /// claims, crediting pending ones locally) instead of split voucher and
+    /// wallet services.
+    pub role_all: bool,
+    /// An instance may crash right after its settle voided a redemption,
+    /// before the slot's release: the crash point whose recovery races the
+    /// user's next claim (a fault aimed where the protocol is delicate, not
+    /// left to the timing of the crash loop).
+    pub crash_after_void: bool,
+    /// The recovery loops hear the answers of their serial reads of users'
+    /// keys up to this long after they read (a paused process), so that a
+    /// pass decides on a key others changed since: a user's next claim, say.
+    pub paused_recovery_ms: Option<u64>,
 }
 
 impl Setup {
@@ -67,7 +87,7 @@ impl Setup {
         let storm = world.range(0, 3);
         let crashes =
             |world: &World| (storm > 0 && world.chance(600)).then(|| world.range(200, 1_200));
-        Setup {
+        let mut setup = Setup {
             limit,
             amount: world.range(100, 1_000) as i64,
             users,
@@ -88,7 +108,43 @@ impl Setup {
             fault_phase: Duration::from_millis(fault_ms),
             transactions: world.range(0, 6) as usize,
             keys: world.range(1, 4),
+            role_all: world.chance(400),
+            crash_after_void: world.chance(300),
+            paused_recovery_ms: world.chance(400).then(|| world.range(50, 500)),
+        };
+        if setup.role_all {
+            // Two instances at least, each with its recovery loop: the
+            // interleavings of one instance's claim and another's recovery
+            // are what role `all` adds; the same instances serve wallets.
+            setup.voucher_nodes = setup.voucher_nodes.max(2);
+            setup.wallet_nodes = 0;
+            // Another instance's recovery pass is what meets a claim's
+            // credit here: passes come often, and often race live claims.
+            setup.recovery_every_ms = world.range(20, 200);
+            if world.chance(500) {
+                setup.threshold_ms = 0;
+            }
+            // More users are rich (their credit is refused); refused, one
+            // tries again soon, and may spend meanwhile, so that refusals,
+            // claims again and room in the wallet meet recovery passes that
+            // saw the claim pending; crashes after a void and paused passes
+            // make those passes decide on old views.
+            setup.crash_after_void = setup.crash_after_void || world.chance(400);
+            if setup.paused_recovery_ms.is_none() && world.chance(700) {
+                setup.paused_recovery_ms = Some(world.range(50, 500));
+            }
+            for user in setup.users.iter_mut() {
+                user.rich = user.rich || world.chance(300);
+            }
+            for user in setup.users.iter_mut().filter(|u| u.rich) {
+                if world.chance(800) {
+                    user.attempts = 3;
+                    user.gap = world.millis(0, 50);
+                }
+                user.spends = world.chance(700).then(|| world.millis(0, 300));
+            }
         }
+        setup
     }
 }
 
@@ -108,5 +164,6 @@ fn user(world: &World, i: u64, arrivals: u64) -> User {
         arrival: world.millis(0, arrivals),
         attempts: if world.chance(300) { 2 } else { 1 },
         gap: world.millis(0, 600),
+        spends: None,
     }
 }
