@@ -81,7 +81,7 @@ const DEFAULT_SEED: u64 = 0xCA5_2026;
 const DEFAULT_SCHEDULES: u64 = 10_000;
 /// Seeds a planted bug may take before the simulation is said to miss it
 /// (the rarest of these, `UnconditionalUndo`, shows in about one schedule
-/// in 300).
+/// in 400).
 const PLANTED_SEEDS: u64 = 2_000;
 /// The same for `SettleAnyAttempt`, whose one visible trace needs several
 /// faults at once (see its test).
