@@ -131,7 +131,7 @@ impl<S: CasStore> CasStore for Observed<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::cas::memory::{Fate, Faults, MemoryStore, Op, Plan};
     use crate::store::cas::store::{Table, Value, Write};
@@ -181,7 +181,7 @@ mod tests {
     }
 
     /// The value of sample `name` (with its labels) in the exposition, or 0.
-    fn count(metrics: &Metrics, name: &str) -> f64 {
+    pub(in crate::store::cas) fn count(metrics: &Metrics, name: &str) -> f64 {
         let prefix = format!("voucherd_{name} ");
         metrics
             .encode()

@@ -7,21 +7,12 @@
 use std::sync::Arc;
 
 use super::memory::MemoryStore;
+use super::observed::tests::count;
 use super::{CasLedger, Observed};
 use crate::domain::{PhoneNumber, Timestamp, Voucher, VoucherCode};
 use crate::metrics::Metrics;
 use crate::redemption::PendingLedger;
 use crate::store::{Claim, Half, NewProfile, NewTransaction, VoucherLedger, WalletLedger};
-
-/// The value of sample `name` (with its labels) in the exposition, or 0.
-fn count(metrics: &Metrics, name: &str) -> f64 {
-    let prefix = format!("voucherd_{name} ");
-    metrics
-        .encode()
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 struct Rounds {
     applied: f64,
