@@ -30,7 +30,10 @@
 //! - store: delays before and after each operation; a conditional write
 //!   answered `Unknown` while applied, while dropped, or left undecided until
 //!   the next round on its partition decides it; reads that fail; plain
-//!   writes lost or applied unanswered;
+//!   writes lost or applied unanswered; and contention timeouts, in calm
+//!   schedules too: a conditional write or serial read that meets another
+//!   round in flight on its partition times out (lost or undecided; a read
+//!   fails), as Cassandra's `WriteTimeout` of type CAS under a race;
 //! - instances: crashes that halt every write in flight between two store
 //!   operations (before or after one applies) and abort handlers and
 //!   recovery loops; restarts open fresh ledgers. In some schedules an
@@ -56,7 +59,8 @@
 //! a void one none, every voucher credit backs a credited redemption); an
 //! applied keyed transaction is the request its key is bound to; I4 (a client
 //! told credited finds it credited, told pending or void finds it); every
-//! transaction a client was told applied is the stored one.
+//! transaction a client was told applied is the stored one. And, once
+//! quiet, a debit of one unit from every wallet holding more applies.
 //!
 //! # Determinism and replay
 //! As `tests/simulation.rs` (whose world and runner this reuses): one
@@ -75,7 +79,7 @@
 mod cas_sim;
 
 use cas_sim::runner::{assert_caught, assert_seeds_replay, run_default};
-use cas_sim::{run_schedule, Planted};
+use cas_sim::{run_contended, run_schedule, Planted};
 
 const DEFAULT_SEED: u64 = 0xCA5_2026;
 const DEFAULT_SCHEDULES: u64 = 10_000;
@@ -93,6 +97,8 @@ const MUST_HAPPEN: &[&str] = &[
     "store.cas_applied_unknown",
     "store.cas_lost",
     "store.cas_undecided",
+    "store.cas_contended",
+    "store.serial_read_contended",
     "store.read_failed",
     "store.write_failed",
     "voucher.crash",
@@ -162,6 +168,23 @@ fn catches_an_unknown_slot_take_treated_as_lost() {
     );
 }
 
+/// The same bug where the only unknown outcomes are contention timeouts:
+/// no random faults, no crashes. Contention alone leaves slot takes unknown,
+/// as on a real cluster under a race.
+#[test]
+fn catches_a_contended_slot_take_treated_as_lost() {
+    assert_caught(
+        "UnknownAsLost, contention only",
+        DEFAULT_SEED,
+        PLANTED_SEEDS,
+        |violation| {
+            ["I1 limit (orphan slot)", "keys and slots", "count"].contains(&violation.invariant)
+        },
+        |seed| run_contended(seed, Planted::UnknownAsLost),
+        |seed| run_contended(seed, Planted::Nothing),
+    );
+}
+
 #[test]
 fn catches_recovery_undoing_a_claim_without_its_condition() {
     caught(
@@ -179,6 +202,14 @@ fn catches_recovery_undoing_a_claim_without_its_condition() {
 #[test]
 fn catches_role_all_voiding_on_a_refusal_not_recorded() {
     caught(Planted::NonFinalRefusal, &["I3 credited", "I4 durable"]);
+}
+
+/// A ledger that takes a wallet's statics from the read of a marker row
+/// that does not exist yet sees every wallet empty (as the ledger did before
+/// it met Cassandra, whose reads the in-memory store now follows).
+#[test]
+fn catches_statics_taken_from_a_missing_rows_read() {
+    caught(Planted::StaticsFromRowRead, &["funded debit"]);
 }
 
 /// Once refusals are final, every attempt of one redemption id gets the

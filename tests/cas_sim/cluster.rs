@@ -18,7 +18,7 @@ use uuid::Uuid;
 use voucherd::domain::{Timestamp, VoucherCode};
 use voucherd::redemption::{answer_of, recover_once, Credit, CreditAnswer, CreditPort};
 use voucherd::store::cas::memory::{Fate, Faults, MemoryStore, Op, Plan, SeededFaults};
-use voucherd::store::cas::{CasLedger, CasOptions, Nonces};
+use voucherd::store::cas::{CasLedger, CasOptions, Nonces, PlantedBug};
 use voucherd::store::{Half, NewTransaction, WalletLedger};
 
 use super::planted::{DiesAfterVoid, SimStore};
@@ -34,7 +34,7 @@ pub const OPTIONS: CasOptions = CasOptions {
     max_buckets: 3,
     log_shards: 2,
     max_steps: 32,
-    planted_settle_any_attempt: false,
+    planted: PlantedBug::None,
 };
 
 /// Attempt nonces from the schedule's seed.
@@ -67,6 +67,16 @@ impl Faults for SimFaults {
         };
         self.world.event(kind, 0, 0);
         plan
+    }
+
+    fn contended(&self, op: Op) -> Fate {
+        let fate = self.seeded.contended(op);
+        match (op, fate) {
+            (_, Fate::Normal) => {}
+            (Op::Cas(_), _) => self.world.event("store.cas_contended", 0, 0),
+            _ => self.world.event("store.serial_read_contended", 0, 0),
+        }
+        fate
     }
 }
 
@@ -171,7 +181,11 @@ impl Cluster {
         };
         let nonces = Arc::new(SeededNonces(self.world.clone()));
         let options = CasOptions {
-            planted_settle_any_attempt: self.planted == Planted::SettleAnyAttempt,
+            planted: match self.planted {
+                Planted::SettleAnyAttempt => PlantedBug::SettleAnyAttempt,
+                Planted::StaticsFromRowRead => PlantedBug::StaticsFromRowRead,
+                _ => PlantedBug::None,
+            },
             ..OPTIONS
         };
         Arc::new(CasLedger::open_with(store, half, options, nonces))

@@ -43,11 +43,21 @@ pub enum Planted {
     NonFinalRefusal,
     /// (d) A settle of one claim attempt's redemption settles whatever the
     /// key holds, a newer attempt's too (the ledger's test-only switch
-    /// `CasOptions::planted_settle_any_attempt`).
+    /// `CasOptions::planted`).
     SettleAnyAttempt,
+    /// (e) The ledger takes a wallet's (a slot bucket's) statics from the
+    /// read of a clustering row that does not exist, so it sees none: a
+    /// funded wallet reads as empty (the ledger's test-only switch).
+    StaticsFromRowRead,
 }
 
 /// Runs schedule `seed` on its own single-threaded runtime with virtual time.
 pub fn run_schedule(seed: u64, planted: Planted, log: bool) -> Run {
-    run_seeded(seed, log, |world| schedule::run(world, planted))
+    run_seeded(seed, log, |world| schedule::run(world, planted, false))
+}
+
+/// [`run_schedule`] with contention timeouts as the store's only unknown
+/// outcomes (`Setup::contention_only`).
+pub fn run_contended(seed: u64, planted: Planted) -> Run {
+    run_seeded(seed, false, |world| schedule::run(world, planted, true))
 }

@@ -1,10 +1,11 @@
 //! The store the simulation's ledgers run on: the in-memory store, wrapped
 //! in a planted bug when a test asks for one. The bugs live here, never in
 //! `src/`: each changes what the protocol sees or sends, as a wrong protocol
-//! would. One cannot be planted from outside the ledger (a settle that
+//! would. Two cannot be planted from outside the ledger (a settle that
 //! ignores its attempt decides on the rows it read, and writes nothing
-//! wrong for the store to see): it is the ledger's test-only switch
-//! `CasOptions::planted_settle_any_attempt`, set in `cluster.rs`.
+//! wrong for the store to see; a read that omits the statics' own read is
+//! a read the store answers rightly): they are the ledger's test-only
+//! switch `CasOptions::planted`, set in `cluster.rs`.
 
 use std::sync::Arc;
 

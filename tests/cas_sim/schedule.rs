@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use uuid::Uuid;
 use voucherd::domain::Timestamp;
 use voucherd::store::cas::store::{Table, Value};
+use voucherd::store::{NewTransaction, WalletLedger};
 
 use super::check::{check, Expected};
 use super::clients::{prepare, redeemer, spender, traffic};
@@ -19,8 +21,15 @@ use super::Planted;
 /// Recovery passes of the heal phase before "nothing converges" is a violation.
 const HEAL_PASSES: usize = 30;
 
-pub async fn run(world: Arc<World>, planted: Planted) -> Result<(), Violation> {
-    let setup = Setup::draw(&world);
+pub async fn run(
+    world: Arc<World>,
+    planted: Planted,
+    contention_only: bool,
+) -> Result<(), Violation> {
+    let mut setup = Setup::draw(&world);
+    if contention_only {
+        setup = setup.contention_only(&world);
+    }
     let cluster = Cluster::new(world.clone(), setup.clone(), planted);
     prepare(&cluster).await;
     cluster.start();
@@ -51,6 +60,7 @@ pub async fn run(world: Arc<World>, planted: Planted) -> Result<(), Violation> {
     }
     cluster.join().await;
     quiesce(&cluster).await?;
+    funded_debits(&cluster).await?;
     let expected = Expected {
         code: &cluster.code,
         limit: setup.limit,
@@ -75,6 +85,46 @@ async fn quiesce(cluster: &Arc<Cluster>) -> Result<(), Violation> {
     }
     let detail = format!("not quiet after {HEAL_PASSES} heal passes");
     Err(violation("liveness", detail))
+}
+
+/// Once quiet, a debit of one minor unit from every wallet that holds
+/// more, through an instance of the wallet half over the store without
+/// faults, alone: it must apply, at the wallet's next version, leaving one
+/// unit less. A ledger that misreads a wallet (its statics, say) refuses it.
+async fn funded_debits(cluster: &Arc<Cluster>) -> Result<(), Violation> {
+    let half = cluster.wallet_nodes()[0].half;
+    let ledger = cluster.open(half, false, false);
+    for wallet in cluster.store.dump(Table::Wallets) {
+        let (Some(Value::Int(phone)), Some(Value::Int(balance))) =
+            (wallet.partition.key.first(), wallet.statics.get("balance"))
+        else {
+            continue;
+        };
+        let Some(user) = (cluster.setup.users.iter()).find(|u| u.phone.stored() as i64 == *phone)
+        else {
+            continue;
+        };
+        if *balance < 1 {
+            continue;
+        }
+        let debit = NewTransaction {
+            id: Uuid::from_u64_pair(*phone as u64, 9),
+            replayable: false,
+            phone: user.phone,
+            amount: -1,
+            reference: "funded debit".to_owned(),
+            at: cluster.world.now(),
+            refusal_is_final: false,
+        };
+        match ledger.transact(debit).await {
+            Ok(applied) if applied.balance_after == balance - 1 => {}
+            answer => {
+                let detail = format!("{phone} holds {balance}; a debit of 1 answered {answer:?}");
+                return Err(violation("funded debit", detail));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_quiet(cluster: &Cluster) -> bool {

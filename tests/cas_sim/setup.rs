@@ -73,6 +73,17 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// This setup with contention timeouts as the store's only unknown
+    /// outcomes: no other store faults, no crashes. A trace a planted bug
+    /// shows here is one that contention alone produces.
+    pub fn contention_only(mut self, world: &World) -> Setup {
+        self.rates = contention_only(world);
+        self.voucher_crash_ms = None;
+        self.wallet_crash_ms = None;
+        self.crash_after_void = false;
+        self
+    }
+
     pub fn draw(world: &World) -> Setup {
         let limit = world.range(1, 5) as u32;
         let crowd = u64::from(limit) + world.range(1, u64::from(limit) + 2);
@@ -149,11 +160,29 @@ impl Setup {
 }
 
 /// The store's fault rates: none when calm (`storm` 0), up to heavy (3).
+/// Contention timeouts come in calm schedules too, as a race on a healthy
+/// Cassandra cluster shows them (`tests/cassandra.rs`).
 fn rates(world: &World, storm: u64) -> FaultRates {
     FaultRates {
         unknown: storm * world.range(0, 60),
         read_error: storm * world.range(0, 20),
+        contention: if world.chance(500) {
+            world.range(100, 1_000)
+        } else {
+            0
+        },
         max_delay: Duration::from_micros(world.range(0, 8_000)),
+    }
+}
+
+/// Rates with contention timeouts as the only unknown outcomes and failed
+/// reads (see `Setup::contention_only`).
+fn contention_only(world: &World) -> FaultRates {
+    FaultRates {
+        unknown: 0,
+        read_error: 0,
+        contention: world.range(200, 800),
+        max_delay: Duration::from_micros(world.range(1_000, 8_000)),
     }
 }
 

@@ -9,7 +9,13 @@
 //!   still hold, or drops it); plain reads do not see it until then (or until
 //!   its commit would have reached them, if it applies);
 //! - plain reads and serial reads failing, plain writes lost or applied
-//!   without an answer.
+//!   without an answer;
+//! - contention, as a real cluster shows it: a conditional write or serial
+//!   read that meets another Paxos round in flight on its partition may time
+//!   out (Cassandra's `WriteTimeout` of type CAS, its `ReadTimeout` at
+//!   SERIAL), the write lost or left undecided ([`Faults::contended`]).
+//!   Unlike the faults above, these come with concurrency on one partition,
+//!   where the protocols are most delicate, and not at random.
 //!
 //! A delay is spent before and after the moment an operation takes effect,
 //! so a caller that stops (a crash) while waiting may stop before or after it.
@@ -69,6 +75,17 @@ pub struct Plan {
 /// Decides each operation's [`Plan`].
 pub trait Faults: Send + Sync + 'static {
     fn plan(&self, op: Op) -> Plan;
+
+    /// The fate of a conditional write or serial read (`op`) planned
+    /// `Normal` that, when it takes effect, meets another round in flight on
+    /// its partition (one begun and not yet decided). A real coordinator
+    /// that keeps losing its ballot gives up after its contention timeout:
+    /// its proposal never accepted (`Lost`) or accepted by too few replicas
+    /// (`Undecided`); a serial read fails. `Normal` by default.
+    fn contended(&self, op: Op) -> Fate {
+        let _ = op;
+        Fate::Normal
+    }
 }
 
 /// The in-memory store; clones share the same data.
@@ -81,12 +98,47 @@ pub struct MemoryStore {
     down: Arc<AtomicBool>,
 }
 
-/// A partition: statics, rows, and the conditional write left undecided.
+/// A partition: statics, rows, the conditional write left undecided, and
+/// how many rounds (conditional writes and serial reads) are in flight on it.
 #[derive(Debug, Default)]
 struct Part {
     statics: Row,
     rows: BTreeMap<Clustering, Row>,
     undecided: Option<Undecided>,
+    rounds: usize,
+}
+
+/// A round in flight on a partition, from its start until it takes effect
+/// or its caller stops waiting (a crash): dropping it ends it.
+struct Round {
+    data: Arc<Mutex<BTreeMap<Partition, Part>>>,
+    partition: Partition,
+}
+
+impl Round {
+    fn begin(store: &MemoryStore, partition: &Partition) -> Round {
+        let mut data = store.data.lock();
+        data.entry(partition.clone()).or_default().rounds += 1;
+        Round {
+            data: store.data.clone(),
+            partition: partition.clone(),
+        }
+    }
+
+    /// Another round is in flight on the partition.
+    fn contended(&self) -> bool {
+        let data = self.data.lock();
+        data.get(&self.partition)
+            .is_some_and(|part| part.rounds > 1)
+    }
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        if let Some(part) = self.data.lock().get_mut(&self.partition) {
+            part.rounds -= 1;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -137,6 +189,14 @@ impl MemoryStore {
         self.faults
             .as_ref()
             .map_or_else(Plan::default, |faults| faults.plan(op))
+    }
+
+    /// The fate of round `op` planned `fate`, as it takes effect.
+    fn fate_of(&self, op: Op, fate: Fate, round: &Round) -> Fate {
+        match &self.faults {
+            Some(faults) if fate == Fate::Normal && round.contended() => faults.contended(op),
+            _ => fate,
+        }
     }
 
     /// Every partition of `table`, in key order (undecided writes left out).
@@ -376,10 +436,17 @@ impl MemoryStore {
     fn read_with(&self, at: RowKey, serial: bool) -> StoreFuture<Current> {
         let this = self.clone();
         let op = if serial { Op::SerialRead } else { Op::Read };
-        let plan = self.plan(op(at.partition.table));
+        let op = op(at.partition.table);
+        let plan = self.plan(op);
+        let round = serial.then(|| Round::begin(self, &at.partition));
         async move {
             pause(plan.before).await;
-            if plan.fate != Fate::Normal {
+            let fate = match &round {
+                Some(round) => this.fate_of(op, plan.fate, round),
+                None => plan.fate,
+            };
+            drop(round);
+            if fate != Fate::Normal {
                 return Err(unavailable());
             }
             let current = this.read_now(&at, serial);
@@ -410,10 +477,14 @@ impl MemoryStore {
 impl CasStore for MemoryStore {
     fn cas(&self, cas: Cas) -> BoxFuture<'static, CasOutcome> {
         let this = self.clone();
-        let plan = self.plan(Op::Cas(cas.partition.table));
+        let op = Op::Cas(cas.partition.table);
+        let plan = self.plan(op);
+        let round = Round::begin(self, &cas.partition);
         async move {
             pause(plan.before).await;
-            let outcome = this.apply_cas(cas, plan.fate);
+            let fate = this.fate_of(op, plan.fate, &round);
+            drop(round);
+            let outcome = this.apply_cas(cas, fate);
             pause(plan.after).await;
             outcome
         }
@@ -464,6 +535,10 @@ pub struct FaultRates {
     pub unknown: u64,
     /// A read (plain or serial) fails.
     pub read_error: u64,
+    /// A conditional write or serial read that meets another round in
+    /// flight on its partition times out ([`Faults::contended`]): a write
+    /// lost or left undecided, half each; a serial read fails.
+    pub contention: u64,
     /// Half of the delays are none, the others uniform in `0..=max_delay`.
     pub max_delay: Duration,
 }
@@ -531,6 +606,19 @@ impl SeededFaults {
 }
 
 impl Faults for SeededFaults {
+    fn contended(&self, op: Op) -> Fate {
+        if !self.on.load(Ordering::Relaxed) || self.below(1_000) >= self.rates.contention {
+            return Fate::Normal;
+        }
+        match (op, self.below(2)) {
+            (Op::Cas(_), 0) => Fate::Undecided {
+                applies: self.below(2) == 0,
+                visible_after: self.delay(),
+            },
+            _ => Fate::Lost,
+        }
+    }
+
     fn plan(&self, op: Op) -> Plan {
         if !self.on.load(Ordering::Relaxed) {
             return Plan::default();

@@ -191,3 +191,56 @@ async fn a_missing_row_reads_without_the_statics_and_the_partition_alone_with_th
     };
     assert_eq!(current.statics.get("taken"), Some(&Value::Int(1)));
 }
+
+/// Every round takes 10 ms before it takes effect; a contended one is lost.
+struct Contended;
+
+impl Faults for Contended {
+    fn plan(&self, _: Op) -> Plan {
+        Plan {
+            before: Duration::from_millis(10),
+            ..Plan::default()
+        }
+    }
+
+    fn contended(&self, _: Op) -> Fate {
+        Fate::Lost
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_round_that_meets_another_on_its_partition_is_contended() {
+    let store = MemoryStore::with_faults(Arc::new(Contended));
+    // Alone, a round is never contended.
+    assert_eq!(store.cas(take(1, None)).await, CasOutcome::Applied);
+    // Two at once on one partition: the first to take effect meets the
+    // other (lost), the second meets none (the first has ended).
+    let (first, second) = tokio::join!(store.cas(take(2, Some(1))), async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        store.cas(take(3, Some(1))).await
+    });
+    assert_eq!(first, CasOutcome::Unknown);
+    assert_eq!(second, CasOutcome::Applied);
+    // A serial read is a round too; a plain read is not.
+    let at = RowKey {
+        partition: slots(0),
+        row: slot(3),
+    };
+    let later = |cas| async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        store.cas(cas).await
+    };
+    let (serial, _) = tokio::join!(store.read_serial(at.clone()), later(take(4, Some(2))));
+    assert!(serial.is_err(), "a contended serial read fails");
+    let (plain, _) = tokio::join!(store.read(at.clone()), later(take(4, Some(2))));
+    assert!(plain.is_ok(), "a plain read is no round");
+    // Rounds on other partitions do not contend, and a round whose caller
+    // stopped waiting (dropped) no longer counts.
+    let other = Cas {
+        partition: slots(1),
+        ..take(1, None)
+    };
+    drop(store.cas(take(9, None)));
+    let (here, there) = tokio::join!(store.cas(take(5, Some(3))), store.cas(other));
+    assert_eq!((here, there), (CasOutcome::Applied, CasOutcome::Applied));
+}

@@ -101,12 +101,27 @@ pub struct CasOptions {
     /// Conditional steps one write may take before it answers `Unavailable`
     /// (contention; recovery finishes what it leaves).
     pub max_steps: u32,
-    /// Test-only, always false outside the CAS simulation's planted bug
-    /// `SettleAnyAttempt` (`tests/cas_sim/planted.rs`): a settle of one
-    /// claim attempt's redemption settles whatever redemption the key holds,
-    /// as settles did before they named their attempt. Never set it.
+    /// Test-only, always `None` outside the CAS simulation's planted bugs
+    /// (`tests/cas_sim/planted.rs`). Never set it.
     #[doc(hidden)]
-    pub planted_settle_any_attempt: bool,
+    pub planted: PlantedBug,
+}
+
+/// A bug the CAS simulation plants in the ledger itself, where nothing the
+/// store sees could plant it (test-only; see [`CasOptions::planted`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlantedBug {
+    #[default]
+    None,
+    /// A settle of one claim attempt's redemption settles whatever
+    /// redemption the key holds, as settles did before they named their
+    /// attempt.
+    SettleAnyAttempt,
+    /// Reads take a partition's statics from the read of a clustering row,
+    /// as the ledger did before it met Cassandra: when the row does not
+    /// exist, the statics do not come back either.
+    StaticsFromRowRead,
 }
 
 impl Default for CasOptions {
@@ -115,7 +130,7 @@ impl Default for CasOptions {
             max_buckets: 64,
             log_shards: 16,
             max_steps: 32,
-            planted_settle_any_attempt: false,
+            planted: PlantedBug::None,
         }
     }
 }
@@ -223,6 +238,9 @@ impl<S: CasStore> Inner<S> {
             self.store.read(at.clone()).await?
         };
         let absent = current.row(&at.row).is_none();
+        if self.options.planted == PlantedBug::StaticsFromRowRead {
+            return Ok(current);
+        }
         if absent && !at.row.is_empty() && !table.statics().is_empty() {
             let partition_alone = RowKey {
                 partition: at.partition,

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::claim::redemption_of;
 use super::schema::{col, int, log_key, Holder, KeyState, SlotState, VoucherRow};
 use super::store::{Cas, CasOutcome, CasStore, RowKey, Value, Write};
-use super::Inner;
+use super::{Inner, PlantedBug};
 use crate::domain::{voucher_reference, Redemption, RedemptionStatus};
 use crate::error::{Error, Result};
 use crate::redemption::{is_final_refusal, Resolution};
@@ -67,7 +67,7 @@ impl<S: CasStore> Inner<S> {
         which: Settling,
         resolution: Resolution,
     ) -> Result<Settled> {
-        let which = if self.options.planted_settle_any_attempt {
+        let which = if self.options.planted == PlantedBug::SettleAnyAttempt {
             Settling::ById
         } else {
             which
