@@ -17,22 +17,24 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::actors::voucher::VoucherShardArgs;
-use crate::actors::wallet::WalletArgs;
-use crate::actors::{Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::catalog::{Catalog, VoucherView};
+use crate::config::EdgeLimits;
 use crate::config::Settings;
-use crate::http::server::{self, EdgeLimits};
+use crate::http::auth::AccessPolicy;
+use crate::http::server;
 use crate::http::RouteOptions;
-use crate::limits::{DRAIN_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS};
-use crate::metrics::Metrics;
-use crate::rate_limit::PhoneRateLimiter;
-use crate::readiness::{NotReadyReason, Readiness};
-use crate::recovery::Recovery;
-use crate::service::Parts;
-use crate::service::Service;
-use crate::store::{Durable, VoucherLedger};
 use crate::wiring;
+use voucherd_core::catalog::{Catalog, VoucherView};
+use voucherd_core::ledger::{Durable, VoucherLedger};
+use voucherd_core::limits::{DRAIN_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS};
+use voucherd_metrics::Metrics;
+use voucherd_service::actors::voucher::VoucherShardArgs;
+use voucherd_service::actors::wallet::WalletArgs;
+use voucherd_service::actors::{Supervisor, SupervisorArgs, SupervisorMsg};
+use voucherd_service::rate_limit::PhoneRateLimiter;
+use voucherd_service::readiness::{NotReadyReason, Readiness};
+use voucherd_service::recovery::Recovery;
+use voucherd_service::service::Parts;
+use voucherd_service::service::Service;
 
 pub struct App {
     listener: tokio::net::TcpListener,
@@ -130,7 +132,7 @@ impl App {
             listener,
             metrics_listener,
             routes: RouteOptions {
-                access: Arc::new(settings.access),
+                access: Arc::new(AccessPolicy::of(&settings.tokens)),
                 body_read_timeout: settings.edge.body_read_timeout,
                 role: settings.role,
             },
@@ -245,7 +247,7 @@ impl App {
 /// An open access policy lets anyone who reaches the address move money, so it
 /// is allowed only where nobody else can reach it, unless the operator insists.
 fn check_exposure(settings: &Settings, address: SocketAddr) -> anyhow::Result<()> {
-    if !settings.access.is_open() || address.ip().is_loopback() {
+    if !settings.tokens.is_empty() || address.ip().is_loopback() {
         return Ok(());
     }
     if settings.insecure_no_auth {
@@ -282,7 +284,7 @@ async fn load_catalog(
     Ok(())
 }
 
-/// The recovery task of an instance with a voucher half (see [`crate::recovery`]); it runs until
+/// The recovery task of an instance with a voucher half (see [`voucherd_service::recovery`]); it runs until
 /// the app stops.
 fn start_recovery(parts: &Parts, settings: &Settings, service: &Service) -> Option<JoinHandle<()>> {
     // Every instance with a voucher half runs it: in role `voucher` to re-send

@@ -9,19 +9,19 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::clock::{Clock, SystemClock};
-use crate::http::auth::{AccessPolicy, Principal, Token};
-use crate::http::server::EdgeLimits;
-use crate::limits::{
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use voucherd_core::clock::{Clock, SystemClock};
+use voucherd_core::limits::{
     ACTOR_RESTART_BUDGET_MS, BODY_READ_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REDEEM_BURST_PER_PHONE, DEFAULT_REDEEM_RATE_PER_PHONE, DEFAULT_SHARDS,
     HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, RECOVERY_PENDING_AFTER_MS,
     REDEEM_CREDIT_DEADLINE_MS, RESERVED_FILE_DESCRIPTORS,
 };
-use crate::rate_limit::PhoneRate;
-use crate::role::Role;
-use crate::slots::redis::RedisTarget;
-use crate::store::scylla::CqlOptions;
+use voucherd_service::rate_limit::PhoneRate;
+use voucherd_service::role::Role;
+use voucherd_service::slots::redis::RedisTarget;
+use voucherd_store::scylla::CqlOptions;
 
 /// The environment variable that may hold the admin token itself (instead of
 /// `--admin-token-file`); never a command-line flag, which `ps` would show.
@@ -179,10 +179,10 @@ impl ServeArgs {
     /// The settings these arguments name; reads the admin token (file or
     /// environment) and the open-file limit.
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let mut access = AccessPolicy::open();
-        if let Some(token) = self.admin_token()? {
-            access = access.with_token(Principal::Admin, token);
-        }
+        let mut tokens = AcceptedTokens {
+            admin: self.admin_token()?,
+            service: None,
+        };
         let service_token = read_token(
             "service",
             self.service_token_file.as_deref(),
@@ -190,7 +190,7 @@ impl ServeArgs {
         )?;
         if let (Role::Wallet | Role::All, Some(text)) = (self.role, &service_token) {
             let token = Token::new(text).map_err(anyhow::Error::msg)?;
-            access = access.with_token(Principal::Service, token);
+            tokens.service = Some(token);
         }
         if self.role == Role::Voucher && self.wallet_url.is_empty() {
             anyhow::bail!(
@@ -211,7 +211,7 @@ impl ServeArgs {
             voucher_shards: usize::from(self.voucher_shards),
             wallet_actors: usize::from(self.wallet_actors),
             actor_restart_budget_ms: ACTOR_RESTART_BUDGET_MS,
-            access,
+            tokens,
             insecure_no_auth: self.insecure_no_auth,
             metrics_listen: self.metrics_listen,
             edge: EdgeLimits {
@@ -320,7 +320,7 @@ pub struct Settings {
     pub voucher_shards: usize,
     pub wallet_actors: usize,
     /// Which tokens grant which routes; open when none is configured.
-    pub access: AccessPolicy,
+    pub tokens: AcceptedTokens,
     /// Allow an open policy on a non-loopback address.
     pub insecure_no_auth: bool,
     /// A separate address serving `/metrics` without a token.
@@ -346,7 +346,7 @@ impl Settings {
             redis: None,
             voucher_shards: DEFAULT_SHARDS,
             wallet_actors: DEFAULT_SHARDS,
-            access: AccessPolicy::open(),
+            tokens: AcceptedTokens::default(),
             insecure_no_auth: false,
             metrics_listen: None,
             edge: EdgeLimits {
@@ -596,4 +596,71 @@ mod tests {
         let plain: StoreLocation = "postgres://app@db/voucherd".parse().unwrap();
         assert_eq!(plain.to_string(), "postgres://app@db/voucherd");
     }
+}
+
+/// The bounds of the HTTP edge; see `limits.rs` for the defaults and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The tokens a process accepts (`http::auth` turns them into its access
+/// policy). None: every route is open, which the app allows on loopback only.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptedTokens {
+    /// The operator's token.
+    pub admin: Option<Token>,
+    /// The voucher service's token, on a process with the wallet half.
+    pub service: Option<Token>,
+}
+
+impl AcceptedTokens {
+    pub fn is_empty(&self) -> bool {
+        self.admin.is_none() && self.service.is_none()
+    }
+}
+
+/// Shortest token accepted: a token is a shared secret, not a password to type.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// A secret token, held as its digest. `Debug` never shows it.
+#[derive(Clone)]
+pub struct Token {
+    digest: [u8; 32],
+}
+
+impl Token {
+    /// A token from its text; surrounding whitespace (a file's trailing newline)
+    /// is not part of it.
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let secret = secret.trim();
+        if secret.len() < MIN_TOKEN_BYTES {
+            return Err(format!(
+                "a token must be at least {MIN_TOKEN_BYTES} bytes long (after trimming whitespace)"
+            ));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a token must be printable ASCII without spaces".into());
+        }
+        Ok(Self {
+            digest: digest(secret.as_bytes()),
+        })
+    }
+
+    pub(crate) fn matches(&self, presented: &[u8; 32]) -> bool {
+        self.digest.ct_eq(presented).into()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }

@@ -41,24 +41,9 @@
 //! Invariants (see `docs/DESIGN.md`): I1 limit, I2 unique, I3 credited, I4
 //! durable, I5 balance.
 
-pub mod actors;
 pub mod app;
-pub mod catalog;
-pub mod clock;
 pub mod config;
-pub mod domain;
-pub mod error;
 pub mod http;
-pub mod limits;
-pub mod metrics;
-pub mod rate_limit;
-pub mod readiness;
-pub mod recovery;
-pub mod redemption;
-pub mod role;
-pub mod service;
-pub mod slots;
-pub mod store;
 pub mod wallet_client;
 pub mod wiring;
 

@@ -81,7 +81,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     match &args.store {
         StoreLocation::Postgres(url) => {
-            voucherd::store::postgres::migrate(url).await?;
+            voucherd_store::postgres::migrate(url).await?;
             tracing::info!(store = %args.store, "schema applied");
             Ok(())
         }
@@ -90,7 +90,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             keyspace,
             options,
         } => {
-            voucherd::store::scylla::migrate(hosts, keyspace, options).await?;
+            voucherd_store::scylla::migrate(hosts, keyspace, options).await?;
             tracing::info!(store = %args.store, "schema applied");
             Ok(())
         }

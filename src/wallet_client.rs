@@ -15,85 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use utoipa::ToSchema;
 
-use crate::http::openapi::schemas;
-use crate::limits::{
+use crate::http::dto::{CreditBatch, CreditItem, CreditResultItem, CreditResults};
+use voucherd_core::limits::{
     MAX_CREDITS_PER_CALL, MAX_QUEUED_CREDITS, MAX_WALLET_CALLS_IN_FLIGHT, WALLET_CALL_TIMEOUT_MS,
     WALLET_CONNECT_TIMEOUT_MS,
 };
-use crate::metrics::Metrics;
-use crate::redemption::{Credit, CreditAnswer, CreditPort};
+use voucherd_core::redemption::{Credit, CreditAnswer, CreditPort};
+use voucherd_metrics::Metrics;
 
 /// The path of the wallet service's credit endpoint.
 pub const CREDITS_PATH: &str = "/internal/credits";
-
-/// One credit on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreditItem {
-    /// The redemption id: a credit is applied at most once by its id.
-    pub id: uuid::Uuid,
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: String,
-    #[schema(schema_with = schemas::positive_amount)]
-    #[serde(deserialize_with = "crate::http::dto::deserialize_integer")]
-    pub amount: i64,
-    /// `voucher:<code>`.
-    #[schema(schema_with = schemas::voucher_reference)]
-    pub reference: String,
-}
-
-/// The body of `POST /internal/credits`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreditBatch {
-    #[schema(min_items = 1, max_items = 64)]
-    pub credits: Vec<CreditItem>,
-}
-
-/// The wallet's answer to one credit, in the order of the request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum CreditResultItem {
-    /// Applied now or before; the wallet's balance right after it.
-    Applied {
-        id: uuid::Uuid,
-        #[schema(schema_with = schemas::balance)]
-        balance: i64,
-    },
-    /// Refused for good: the same id is refused again.
-    Refused { id: uuid::Uuid, reason: String },
-    /// Not decided now (overload, the store unavailable): ask again.
-    Unknown { id: uuid::Uuid },
-}
-
-impl CreditResultItem {
-    fn id(&self) -> uuid::Uuid {
-        match self {
-            CreditResultItem::Applied { id, .. }
-            | CreditResultItem::Refused { id, .. }
-            | CreditResultItem::Unknown { id } => *id,
-        }
-    }
-
-    fn into_answer(self) -> CreditAnswer {
-        match self {
-            CreditResultItem::Applied { balance, .. } => CreditAnswer::Applied { balance },
-            CreditResultItem::Refused { reason, .. } => CreditAnswer::Refused { reason },
-            CreditResultItem::Unknown { .. } => CreditAnswer::Unknown,
-        }
-    }
-}
-
-/// The response body of `POST /internal/credits`: one result per credit, in
-/// request order.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CreditResults {
-    pub results: Vec<CreditResultItem>,
-}
 
 /// A credit waiting for its call, and where its answer goes.
 struct Queued {
@@ -271,7 +204,7 @@ fn answers_in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PhoneNumber, Timestamp};
+    use voucherd_core::domain::{PhoneNumber, Timestamp};
 
     fn credit(n: u128) -> Credit {
         Credit {

@@ -11,18 +11,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Settings, StoreLocation};
-use crate::metrics::Metrics;
-use crate::role::Role;
-use crate::service::Parts;
-use crate::slots::local::LocalSlots;
-use crate::slots::redis::RedisSlots;
-use crate::slots::SlotSource;
-use crate::store::cas::{CasLedger, Observed};
-use crate::store::embedded::EmbeddedLedger;
-use crate::store::postgres::PostgresLedger;
-use crate::store::scylla::ScyllaStore;
-use crate::store::{Durable, Half, Ledger, VoucherLedger};
 use crate::wallet_client::HttpWalletClient;
+use voucherd_core::ledger::{Durable, Half, Ledger, VoucherLedger};
+use voucherd_metrics::Metrics;
+use voucherd_service::role::Role;
+use voucherd_service::service::Parts;
+use voucherd_service::slots::local::LocalSlots;
+use voucherd_service::slots::redis::RedisSlots;
+use voucherd_service::slots::SlotSource;
+use voucherd_store::cas::{CasLedger, Observed};
+use voucherd_store::embedded::EmbeddedLedger;
+use voucherd_store::postgres::PostgresLedger;
+use voucherd_store::scylla::ScyllaStore;
 
 /// Opens the ledger a `--store` value names, holding both halves (role `all`).
 pub async fn open_ledger(

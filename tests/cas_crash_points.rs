@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use voucherd::domain::{PhoneNumber, RedemptionStatus, Timestamp, Voucher, VoucherCode};
-use voucherd::error::Error;
-use voucherd::redemption::{PendingLedger, Resolution};
-use voucherd::store::cas::memory::MemoryStore;
-use voucherd::store::cas::store::{
+use voucherd_core::domain::{PhoneNumber, RedemptionStatus, Timestamp, Voucher, VoucherCode};
+use voucherd_core::error::Error;
+use voucherd_core::ledger::{Claim, Half, VoucherLedger};
+use voucherd_core::ledger::{PendingLedger, Resolution};
+use voucherd_store::cas::memory::MemoryStore;
+use voucherd_store::cas::store::{
     Cas, CasOutcome, CasStore, Current, Partition, Row, RowKey, Scan, Slice, StoreFuture,
 };
-use voucherd::store::cas::CasLedger;
-use voucherd::store::{Claim, Half, VoucherLedger};
+use voucherd_store::cas::CasLedger;
 
 /// The store of a process that dies at its `budget`-th operation: before
 /// it takes effect, or (`applied`) right after.
@@ -202,7 +202,7 @@ async fn a_claim_interrupted_anywhere_ends_whole_or_not_at_all() {
 #[tokio::test]
 async fn a_void_interrupted_anywhere_releases_the_slot_after_recovery() {
     let void = |l: Arc<CasLedger<Dying>>| {
-        let id = voucherd::domain::redemption_id(&code(), phone(1));
+        let id = voucherd_core::domain::redemption_id(&code(), phone(1));
         let reason = "refused".to_owned();
         async move { l.settle(id, Resolution::Void { reason }).await }.boxed()
     };

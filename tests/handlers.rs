@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use voucherd::clock::ManualClock;
-use voucherd::domain::Timestamp;
-use voucherd::http::auth::{AccessPolicy, Principal, Token};
+use voucherd::config::Token;
+use voucherd::http::auth::{AccessPolicy, Principal};
 use voucherd::http::{routes, RouteOptions};
 use voucherd::{App, Settings};
+use voucherd_core::clock::ManualClock;
+use voucherd_core::domain::Timestamp;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
@@ -35,7 +36,7 @@ async fn routes_with(access: AccessPolicy) -> Routes {
     let options = RouteOptions {
         access: Arc::new(access),
         body_read_timeout: Duration::from_secs(10),
-        role: voucherd::role::Role::All,
+        role: voucherd_service::role::Role::All,
     };
     Routes {
         filter: routes(app.service(), options),

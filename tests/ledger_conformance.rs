@@ -33,18 +33,18 @@ use database::TestDatabase;
 
 use tempfile::TempDir;
 use uuid::Uuid;
-use voucherd::domain::{
+use voucherd_core::domain::{
     redemption_id, transaction_id, voucher_reference, PageRequest, PhoneNumber, Timestamp, Voucher,
     VoucherCode, WalletTransaction, OPENING_BALANCE_REFERENCE,
 };
-use voucherd::error::Error;
-use voucherd::metrics::Metrics;
-use voucherd::store::cas::memory::MemoryStore;
-use voucherd::store::cas::{CasLedger, Observed};
-use voucherd::store::embedded::EmbeddedLedger;
-use voucherd::store::postgres::PostgresLedger;
-use voucherd::store::scylla::ScyllaStore;
-use voucherd::store::{Claim, Half, Ledger, NewProfile, NewTransaction, SlotUsage};
+use voucherd_core::error::Error;
+use voucherd_core::ledger::{Claim, Half, Ledger, NewProfile, NewTransaction, SlotUsage};
+use voucherd_metrics::Metrics;
+use voucherd_store::cas::memory::MemoryStore;
+use voucherd_store::cas::{CasLedger, Observed};
+use voucherd_store::embedded::EmbeddedLedger;
+use voucherd_store::postgres::PostgresLedger;
+use voucherd_store::scylla::ScyllaStore;
 
 #[path = "ledger_conformance/halves.rs"]
 mod halves;

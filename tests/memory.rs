@@ -22,7 +22,7 @@ use common::{binary, phone, redeem_retrying, TestServer};
 use futures::StreamExt;
 use tempfile::TempDir;
 use tokio::process::Child;
-use voucherd::limits::MAX_VOUCHER_METRIC_SERIES;
+use voucherd_core::limits::MAX_VOUCHER_METRIC_SERIES;
 
 /// Vouchers of the RSS test; each gets one redemption.
 const VOUCHERS: usize = 2_000;
@@ -259,11 +259,18 @@ async fn sold_out_vouchers_leave_the_remaining_slots_metric() {
             .await
             .expect_status(200);
     }
-    // A win is answered before its shard records it, so the gauge follows shortly.
+    // A win is answered before its shard records it, so the gauge follows
+    // shortly: wait for every series to show it (or the deadline), then check.
+    let expected: Vec<String> = (open.iter())
+        .map(|code| format!("voucherd_voucher_remaining_slots{{code=\"{code}\"}} 9"))
+        .collect();
+    let settled = |series: &[String]| {
+        series.len() == expected.len() && expected.iter().all(|line| series.contains(line))
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let series = loop {
         let series = remaining_slot_series(server.get("/metrics").await);
-        if series.len() == open.len() || tokio::time::Instant::now() >= deadline {
+        if settled(&series) || tokio::time::Instant::now() >= deadline {
             break series;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -273,8 +280,7 @@ async fn sold_out_vouchers_leave_the_remaining_slots_metric() {
         open.len(),
         "only vouchers with slots left keep a series: {series:?}"
     );
-    for code in &open {
-        let line = format!("voucherd_voucher_remaining_slots{{code=\"{code}\"}} 9");
-        assert!(series.contains(&line), "{line} in {series:?}");
+    for line in &expected {
+        assert!(series.contains(line), "{line} in {series:?}");
     }
 }

@@ -2,7 +2,7 @@
 //! style of the FoundationDB and TigerBeetle simulators.
 //!
 //! # What runs
-//! The real drivers `voucherd::redemption::{complete_and_tell, recover_once}` and the
+//! The real drivers `voucherd_core::redemption::{complete_and_tell, recover_once}` and the
 //! real wallet rules (`domain::wallet::{replay, balance_after}`,
 //! `redemption::answer_of`) run against in-memory models (`tests/sim/`):
 //! - the voucher ledger (`sim/ledger.rs`): claims (a random free slot in

@@ -9,13 +9,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use voucherd::domain::{PhoneNumber, Timestamp, Voucher, VoucherCode};
-use voucherd::metrics::Metrics;
-use voucherd::slots::local::LocalSlots;
-use voucherd::slots::redis::{RedisSlots, RedisTarget};
-use voucherd::slots::{SlotBatch, SlotSource};
-use voucherd::store::embedded::EmbeddedLedger;
-use voucherd::store::{Claim, Ledger};
+use voucherd_core::domain::{PhoneNumber, Timestamp, Voucher, VoucherCode};
+use voucherd_core::ledger::{Claim, Ledger};
+use voucherd_metrics::Metrics;
+use voucherd_service::slots::local::LocalSlots;
+use voucherd_service::slots::redis::{RedisSlots, RedisTarget};
+use voucherd_service::slots::{SlotBatch, SlotSource};
+use voucherd_store::embedded::EmbeddedLedger;
 
 struct Fixture {
     ledger: Arc<dyn Ledger>,

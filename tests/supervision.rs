@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use voucherd::actors::voucher::VoucherShardMsg;
-use voucherd::actors::wallet::WalletMsg;
 use voucherd::Settings;
+use voucherd_service::actors::voucher::VoucherShardMsg;
+use voucherd_service::actors::wallet::WalletMsg;
 
 #[path = "support/in_process.rs"]
 mod in_process;

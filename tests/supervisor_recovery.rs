@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use cluster::pg::PgServer;
 use serde_json::{json, Value};
-use voucherd::actors::voucher::VoucherShardMsg;
 use voucherd::config::StoreLocation;
-use voucherd::readiness::NotReadyReason;
 use voucherd::Settings;
+use voucherd_service::actors::voucher::VoucherShardMsg;
+use voucherd_service::readiness::NotReadyReason;
 
 #[path = "support/in_process.rs"]
 mod in_process;
@@ -105,7 +105,7 @@ async fn a_shard_whose_restart_fails_while_postgres_is_down_comes_back_with_it()
     // running, /readyz is 503 (database_unreachable, actor_restarting), its requests
     // get 503 at once; with PostgreSQL back, /readyz is 200 and the shard redeems.
     let mut database = PgServer::start().await;
-    let app = start_app(&database, voucherd::limits::ACTOR_RESTART_BUDGET_MS).await;
+    let app = start_app(&database, voucherd_core::limits::ACTOR_RESTART_BUDGET_MS).await;
     let client = client();
     create_voucher(&client, &app.base, "PGDOWN", 20).await;
     let (status, body) = redeem(&client, &app.base, "PGDOWN", 1).await;

@@ -9,13 +9,8 @@
 //! to be logged by accident. With no token configured the policy is open: the app
 //! allows that only on a loopback address (see `App::build`).
 
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
 use super::error::ApiError;
-
-/// Shortest token accepted: a token is a shared secret, not a password to type.
-pub const MIN_TOKEN_BYTES: usize = 16;
+use crate::config::{digest, AcceptedTokens, Token};
 
 /// A kind of caller that holds a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,45 +35,6 @@ pub const ADMIN: Access = Access::Only(&[Principal::Admin]);
 /// The credit endpoint: only the voucher service (its service token).
 pub const SERVICE: Access = Access::Only(&[Principal::Service]);
 
-/// A secret token, held as its digest. `Debug` never shows it.
-#[derive(Clone)]
-pub struct Token {
-    digest: [u8; 32],
-}
-
-impl Token {
-    /// A token from its text; surrounding whitespace (a file's trailing newline)
-    /// is not part of it.
-    pub fn new(secret: &str) -> Result<Self, String> {
-        let secret = secret.trim();
-        if secret.len() < MIN_TOKEN_BYTES {
-            return Err(format!(
-                "a token must be at least {MIN_TOKEN_BYTES} bytes long (after trimming whitespace)"
-            ));
-        }
-        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("a token must be printable ASCII without spaces".into());
-        }
-        Ok(Self {
-            digest: digest(secret.as_bytes()),
-        })
-    }
-
-    fn matches(&self, presented: &[u8; 32]) -> bool {
-        self.digest.ct_eq(presented).into()
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(***)")
-    }
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
 /// The tokens this instance accepts, by principal.
 #[derive(Debug, Clone, Default)]
 pub struct AccessPolicy {
@@ -89,6 +45,18 @@ impl AccessPolicy {
     /// No token configured: every route is open (loopback only, see `App::build`).
     pub fn open() -> Self {
         Self::default()
+    }
+
+    /// The policy that accepts `tokens`, each for its principal.
+    pub fn of(tokens: &AcceptedTokens) -> Self {
+        let mut policy = Self::open();
+        if let Some(token) = &tokens.admin {
+            policy = policy.with_token(Principal::Admin, token.clone());
+        }
+        if let Some(token) = &tokens.service {
+            policy = policy.with_token(Principal::Service, token.clone());
+        }
+        policy
     }
 
     pub fn with_token(mut self, principal: Principal, token: Token) -> Self {

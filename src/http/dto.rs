@@ -13,13 +13,14 @@ use utoipa::ToSchema;
 
 use super::openapi::schemas;
 
-use crate::domain::{
+use voucherd_core::domain::{
     redemption_id, PageRequest, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode,
     VoucherStatus, Wallet, WalletTransaction,
 };
-use crate::error::{Error, Result};
-use crate::limits::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET};
-use crate::service::Report;
+use voucherd_core::error::{Error, Result};
+use voucherd_core::limits::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET};
+use voucherd_core::redemption::CreditAnswer;
+use voucherd_service::service::Report;
 
 /// Parses a JSON body, telling broken JSON apart from well-formed JSON of the wrong shape.
 ///
@@ -426,7 +427,7 @@ pub struct ProfileResponse {
 }
 
 impl ProfileResponse {
-    pub fn new(wallet: Wallet, page: crate::domain::Page<WalletTransaction>) -> Self {
+    pub fn new(wallet: Wallet, page: voucherd_core::domain::Page<WalletTransaction>) -> Self {
         Self {
             phone_number: wallet.phone.to_string(),
             balance: wallet.balance,
@@ -492,5 +493,79 @@ pub struct NotReadyResponse {
     pub status: &'static str,
     /// Every reason that holds.
     #[schema(min_items = 1)]
-    pub reasons: Vec<crate::readiness::NotReadyReason>,
+    pub reasons: Vec<voucherd_service::readiness::NotReadyReason>,
+}
+
+/// One credit on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditItem {
+    /// The redemption id: a credit is applied at most once by its id.
+    pub id: uuid::Uuid,
+    #[schema(schema_with = schemas::phone)]
+    pub phone_number: String,
+    #[schema(schema_with = schemas::positive_amount)]
+    #[serde(deserialize_with = "deserialize_integer")]
+    pub amount: i64,
+    /// `voucher:<code>`.
+    #[schema(schema_with = schemas::voucher_reference)]
+    pub reference: String,
+}
+
+/// The body of `POST /internal/credits`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditBatch {
+    #[schema(min_items = 1, max_items = 64)]
+    pub credits: Vec<CreditItem>,
+}
+
+/// The wallet's answer to one credit, in the order of the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CreditResultItem {
+    /// Applied now or before; the wallet's balance right after it.
+    Applied {
+        id: uuid::Uuid,
+        #[schema(schema_with = schemas::balance)]
+        balance: i64,
+    },
+    /// Refused for good: the same id is refused again.
+    Refused { id: uuid::Uuid, reason: String },
+    /// Not decided now (overload, the store unavailable): ask again.
+    Unknown { id: uuid::Uuid },
+}
+
+impl CreditResultItem {
+    /// The wallet's answer to credit `id`, on the wire.
+    pub fn of(id: uuid::Uuid, answer: CreditAnswer) -> Self {
+        match answer {
+            CreditAnswer::Applied { balance } => CreditResultItem::Applied { id, balance },
+            CreditAnswer::Refused { reason } => CreditResultItem::Refused { id, reason },
+            CreditAnswer::Unknown => CreditResultItem::Unknown { id },
+        }
+    }
+
+    pub fn id(&self) -> uuid::Uuid {
+        match self {
+            CreditResultItem::Applied { id, .. }
+            | CreditResultItem::Refused { id, .. }
+            | CreditResultItem::Unknown { id } => *id,
+        }
+    }
+
+    pub fn into_answer(self) -> CreditAnswer {
+        match self {
+            CreditResultItem::Applied { balance, .. } => CreditAnswer::Applied { balance },
+            CreditResultItem::Refused { reason, .. } => CreditAnswer::Refused { reason },
+            CreditResultItem::Unknown { .. } => CreditAnswer::Unknown,
+        }
+    }
+}
+
+/// The response body of `POST /internal/credits`: one result per credit, in
+/// request order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreditResults {
+    pub results: Vec<CreditResultItem>,
 }

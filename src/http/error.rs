@@ -10,7 +10,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
-use crate::error::Error;
+use voucherd_core::error::Error;
 
 /// Everything a request can fail with at the HTTP edge.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub enum ApiError {
     /// Content-Length and Transfer-Encoding in one request (request smuggling).
     AmbiguousFraming,
     /// The route belongs to the other service of a split deployment.
-    NotServedHere(crate::role::Serves),
+    NotServedHere(voucherd_service::role::Serves),
 }
 
 impl From<Error> for ApiError {
@@ -90,7 +90,7 @@ impl ApiError {
                 "ambiguous_framing",
                 "Content-Length and Transfer-Encoding must not be sent together",
             ),
-            ApiError::NotServedHere(crate::role::Serves::Wallets) => opaque(
+            ApiError::NotServedHere(voucherd_service::role::Serves::Wallets) => opaque(
                 StatusCode::MISDIRECTED_REQUEST,
                 "not_served_here",
                 "this is the voucher service; profiles, transactions and credits are served by the wallet service",

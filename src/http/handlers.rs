@@ -6,18 +6,18 @@ use std::collections::HashMap;
 use percent_encoding::percent_decode_str;
 
 use super::dto::{
-    integer_of, page_request, parse_json, CreateProfileBody, CreateVoucherBody,
-    ProfileCreatedResponse, ProfileResponse, RedeemBody, RedemptionResponse, ReportBody,
-    ReportResponse, TransactionBody, TransactionResponse, VoucherResponse,
+    integer_of, page_request, parse_json, CreateProfileBody, CreateVoucherBody, CreditBatch,
+    CreditItem, CreditResultItem, CreditResults, ProfileCreatedResponse, ProfileResponse,
+    RedeemBody, RedemptionResponse, ReportBody, ReportResponse, TransactionBody,
+    TransactionResponse, VoucherResponse,
 };
 use super::error::ApiError;
-use crate::domain::{parse_reference, PhoneNumber, VoucherCode, VOUCHER_REFERENCE_PREFIX};
-use crate::error::Error;
-use crate::limits::MAX_CREDITS_PER_CALL;
-use crate::limits::MAX_IDEMPOTENCY_KEY_BYTES;
-use crate::redemption::Credit;
-use crate::service::{Service, TransactionRequest};
-use crate::wallet_client::{CreditBatch, CreditItem, CreditResults};
+use voucherd_core::domain::{parse_reference, PhoneNumber, VoucherCode, VOUCHER_REFERENCE_PREFIX};
+use voucherd_core::error::Error;
+use voucherd_core::limits::MAX_CREDITS_PER_CALL;
+use voucherd_core::limits::MAX_IDEMPOTENCY_KEY_BYTES;
+use voucherd_core::redemption::Credit;
+use voucherd_service::service::{Service, TransactionRequest};
 
 type Query = HashMap<String, String>;
 type Outcome<T> = Result<T, ApiError>;
@@ -184,13 +184,18 @@ pub async fn credits(service: &Service, body: &[u8]) -> Outcome<CreditResults> {
         .into_iter()
         .map(|item| credit_of(item, now))
         .collect::<Result<Vec<_>, Error>>()?;
-    let results = service.apply_credits(credits).await;
-    Ok(CreditResults { results })
+    let ids: Vec<_> = credits.iter().map(|credit| credit.id).collect();
+    let answers = service.apply_credits(credits).await;
+    let results = ids.into_iter().zip(answers);
+    let results = results.map(|(id, answer)| CreditResultItem::of(id, answer));
+    Ok(CreditResults {
+        results: results.collect(),
+    })
 }
 
 /// A credit as the voucher service sent it: a positive amount under the
 /// reserved reference `voucher:<code>`, which only this endpoint accepts.
-fn credit_of(item: CreditItem, now: crate::domain::Timestamp) -> Result<Credit, Error> {
+fn credit_of(item: CreditItem, now: voucherd_core::domain::Timestamp) -> Result<Credit, Error> {
     let phone = PhoneNumber::parse(&item.phone_number)?;
     if item.amount <= 0 {
         return Err(Error::invalid(

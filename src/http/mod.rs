@@ -25,13 +25,13 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use crate::limits::MAX_BODY_BYTES;
-use crate::role::Role;
-use crate::service::{RequestGuard, Service};
 use auth::AccessPolicy;
 use dto::StatusResponse;
 use error::ApiError;
 use routes::{Endpoint, Lookup, Params, RouteSpec};
+use voucherd_core::limits::MAX_BODY_BYTES;
+use voucherd_service::role::Role;
+use voucherd_service::service::{RequestGuard, Service};
 
 type Body = Result<Bytes, ApiError>;
 type Query = HashMap<String, String>;
@@ -235,7 +235,7 @@ fn fallback() -> BoxedFilter<(Response,)> {
         .and(warp::path::full())
         .map(|method: Method, path: FullPath| {
             let error = match routes::lookup(&method, path.as_str()) {
-                Lookup::Matched(..) => ApiError::Domain(crate::error::Error::invalid(
+                Lookup::Matched(..) => ApiError::Domain(voucherd_core::error::Error::invalid(
                     "invalid_request",
                     "the request could not be read",
                 )),
@@ -277,7 +277,7 @@ where
     B: Buf,
 {
     let unreadable = || {
-        ApiError::Domain(crate::error::Error::invalid(
+        ApiError::Domain(voucherd_core::error::Error::invalid(
             "invalid_request",
             "the body could not be read",
         ))

@@ -40,8 +40,7 @@ use super::auth::{Access, Principal};
 use super::dto;
 use super::error::ErrorBody;
 use super::routes::{Endpoint, RouteSpec, Segment, ROUTES};
-use crate::role::Serves;
-use crate::wallet_client::{CreditBatch, CreditResults};
+use voucherd_service::role::Serves;
 
 mod errors;
 
@@ -302,10 +301,10 @@ fn describe(endpoint: Endpoint) -> Described {
                 outcome); a refusal is final; `unknown` (overload, the store unavailable) means ask again. \
                 Credits open the wallet if needed. Results come in request order.",
             parameters: vec![],
-            request_body: Some(schema_ref::<CreditBatch>()),
+            request_body: Some(schema_ref::<dto::CreditBatch>()),
             responses: vec![(
                 200,
-                json_response("One result per credit.", schema_ref::<CreditResults>()).build(),
+                json_response("One result per credit.", schema_ref::<dto::CreditResults>()).build(),
             )],
             errors: &[
                 "invalid_phone_number",
@@ -673,8 +672,8 @@ pub fn document() -> OpenApi {
     register::<dto::ProfileResponse>(&mut schemas);
     register::<dto::TransactionBody>(&mut schemas);
     register::<dto::TransactionResponse>(&mut schemas);
-    register::<CreditBatch>(&mut schemas);
-    register::<CreditResults>(&mut schemas);
+    register::<dto::CreditBatch>(&mut schemas);
+    register::<dto::CreditResults>(&mut schemas);
     register::<dto::StatusResponse>(&mut schemas);
     register::<dto::NotReadyResponse>(&mut schemas);
     let bearer = |description: &str| {

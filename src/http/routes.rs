@@ -6,8 +6,8 @@
 use warp::http::Method;
 
 use super::auth::{Access, ADMIN, SERVICE};
-use crate::metrics::Route;
-use crate::role::Serves;
+use voucherd_metrics::Route;
+use voucherd_service::role::Serves;
 
 /// One segment of a route's path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,25 +28,18 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower_service::Service as _;
 use warp::filters::BoxedFilter;
+
+use crate::config::EdgeLimits;
 use warp::http::{header, HeaderValue, Request};
 use warp::reply::Response;
 use warp::Reply;
 
 use super::error::ApiError;
-use crate::limits::{
+use voucherd_core::limits::{
     ACCEPT_BACKOFF_MAX_MS, ACCEPT_BACKOFF_MIN_MS, EDGE_LOG_INTERVAL_MS, MAX_HEADER_BYTES,
     MAX_HEADER_COUNT, MAX_URI_BYTES, PARSER_MAX_HEADERS, PARSER_MAX_HEAD_BYTES,
 };
-use crate::metrics::{AcceptFailure, ConnectionEnd, Metrics};
-
-/// The bounds of the HTTP edge; see `limits.rs` for the defaults and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EdgeLimits {
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub body_read_timeout: Duration,
-    pub idle_timeout: Duration,
-}
+use voucherd_metrics::{AcceptFailure, ConnectionEnd, Metrics};
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting
 /// and waits for open connections to finish their requests (idle ones close at

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
-use voucherd::domain::{voucher_reference, VoucherCode};
-use voucherd::error::Error;
-use voucherd::store::cas::memory::{Dumped, MemoryStore};
-use voucherd::store::cas::store::{Row, Table, Value};
+use voucherd_core::domain::{voucher_reference, VoucherCode};
+use voucherd_core::error::Error;
+use voucherd_store::cas::memory::{Dumped, MemoryStore};
+use voucherd_store::cas::store::{Row, Table, Value};
 
 use super::clients::{Answer, Told};
 use super::runner::{violation, Violation};

@@ -13,12 +13,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 use uuid::Uuid;
-use voucherd::domain::{
+use voucherd_core::domain::{
     transaction_id, PhoneNumber, Redemption, RedemptionStatus, WalletTransaction,
 };
-use voucherd::error::{Error, Result};
-use voucherd::redemption::complete_and_tell;
-use voucherd::store::{Claim, NewTransaction, VoucherLedger, WalletLedger};
+use voucherd_core::error::{Error, Result};
+use voucherd_core::ledger::{Claim, NewTransaction, VoucherLedger, WalletLedger};
+use voucherd_core::redemption::complete_and_tell;
 
 use super::cluster::{Cluster, SimLedger};
 use super::setup::User;
@@ -263,8 +263,8 @@ async fn send(cluster: &Arc<Cluster>, request: NewTransaction) -> Result<WalletT
 
 /// Voucher and wallets as a schedule starts: written without faults.
 pub async fn prepare(cluster: &Arc<Cluster>) {
-    let ledger = cluster.open(voucherd::store::Half::Both, false, false);
-    let voucher = voucherd::domain::Voucher::new(
+    let ledger = cluster.open(voucherd_core::ledger::Half::Both, false, false);
+    let voucher = voucherd_core::domain::Voucher::new(
         cluster.code.clone(),
         cluster.setup.amount,
         cluster.setup.limit,
@@ -285,7 +285,7 @@ pub async fn prepare(cluster: &Arc<Cluster>) {
         } else {
             continue;
         };
-        let profile = voucherd::store::NewProfile {
+        let profile = voucherd_core::ledger::NewProfile {
             phone: crowd.phone,
             opening_balance: opening,
             at: cluster.world.now(),

@@ -15,11 +15,11 @@ use futures::future::{join_all, BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-use voucherd::domain::{Timestamp, VoucherCode};
-use voucherd::redemption::{answer_of, recover_once, Credit, CreditAnswer, CreditPort};
-use voucherd::store::cas::memory::{Fate, Faults, MemoryStore, Op, Plan, SeededFaults};
-use voucherd::store::cas::{CasLedger, CasOptions, Nonces, PlantedBug};
-use voucherd::store::{Half, NewTransaction, WalletLedger};
+use voucherd_core::domain::{Timestamp, VoucherCode};
+use voucherd_core::ledger::{Half, NewTransaction, WalletLedger};
+use voucherd_core::redemption::{answer_of, recover_once, Credit, CreditAnswer, CreditPort};
+use voucherd_store::cas::memory::{Fate, Faults, MemoryStore, Op, Plan, SeededFaults};
+use voucherd_store::cas::{CasLedger, CasOptions, Nonces, PlantedBug};
 
 use super::planted::{DiesAfterVoid, SimStore};
 use super::setup::Setup;

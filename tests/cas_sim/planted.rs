@@ -12,12 +12,12 @@ use std::sync::Arc;
 use futures::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use uuid::Uuid;
-use voucherd::store::cas::memory::MemoryStore;
-use voucherd::store::cas::store::{
+use voucherd_core::ledger::Half;
+use voucherd_store::cas::memory::MemoryStore;
+use voucherd_store::cas::store::{
     Cas, CasOutcome, CasStore, Current, Partition, Row, RowKey, Scan, Slice, StoreFuture, Table,
     Value, Write,
 };
-use voucherd::store::Half;
 
 use super::world::World;
 use super::Planted;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
-use voucherd::domain::Timestamp;
-use voucherd::store::cas::store::{Table, Value};
-use voucherd::store::{NewTransaction, WalletLedger};
+use voucherd_core::domain::Timestamp;
+use voucherd_core::ledger::{NewTransaction, WalletLedger};
+use voucherd_store::cas::store::{Table, Value};
 
 use super::check::{check, Expected};
 use super::clients::{prepare, redeemer, spender, traffic};
@@ -129,7 +129,7 @@ async fn funded_debits(cluster: &Arc<Cluster>) -> Result<(), Violation> {
 
 fn is_quiet(cluster: &Cluster) -> bool {
     let store = &cluster.store;
-    let busy = |row: &voucherd::store::cas::store::Row| {
+    let busy = |row: &voucherd_store::cas::store::Row| {
         row.contains_key("attempt") || row.get("status") == Some(&Value::Int(0))
     };
     let keys = store.dump(Table::Redemptions);

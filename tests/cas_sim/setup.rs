@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use voucherd::domain::PhoneNumber;
-use voucherd::store::cas::memory::FaultRates;
+use voucherd_core::domain::PhoneNumber;
+use voucherd_store::cas::memory::FaultRates;
 
 use super::world::{phone, World};
 

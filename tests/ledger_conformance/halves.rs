@@ -2,8 +2,8 @@
 //! pending, settled credited or void, the pending listed for recovery) and a
 //! wallet half (a credit whose refusal is final is refused again).
 
-use voucherd::domain::{Redemption, RedemptionStatus, ReportEntry};
-use voucherd::redemption::Resolution;
+use voucherd_core::domain::{Redemption, RedemptionStatus, ReportEntry};
+use voucherd_core::ledger::Resolution;
 
 use super::fixtures::*;
 use super::*;

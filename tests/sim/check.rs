@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use uuid::Uuid;
-use voucherd::domain::{
+use voucherd_core::domain::{
     voucher_reference, PhoneNumber, Redemption, RedemptionStatus, WalletTransaction,
 };
 

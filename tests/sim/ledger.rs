@@ -11,12 +11,12 @@ use std::sync::Arc;
 use futures::future::FutureExt;
 use parking_lot::Mutex;
 use uuid::Uuid;
-use voucherd::domain::{
+use voucherd_core::domain::{
     redemption_id, PhoneNumber, Redemption, RedemptionStatus, Timestamp, VoucherCode,
 };
-use voucherd::error::{Error, Result};
-use voucherd::redemption::{PendingLedger, Resolution};
-use voucherd::store::LedgerFuture;
+use voucherd_core::error::{Error, Result};
+use voucherd_core::ledger::LedgerFuture;
+use voucherd_core::ledger::{PendingLedger, Resolution};
 
 use super::world::{user, World};
 

@@ -18,7 +18,7 @@ mod rng;
 
 use std::sync::Arc;
 
-use voucherd::redemption::CreditPort;
+use voucherd_core::redemption::CreditPort;
 
 use network::{AppliedBeforeAnswer, SimPort, TimeoutAsRefusal};
 use runner::{run_seeded, Run};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::oneshot;
-use voucherd::redemption::{Credit, CreditAnswer, CreditPort};
+use voucherd_core::redemption::{Credit, CreditAnswer, CreditPort};
 
 use super::wallet::WalletLedger;
 use super::world::{user, World};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use voucherd::domain::{PhoneNumber, VoucherCode};
+use voucherd_core::domain::{PhoneNumber, VoucherCode};
 
 use super::check::{check, violation, Violation};
 use super::ledger::{LedgerState, VoucherLedger};

@@ -11,9 +11,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 use uuid::Uuid;
-use voucherd::domain::{PhoneNumber, Redemption, RedemptionStatus, Timestamp};
-use voucherd::error::Result;
-use voucherd::redemption::{complete_and_tell, recover_once, CreditPort};
+use voucherd_core::domain::{PhoneNumber, Redemption, RedemptionStatus, Timestamp};
+use voucherd_core::error::Result;
+use voucherd_core::redemption::{complete_and_tell, recover_once, CreditPort};
 
 use super::ledger::VoucherLedger;
 use super::world::World;

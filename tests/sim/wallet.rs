@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use uuid::Uuid;
-use voucherd::domain::wallet::{balance_after, replay};
-use voucherd::domain::{PhoneNumber, WalletTransaction, OPENING_BALANCE_REFERENCE};
-use voucherd::error::{Error, Result};
-use voucherd::redemption::{answer_of, is_final_refusal, Credit, CreditAnswer};
+use voucherd_core::domain::wallet::{balance_after, replay};
+use voucherd_core::domain::{PhoneNumber, WalletTransaction, OPENING_BALANCE_REFERENCE};
+use voucherd_core::error::{Error, Result};
+use voucherd_core::redemption::{answer_of, is_final_refusal, Credit, CreditAnswer};
 
 use super::world::{user, World};
 

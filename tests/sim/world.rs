@@ -12,7 +12,7 @@ use std::time::Duration;
 use fnv::FnvHasher;
 use parking_lot::Mutex;
 use tokio::time::Instant;
-use voucherd::domain::{PhoneNumber, Timestamp};
+use voucherd_core::domain::{PhoneNumber, Timestamp};
 
 use super::knobs::Knobs;
 use super::rng::Rng;

@@ -4,7 +4,7 @@
 //! the command that starts it.
 
 use uuid::Uuid;
-use voucherd::store::scylla::CqlOptions;
+use voucherd_store::scylla::CqlOptions;
 
 /// One CQL cluster: its contact points and the replication factor its test
 /// keyspaces get (the node count, at most 3).
@@ -77,7 +77,7 @@ impl CqlCluster {
     pub async fn fresh_keyspace(&self, prefix: &str) -> TestKeyspace {
         let keyspace = format!("{prefix}_{}", Uuid::new_v4().simple());
         if let Err(error) =
-            voucherd::store::scylla::migrate(&self.hosts, &keyspace, &self.options()).await
+            voucherd_store::scylla::migrate(&self.hosts, &keyspace, &self.options()).await
         {
             panic!(
                 "Cassandra is needed at {} and did not take the schema: {error:#}. \

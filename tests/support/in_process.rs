@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use voucherd::service::Service;
 use voucherd::{App, Settings};
+use voucherd_service::service::Service;
 
 /// A running app with its base URL and its service.
 pub struct InProcess {

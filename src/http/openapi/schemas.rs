@@ -1,6 +1,6 @@
 //! The rules of values that serde cannot see, as JSON Schema: the DTOs use them
 //! through `#[schema(schema_with = ...)]`, the operations for their parameters.
-//! Each mirrors a validator in [`crate::domain`] or [`crate::http::dto`]; the tests
+//! Each mirrors a validator in [`voucherd_core::domain`] or [`crate::http::dto`]; the tests
 //! check the two agree.
 
 use utoipa::openapi::schema::{
@@ -8,7 +8,7 @@ use utoipa::openapi::schema::{
 };
 use utoipa::Number;
 
-use crate::limits::{MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_VOUCHER_LIMIT};
+use voucherd_core::limits::{MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_VOUCHER_LIMIT};
 
 /// `VoucherCode::parse`.
 pub const CODE_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";

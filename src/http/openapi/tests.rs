@@ -12,9 +12,9 @@ use super::schemas::{
     VOUCHER_REFERENCE_PATTERN,
 };
 use super::*;
-use crate::error::Error;
 use crate::http::error::ApiError;
-use crate::limits::{
+use voucherd_core::error::Error;
+use voucherd_core::limits::{
     MAX_CODE_CHARS, MAX_CREDITS_PER_CALL, MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE_LIMIT,
     MAX_PAGE_OFFSET, MAX_PHONE_DIGITS, MAX_REFERENCE_CHARS, MAX_VOUCHER_LIMIT, MIN_PHONE_DIGITS,
 };
@@ -307,12 +307,15 @@ fn the_patterns_are_the_validators_rules() {
     }
     // The validators take what the patterns take, at their bounds.
     let longest_code = "C".repeat(MAX_CODE_CHARS);
-    assert!(crate::domain::VoucherCode::parse(&longest_code).is_ok());
+    assert!(voucherd_core::domain::VoucherCode::parse(&longest_code).is_ok());
     for phone in ["+12345678", "+123456789012345"] {
-        assert!(crate::domain::PhoneNumber::parse(phone).is_ok(), "{phone}");
+        assert!(
+            voucherd_core::domain::PhoneNumber::parse(phone).is_ok(),
+            "{phone}"
+        );
     }
     let longest_reference = "r".repeat(MAX_REFERENCE_CHARS);
-    assert!(crate::domain::parse_reference(&longest_reference).is_ok());
+    assert!(voucherd_core::domain::parse_reference(&longest_reference).is_ok());
 }
 
 #[test]
