@@ -2,7 +2,7 @@
 # voucherd's image: one static-ish binary (glibc, libgcc) on debian:bookworm-slim,
 # run as an unprivileged user. Build: docker build -t voucherd .
 # Used by deploy/compose.yaml and deploy/k8s/. The build needs only the workspace's
-# manifests and the sources the binary compiles (src/, migrations/ and cql/ are
+# manifests and the sources the binary compiles (src/, crates/, migrations/ and cql/ are
 # compiled in; stress/ is a workspace member, so its manifest must be there).
 
 # ---- builder ----------------------------------------------------------------------
@@ -12,6 +12,7 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 COPY stress ./stress
 COPY src ./src
+COPY crates ./crates
 COPY migrations ./migrations
 COPY cql ./cql
 # The cache mounts keep the registry and compiled dependencies between builds; the

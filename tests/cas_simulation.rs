@@ -1,4 +1,4 @@
-//! Deterministic simulation of the CAS ledger's protocols (`src/store/cas/`,
+//! Deterministic simulation of the CAS ledger's protocols (`crates/store/src/cas/`,
 //! the protocol a ScyllaDB ledger runs over lightweight transactions).
 //!
 //! # What runs
