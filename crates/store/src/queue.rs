@@ -8,7 +8,7 @@
 //!
 //! The reply plumbing is shared too: a write travels as a [`Request`] with the
 //! [`Waiter`] that gets its answer; a backend's writer turns each request into
-//! an [`Outcome`] and, once its batch committed (or failed), hands it to the
+//! an [`WriteAnswer`] and, once its batch committed (or failed), hands it to the
 //! waiter. A backend writes only how a request is applied.
 
 use tokio::sync::{mpsc, oneshot};
@@ -44,7 +44,7 @@ pub enum Waiter {
 
 /// What a write came to, before its batch commits.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub enum WriteAnswer {
     Voucher(Result<VoucherStatus>),
     Redemption(Result<Redemption>),
     Wallet(Result<Wallet>),
@@ -52,16 +52,16 @@ pub enum Outcome {
 }
 
 /// A queued write and whoever waits for it.
-pub type Pending = (Request, Waiter);
+pub type QueuedWrite = (Request, Waiter);
 
-impl Outcome {
+impl WriteAnswer {
     /// The outcome of `request` when it was not applied, or its batch failed.
     pub fn failed(request: &Request, error: Error) -> Self {
         match request {
-            Request::CreateVoucher(_) => Outcome::Voucher(Err(error)),
-            Request::Claim(_) | Request::Settle(..) => Outcome::Redemption(Err(error)),
-            Request::CreateProfile(_) => Outcome::Wallet(Err(error)),
-            Request::Transact(_) => Outcome::Transaction(Err(error)),
+            Request::CreateVoucher(_) => WriteAnswer::Voucher(Err(error)),
+            Request::Claim(_) | Request::Settle(..) => WriteAnswer::Redemption(Err(error)),
+            Request::CreateProfile(_) => WriteAnswer::Wallet(Err(error)),
+            Request::Transact(_) => WriteAnswer::Transaction(Err(error)),
         }
     }
 
@@ -69,10 +69,10 @@ impl Outcome {
     /// answers such as `AlreadyRedeemed` are not failures.
     pub fn failure(&self) -> Option<&Error> {
         let error = match self {
-            Outcome::Voucher(r) => r.as_ref().err(),
-            Outcome::Redemption(r) => r.as_ref().err(),
-            Outcome::Wallet(r) => r.as_ref().err(),
-            Outcome::Transaction(r) => r.as_ref().err(),
+            WriteAnswer::Voucher(r) => r.as_ref().err(),
+            WriteAnswer::Redemption(r) => r.as_ref().err(),
+            WriteAnswer::Wallet(r) => r.as_ref().err(),
+            WriteAnswer::Transaction(r) => r.as_ref().err(),
         };
         error.filter(|e| matches!(e, Error::Storage { .. } | Error::Unavailable { .. }))
     }
@@ -81,12 +81,16 @@ impl Outcome {
 impl Waiter {
     /// Sends the outcome. A caller that stopped waiting (its request timed out)
     /// is not an error here.
-    pub fn answer(self, outcome: Outcome) {
+    pub fn answer(self, outcome: WriteAnswer) {
         match (self, outcome) {
-            (Waiter::Voucher(reply), Outcome::Voucher(result)) => drop(reply.send(result)),
-            (Waiter::Redemption(reply), Outcome::Redemption(result)) => drop(reply.send(result)),
-            (Waiter::Wallet(reply), Outcome::Wallet(result)) => drop(reply.send(result)),
-            (Waiter::Transaction(reply), Outcome::Transaction(result)) => drop(reply.send(result)),
+            (Waiter::Voucher(reply), WriteAnswer::Voucher(result)) => drop(reply.send(result)),
+            (Waiter::Redemption(reply), WriteAnswer::Redemption(result)) => {
+                drop(reply.send(result))
+            }
+            (Waiter::Wallet(reply), WriteAnswer::Wallet(result)) => drop(reply.send(result)),
+            (Waiter::Transaction(reply), WriteAnswer::Transaction(result)) => {
+                drop(reply.send(result))
+            }
             (waiter, _) => {
                 tracing::error!("ledger outcome does not match its operation");
                 waiter.fail(Error::storage(
@@ -116,12 +120,12 @@ pub enum Queued<Op> {
 
 /// The submitting side of a writer's queue.
 pub struct WriteQueue {
-    sender: mpsc::Sender<Queued<Pending>>,
+    sender: mpsc::Sender<Queued<QueuedWrite>>,
 }
 
 impl WriteQueue {
     /// A queue of at most [`MAX_LEDGER_QUEUE_OPS`] writes, and its receiving end.
-    pub fn bounded() -> (Self, mpsc::Receiver<Queued<Pending>>) {
+    pub fn bounded() -> (Self, mpsc::Receiver<Queued<QueuedWrite>>) {
         let (sender, receiver) = mpsc::channel(MAX_LEDGER_QUEUE_OPS);
         (Self { sender }, receiver)
     }

@@ -3,7 +3,7 @@
 //!
 //! A shard never waits for a ledger commit inside `handle`: it submits the claim
 //! (the ledger queues it in call order) and a task awaits the commit, answers the
-//! client, and tells the shard how the slot ended (`Settled`). What a shard does
+//! client, and tells the shard how the slot ended (`SlotEnded`). What a shard does
 //! await inside `handle` is bounded and rare: leasing a new batch of slots when
 //! its pool is empty (a local pool, or one Redis call within `REDIS_OP_TIMEOUT_MS`),
 //! and one ledger read to tell "sold out" from "leased elsewhere" when no slot is left. So one hot voucher
@@ -79,7 +79,7 @@ pub struct Contender {
 }
 
 /// How a claim's slot ended.
-pub enum Settlement {
+pub enum SlotFate {
     /// The ledger committed the claim; the slot is spent.
     Won,
     /// The claim failed without spending the slot; it goes back to the pool.
@@ -94,10 +94,10 @@ pub enum VoucherShardMsg {
         phone: PhoneNumber,
         reply: RpcReplyPort<Result<Redemption>>,
     },
-    Settled {
+    SlotEnded {
         code: VoucherCode,
         slot: u32,
-        outcome: Settlement,
+        fate: SlotFate,
     },
     /// A redemption the ledger voided (split mode): its slot is free again.
     Released {
@@ -173,15 +173,11 @@ impl Actor for VoucherShard {
                 };
                 state.contend(&myself, &view, contender).await;
             }
-            VoucherShardMsg::Settled {
-                code,
-                slot,
-                outcome,
-            } => {
+            VoucherShardMsg::SlotEnded { code, slot, fate } => {
                 let Some(view) = state.args.catalog.get(code.as_str()) else {
                     return Ok(());
                 };
-                state.settle(&myself, &view, slot, outcome).await;
+                state.settle(&myself, &view, slot, fate).await;
             }
             VoucherShardMsg::Released { code, phone, slot } => {
                 state.release(&code, phone, slot).await;
@@ -320,7 +316,7 @@ impl VoucherShardState {
         myself: &ActorRef<VoucherShardMsg>,
         view: &Arc<VoucherView>,
         slot: u32,
-        outcome: Settlement,
+        fate: SlotFate,
     ) {
         let code = &view.voucher.code;
         let Some(pool) = self.pools.get_mut(code) else {
@@ -333,13 +329,13 @@ impl VoucherShardState {
         );
         pool.in_flight -= 1;
         let mut retry = None;
-        match outcome {
-            Settlement::Won => {
+        match fate {
+            SlotFate::Won => {
                 self.args
                     .metrics
                     .set_remaining_slots(code.as_str(), view.remaining());
             }
-            Settlement::Returned => {
+            SlotFate::Returned => {
                 // Normally a slot in flight is not free meanwhile, but a source
                 // that lost a write (Redis failover) may have leased it to this
                 // shard again; the batch is a set and holds it once.
@@ -347,7 +343,7 @@ impl VoucherShardState {
                     tracing::debug!(%code, slot, "a returned slot was leased again meanwhile");
                 }
             }
-            Settlement::SlotLost(mut contender) => {
+            SlotFate::SlotLost(mut contender) => {
                 contender.attempts += 1;
                 if contender.attempts < MAX_CLAIM_ATTEMPTS {
                     retry = Some(contender);
@@ -398,27 +394,23 @@ fn start_claim(
     });
     let myself = myself.clone();
     tokio::spawn(async move {
-        let outcome = match committed.await {
+        let fate = match committed.await {
             Ok(redemption) => {
                 view.record_win(contender.phone);
                 let _ = contender.reply.send(Ok(redemption));
-                Settlement::Won
+                SlotFate::Won
             }
-            Err(Error::SlotTaken) => Settlement::SlotLost(contender),
+            Err(Error::SlotTaken) => SlotFate::SlotLost(contender),
             Err(error) => {
                 if error == Error::AlreadyRedeemed {
                     view.remember_winner(contender.phone);
                 }
                 let _ = contender.reply.send(Err(error));
-                Settlement::Returned
+                SlotFate::Returned
             }
         };
         // A shard that restarted meanwhile no longer tracks this slot; its
         // successor rebuilt its pool from the ledger, so dropping this is right.
-        let _ = myself.cast(VoucherShardMsg::Settled {
-            code,
-            slot,
-            outcome,
-        });
+        let _ = myself.cast(VoucherShardMsg::SlotEnded { code, slot, fate });
     });
 }

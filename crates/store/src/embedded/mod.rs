@@ -10,7 +10,7 @@
 //! for the writer.
 //!
 //! One file per concern: `tables` (the layout and how each write is applied),
-//! `writer` (the group commit), `recovery` (after an I/O error) and `reads`.
+//! `writer` (the group commit), `reopen` (a fresh handle after an I/O error) and `reads`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::queue::{
-    stop_process_after_writer_panic, Outcome, Pending, Queued, Reply, Request, Waiter, WriteQueue,
+    stop_process_after_writer_panic, Queued, QueuedWrite, Reply, Request, Waiter, WriteAnswer,
+    WriteQueue,
 };
 use voucherd_core::domain::{
     redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
@@ -46,14 +47,14 @@ use voucherd_core::limits::{
 use voucherd_metrics::Metrics;
 
 mod reads;
-mod recovery;
+mod reopen;
 mod tables;
 mod writer;
 
 use reads::{
     read_pending, read_redemption, read_transaction, read_voucher, read_wallet, report_status,
 };
-use recovery::{ErrorLog, Unresolved};
+use reopen::{ErrorLog, Unresolved};
 use tables::{
     create_tables, redemption_of_state, StateRow, Tables, TransactionRow, VoucherRow, ACCOUNTS,
     PENDING, PROBES, REDEEMED, SLOTS, STATES, TRANSACTIONS, VOUCHERS, WALLET_HEAD,

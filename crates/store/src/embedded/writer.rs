@@ -12,7 +12,7 @@ use super::*;
 /// A write applied inside the open batch, waiting for the commit to answer.
 pub(super) struct Applied {
     pub(super) waiter: Waiter,
-    pub(super) outcome: Outcome,
+    pub(super) outcome: WriteAnswer,
 }
 
 impl Applied {
@@ -26,7 +26,7 @@ impl Applied {
 }
 
 /// Answers a write that was never applied.
-pub(super) fn refuse((_, waiter): Pending, error: Error) {
+pub(super) fn refuse((_, waiter): QueuedWrite, error: Error) {
     waiter.fail(error)
 }
 
@@ -62,7 +62,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Queued<Pending>>) {
+    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Queued<QueuedWrite>>) {
         let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut shutdown = None;
         while shutdown.is_none() {
@@ -111,7 +111,7 @@ impl Writer {
     /// (operations queued behind it are still in the batch and are applied first).
     pub(super) fn commit_batch(
         &mut self,
-        batch: &mut Vec<Queued<Pending>>,
+        batch: &mut Vec<Queued<QueuedWrite>>,
     ) -> (BatchEnd, Option<oneshot::Sender<()>>) {
         let mut applied = Vec::with_capacity(batch.len());
         let mut shutdown = None;
@@ -172,9 +172,9 @@ impl Writer {
     /// leaves the writes behind it in `not_reached`.
     pub(super) fn apply_and_commit(
         &self,
-        batch: &mut Vec<Queued<Pending>>,
+        batch: &mut Vec<Queued<QueuedWrite>>,
         applied: &mut Vec<Applied>,
-        not_reached: &mut Vec<Queued<Pending>>,
+        not_reached: &mut Vec<Queued<QueuedWrite>>,
         shutdown: &mut Option<oneshot::Sender<()>>,
     ) -> Result<u64, Failed> {
         let db = self
@@ -198,11 +198,11 @@ impl Writer {
                     }
                 };
                 let outcome = match request {
-                    Request::CreateVoucher(v) => Outcome::Voucher(tables.create_voucher(v)),
-                    Request::Claim(c) => Outcome::Redemption(tables.claim(c)),
-                    Request::CreateProfile(p) => Outcome::Wallet(tables.create_profile(p)),
-                    Request::Transact(t) => Outcome::Transaction(tables.transact(t)),
-                    Request::Settle(id, r) => Outcome::Redemption(tables.settle(id, r)),
+                    Request::CreateVoucher(v) => WriteAnswer::Voucher(tables.create_voucher(v)),
+                    Request::Claim(c) => WriteAnswer::Redemption(tables.claim(c)),
+                    Request::CreateProfile(p) => WriteAnswer::Wallet(tables.create_profile(p)),
+                    Request::Transact(t) => WriteAnswer::Transaction(tables.transact(t)),
+                    Request::Settle(id, r) => WriteAnswer::Redemption(tables.settle(id, r)),
                 };
                 let failure = outcome.failure().cloned();
                 let done = Applied { waiter, outcome };

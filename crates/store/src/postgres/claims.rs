@@ -93,7 +93,7 @@ pub(super) async fn create_vouchers(
         } else {
             Err(Error::VoucherExists)
         };
-        progress.decide(index, Outcome::Voucher(outcome));
+        progress.decide(index, WriteAnswer::Voucher(outcome));
     }
     Ok(())
 }
@@ -180,7 +180,7 @@ fn answer_pending(winners: &[(usize, &Claim, i64)], progress: &mut Progress) {
         progress.wrote(claim_probe(claim, id));
         progress.decide(
             index,
-            Outcome::Redemption(Ok(Redemption {
+            WriteAnswer::Redemption(Ok(Redemption {
                 id,
                 code: claim.code.clone(),
                 phone: claim.phone,
@@ -237,7 +237,7 @@ async fn classify_refused(
                 Error::SlotTaken
             }
         };
-        progress.decide(index, Outcome::Redemption(Err(error)));
+        progress.decide(index, WriteAnswer::Redemption(Err(error)));
     }
     Ok(())
 }
@@ -304,7 +304,7 @@ async fn credit_winners(
         progress.wrote(claim_probe(claim, row.id));
         progress.decide(
             index,
-            Outcome::Redemption(Ok(Redemption {
+            WriteAnswer::Redemption(Ok(Redemption {
                 id: row.id,
                 code: claim.code.clone(),
                 phone: claim.phone,

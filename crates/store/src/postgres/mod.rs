@@ -63,7 +63,7 @@ use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
 use crate::queue::{
-    stop_process_after_writer_panic, Outcome, Pending, Queued, Request, Waiter, WriteQueue,
+    stop_process_after_writer_panic, Queued, QueuedWrite, Request, Waiter, WriteAnswer, WriteQueue,
 };
 use voucherd_core::domain::{
     redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,

@@ -34,7 +34,7 @@ impl Writer {
         &self,
         progress: Progress,
         failure: Failure,
-    ) -> Result<Vec<Outcome>, Failure> {
+    ) -> Result<Vec<WriteAnswer>, Failure> {
         let Some(probe) = progress.probe.clone() else {
             // The batch wrote nothing: its answers hold either way.
             return progress.into_outcomes();
@@ -164,7 +164,7 @@ impl Probe {
 /// What an attempt has decided so far. It lives outside the attempt's future
 /// so that it survives a timeout during COMMIT.
 pub(super) struct Progress {
-    pub(super) outcomes: Vec<Option<Outcome>>,
+    pub(super) outcomes: Vec<Option<WriteAnswer>>,
     pub(super) probe: Option<Probe>,
     pub(super) committing: bool,
 }
@@ -178,7 +178,7 @@ impl Progress {
         }
     }
 
-    pub(super) fn decide(&mut self, index: usize, outcome: Outcome) {
+    pub(super) fn decide(&mut self, index: usize, outcome: WriteAnswer) {
         self.outcomes[index] = Some(outcome);
     }
 
@@ -202,7 +202,7 @@ impl Progress {
         }
     }
 
-    pub(super) fn into_outcomes(self) -> Result<Vec<Outcome>, Failure> {
+    pub(super) fn into_outcomes(self) -> Result<Vec<WriteAnswer>, Failure> {
         self.outcomes
             .into_iter()
             .map(|outcome| {

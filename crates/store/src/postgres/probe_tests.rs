@@ -78,7 +78,11 @@ fn writer(config: tokio_postgres::Config, half: Half) -> Writer {
 
 /// Applies `requests` as one batch and commits it or rolls it back; answers
 /// the batch's probe and outcomes.
-async fn run(writer: &Writer, requests: &[Request], commit: bool) -> (Option<Probe>, Vec<Outcome>) {
+async fn run(
+    writer: &Writer,
+    requests: &[Request],
+    commit: bool,
+) -> (Option<Probe>, Vec<WriteAnswer>) {
     let mut client = writer.pool.get().await.expect("a connection");
     let mut progress = Progress::new(requests.len());
     if commit {
@@ -98,7 +102,7 @@ async fn run(writer: &Writer, requests: &[Request], commit: bool) -> (Option<Pro
 }
 
 /// Runs the batch rolled back, then committed, probing after each.
-async fn assert_probe_tells(writer: &Writer, requests: &[Request], what: &str) -> Vec<Outcome> {
+async fn assert_probe_tells(writer: &Writer, requests: &[Request], what: &str) -> Vec<WriteAnswer> {
     let (probe, _) = run(writer, requests, false).await;
     let probe = probe.unwrap_or_else(|| panic!("{what}: the batch writes, so it has a probe"));
     let found = writer.probe(&probe).await.expect("probe");
@@ -120,9 +124,9 @@ fn void() -> Resolution {
     }
 }
 
-fn status_of(outcome: &Outcome) -> Option<RedemptionStatus> {
+fn status_of(outcome: &WriteAnswer) -> Option<RedemptionStatus> {
     match outcome {
-        Outcome::Redemption(Ok(redemption)) => Some(redemption.status),
+        WriteAnswer::Redemption(Ok(redemption)) => Some(redemption.status),
         _ => None,
     }
 }
@@ -178,14 +182,14 @@ async fn a_probe_tells_whether_a_final_refusal_committed() {
     .await;
     assert!(matches!(
         &outcomes[0],
-        Outcome::Transaction(Err(Error::Invalid { .. }))
+        WriteAnswer::Transaction(Err(Error::Invalid { .. }))
     ));
     let (_, outcomes) = run(&writer, &[Request::Transact(refused)], true).await;
     let again = &outcomes[0];
     assert!(
         matches!(
             again,
-            Outcome::Transaction(Err(Error::CreditRefused { .. }))
+            WriteAnswer::Transaction(Err(Error::CreditRefused { .. }))
         ),
         "{again:?}"
     );

@@ -78,7 +78,7 @@ pub(super) async fn settle_redemptions(
     if half != Half::Voucher {
         for &(index, ..) in settles {
             let error = Error::storage("no redemption states in this ledger");
-            progress.decide(index, Outcome::Redemption(Err(error)));
+            progress.decide(index, WriteAnswer::Redemption(Err(error)));
         }
         return Ok(());
     }
@@ -124,7 +124,7 @@ async fn credit_pending<'a>(
     let mut rest = Vec::new();
     for &(index, id, resolution) in settles {
         match credited.remove(&id) {
-            Some(redemption) => progress.decide(index, Outcome::Redemption(Ok(redemption))),
+            Some(redemption) => progress.decide(index, WriteAnswer::Redemption(Ok(redemption))),
             None => rest.push((index, id, resolution)),
         }
     }
@@ -148,7 +148,7 @@ async fn settle_generally(
     let mut changes = Changes::default();
     for &(index, id, resolution) in settles {
         let outcome = settle_one(&mut states, id, resolution, &mut changes);
-        progress.decide(index, Outcome::Redemption(outcome));
+        progress.decide(index, WriteAnswer::Redemption(outcome));
     }
     credit(transaction, &changes.credited, progress).await?;
     release(transaction, &changes.voided, progress).await

@@ -136,11 +136,14 @@ pub(super) async fn apply_wallet_ops(
     for &index in indices {
         let outcome = match &requests[index] {
             Request::CreateProfile(profile) => {
-                Outcome::Wallet(open_profile(profile, &mut heads, &mut rows))
+                WriteAnswer::Wallet(open_profile(profile, &mut heads, &mut rows))
             }
-            Request::Transact(new) => {
-                Outcome::Transaction(apply_transaction(new, &mut heads, &mut replays, &mut rows))
-            }
+            Request::Transact(new) => WriteAnswer::Transaction(apply_transaction(
+                new,
+                &mut heads,
+                &mut replays,
+                &mut rows,
+            )),
             Request::CreateVoucher(_) | Request::Claim(_) | Request::Settle(..) => {
                 return Err(Failure::permanent("a wave mixed up its operations"));
             }

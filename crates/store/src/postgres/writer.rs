@@ -38,7 +38,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) async fn run(self, mut queue: mpsc::Receiver<Queued<Pending>>) {
+    pub(super) async fn run(self, mut queue: mpsc::Receiver<Queued<QueuedWrite>>) {
         let mut requests = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut waiters = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut shutdowns = Vec::new();
@@ -78,7 +78,7 @@ impl Writer {
 
     /// Applies one batch, retrying it whole on transient failures; returns one
     /// outcome per request.
-    pub(super) async fn commit(&self, requests: &[Request]) -> Vec<Outcome> {
+    pub(super) async fn commit(&self, requests: &[Request]) -> Vec<WriteAnswer> {
         let started = Instant::now();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(RETRY_MIN_DELAY_MS))
@@ -108,13 +108,13 @@ impl Writer {
                 let error = failure.into_error();
                 requests
                     .iter()
-                    .map(|request| Outcome::failed(request, error.clone()))
+                    .map(|request| WriteAnswer::failed(request, error.clone()))
                     .collect()
             }
         }
     }
 
-    pub(super) async fn attempt(&self, requests: &[Request]) -> Result<Vec<Outcome>, Failure> {
+    pub(super) async fn attempt(&self, requests: &[Request]) -> Result<Vec<WriteAnswer>, Failure> {
         let mut client = self.pool.get().await?;
         let mut progress = Progress::new(requests.len());
         let limit = Duration::from_millis(BATCH_ATTEMPT_TIMEOUT_MS);

@@ -1,4 +1,4 @@
-//! Recovery, without a restart, once an I/O error (a full disk) has poisoned
+//! Reopening, without a restart, once an I/O error (a full disk) has poisoned
 //! redb's handle.
 //!
 //! A write that fails with an I/O error (a full disk) poisons redb's handle: it
@@ -81,12 +81,12 @@ impl Unresolved {
         }
         for done in &self.applied {
             match &done.outcome {
-                Outcome::Voucher(Ok(status)) => {
+                WriteAnswer::Voucher(Ok(status)) => {
                     let vouchers = txn.open_table(VOUCHERS).map_err(db_error)?;
                     let code = status.voucher.code.as_str();
                     return Ok(Some(vouchers.get(code).map_err(db_error)?.is_some()));
                 }
-                Outcome::Wallet(Ok(wallet)) => {
+                WriteAnswer::Wallet(Ok(wallet)) => {
                     let accounts = txn.open_table(ACCOUNTS).map_err(db_error)?;
                     let key = (wallet.phone.stored(), WALLET_HEAD);
                     return Ok(Some(accounts.get(key).map_err(db_error)?.is_some()));
@@ -115,23 +115,23 @@ impl Writer {
     /// since every write it acknowledged is durable.
     pub(super) fn recover(
         &mut self,
-        queue: &mut mpsc::Receiver<Queued<Pending>>,
+        queue: &mut mpsc::Receiver<Queued<QueuedWrite>>,
         unresolved: Option<Unresolved>,
     ) -> Option<oneshot::Sender<()>> {
         self.database.writable.store(false, Ordering::Release);
         tracing::error!("the ledger cannot write; refusing writes until a probe write succeeds");
-        let mut recovery = Recovery::start(unresolved);
+        let mut reopening = Reopening::start(unresolved);
         loop {
-            if let ControlFlow::Break(shutdown) = recovery.refuse_queued(queue) {
+            if let ControlFlow::Break(shutdown) = reopening.refuse_queued(queue) {
                 return shutdown;
             }
             let now = Instant::now();
-            if recovery.poisoned && now >= recovery.next_reopen {
-                self.reopen_step(&mut recovery, now);
+            if reopening.poisoned && now >= reopening.next_reopen {
+                self.reopen_step(&mut reopening, now);
             }
-            if !recovery.poisoned
-                && now >= recovery.next_probe
-                && self.probe_step(&mut recovery, now)
+            if !reopening.poisoned
+                && now >= reopening.next_probe
+                && self.probe_step(&mut reopening, now)
             {
                 return None;
             }
@@ -141,33 +141,33 @@ impl Writer {
 
     /// Tries to replace the poisoned handle; once it is replaced, the batch
     /// whose commit failed can be told.
-    fn reopen_step(&mut self, recovery: &mut Recovery, now: Instant) {
+    fn reopen_step(&mut self, reopening: &mut Reopening, now: Instant) {
         match self.reopen() {
             Reopen::Opened => {
-                recovery.poisoned = false;
-                if let (Some(batch), Some(db)) = (recovery.unresolved.take(), &self.db) {
+                reopening.poisoned = false;
+                if let (Some(batch), Some(db)) = (reopening.unresolved.take(), &self.db) {
                     batch.resolve(db);
                 }
             }
             Reopen::ReadersBusy => {}
             Reopen::Failed(error) => {
                 self.record_failure("reopening the ledger database failed", &error);
-                if let Some(batch) = recovery.unresolved.take() {
+                if let Some(batch) = reopening.unresolved.take() {
                     batch.give_up(&error);
                 }
-                recovery.next_reopen = now + recovery.next_delay();
+                reopening.next_reopen = now + reopening.next_delay();
             }
         }
     }
 
     /// Probes once; true when the ledger writes again.
-    fn probe_step(&mut self, recovery: &mut Recovery, now: Instant) -> bool {
+    fn probe_step(&mut self, reopening: &mut Reopening, now: Instant) -> bool {
         match self.probe() {
             Ok(last_sequence) => {
                 self.last_sequence = last_sequence;
                 self.database.writable.store(true, Ordering::Release);
                 tracing::info!(
-                    unwritable_ms = recovery.since.elapsed().as_millis() as u64,
+                    unwritable_ms = reopening.since.elapsed().as_millis() as u64,
                     "the ledger writes again"
                 );
                 return true;
@@ -179,11 +179,11 @@ impl Writer {
                 // The failed write poisoned the handle: replace it at once, so
                 // reads go on while the next probe waits.
                 self.record_failure("ledger probe write failed", &error);
-                recovery.poisoned = true;
-                recovery.next_reopen = now;
+                reopening.poisoned = true;
+                reopening.next_reopen = now;
             }
         }
-        recovery.next_probe = now + recovery.next_delay();
+        reopening.next_probe = now + reopening.next_delay();
         false
     }
 
@@ -233,7 +233,7 @@ impl Writer {
 }
 
 /// Where a recovering writer stands.
-struct Recovery {
+struct Reopening {
     since: Instant,
     delays: ExponentialBackoff,
     /// Whether the handle still has to be replaced.
@@ -244,12 +244,12 @@ struct Recovery {
     unresolved: Option<Unresolved>,
 }
 
-impl Recovery {
+impl Reopening {
     fn start(unresolved: Option<Unresolved>) -> Self {
         let since = Instant::now();
         let mut delays = recovery_delays();
         let next_probe = since + next_delay(&mut delays);
-        Recovery {
+        Reopening {
             since,
             delays,
             poisoned: true,
@@ -267,7 +267,7 @@ impl Recovery {
     /// is why) when the ledger is to stop, giving up on the unresolved batch.
     fn refuse_queued(
         &mut self,
-        queue: &mut mpsc::Receiver<Queued<Pending>>,
+        queue: &mut mpsc::Receiver<Queued<QueuedWrite>>,
     ) -> ControlFlow<Option<oneshot::Sender<()>>> {
         loop {
             let (why, shutdown) = match queue.try_recv() {
@@ -291,7 +291,7 @@ impl Recovery {
     }
 }
 
-/// Why a recovery probe failed.
+/// Why a reopening probe failed.
 pub(super) enum Probe {
     /// The scratch file could not be written: the disk is still full. The
     /// database handle was not touched and keeps serving reads.
@@ -300,7 +300,7 @@ pub(super) enum Probe {
     Failed(Error),
 }
 
-/// The waits between recovery steps: doubling from the least to the longest.
+/// The waits between reopening steps: doubling from the least to the longest.
 fn recovery_delays() -> ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(LEDGER_RECOVERY_MIN_DELAY_MS))
