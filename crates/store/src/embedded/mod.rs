@@ -12,37 +12,24 @@
 //! One file per concern: `tables` (the layout and how each write is applied),
 //! `writer` (the group commit), `reopen` (a fresh handle after an I/O error) and `reads`.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use parking_lot::RwLock;
-use redb::{AccessGuard, Database, Durability, ReadableTable, Table, TableDefinition};
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use redb::{Database, ReadableTable};
 use uuid::Uuid;
 
-use crate::queue::{
-    stop_process_after_writer_panic, Queued, QueuedWrite, Reply, Request, Waiter, WriteAnswer,
-    WriteQueue,
-};
+use crate::queue::{stop_process_after_writer_panic, Reply, Request, Waiter, WriteQueue};
 use voucherd_core::domain::{
-    redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
-    RedemptionStatus, ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet,
-    WalletTransaction, OPENING_BALANCE_REFERENCE,
+    Page, PageRequest, PhoneNumber, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode,
+    VoucherStatus, Wallet, WalletTransaction,
 };
 use voucherd_core::error::{Error, Result};
 use voucherd_core::ledger::Resolution;
 use voucherd_core::ledger::{
     Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
     SlotUsage, VoucherLedger, WalletLedger,
-};
-use voucherd_core::limits::{
-    LEDGER_ERROR_LOG_INTERVAL_MS, LEDGER_RECOVERY_MAX_DELAY_MS, LEDGER_RECOVERY_MIN_DELAY_MS,
-    LEDGER_RECOVERY_POLL_MS, LEDGER_SPACE_PROBE_BYTES, MAX_COMMIT_BATCH_OPS,
 };
 use voucherd_metrics::Metrics;
 
@@ -51,15 +38,10 @@ mod reopen;
 mod tables;
 mod writer;
 
-use reads::{
-    read_pending, read_redemption, read_transaction, read_voucher, read_wallet, report_status,
-};
-use reopen::{ErrorLog, Unresolved};
-use tables::{
-    create_tables, redemption_of_state, StateRow, Tables, TransactionRow, VoucherRow, ACCOUNTS,
-    PENDING, PROBES, REDEEMED, SLOTS, STATES, TRANSACTIONS, VOUCHERS, WALLET_HEAD,
-};
-use writer::{Applied, Writer};
+use reads::{read_pending, read_redemption, read_voucher, read_wallet, report_status};
+use reopen::ErrorLog;
+use tables::{create_tables, REDEEMED, SLOTS, STATES, VOUCHERS};
+use writer::Writer;
 
 const DATABASE_FILE: &str = "voucherd.redb";
 

@@ -1,7 +1,19 @@
 //! Reads of stored rows back into domain values. Reads use redb's MVCC read
 //! transactions on the blocking pool and never wait for the writer.
 
-use super::*;
+use redb::{AccessGuard, ReadableTable};
+use uuid::Uuid;
+use voucherd_core::domain::{
+    redemption_id, Page, PageRequest, PhoneNumber, Redemption, RedemptionStatus, Timestamp,
+    Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
+};
+use voucherd_core::error::{Error, Result};
+
+use super::db_error;
+use super::tables::{
+    redemption_of_state, StateRow, TransactionRow, VoucherRow, ACCOUNTS, PENDING, STATES,
+    TRANSACTIONS, WALLET_HEAD,
+};
 
 pub(super) fn read_voucher(
     vouchers: &impl ReadableTable<&'static str, VoucherRow>,

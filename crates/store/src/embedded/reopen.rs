@@ -12,9 +12,31 @@
 //! `Unavailable` if that cannot be told. So no write is acknowledged that is not
 //! durable, and none refused as `NotWritten` was applied.
 
+use std::io::Write as _;
 use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::*;
+use backon::BackoffBuilder;
+use backon::{ExponentialBackoff, ExponentialBuilder};
+use redb::ReadableTable;
+use redb::{Database, Durability};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
+use voucherd_core::domain::Timestamp;
+use voucherd_core::error::{Error, Result};
+use voucherd_core::limits::{
+    LEDGER_ERROR_LOG_INTERVAL_MS, LEDGER_RECOVERY_MAX_DELAY_MS, LEDGER_RECOVERY_MIN_DELAY_MS,
+    LEDGER_RECOVERY_POLL_MS, LEDGER_SPACE_PROBE_BYTES,
+};
+
+use super::tables::{ACCOUNTS, PROBES, TRANSACTIONS, VOUCHERS, WALLET_HEAD};
+use super::writer;
+use super::writer::{Applied, Writer};
+use super::{db_error, RECOVERING};
+use crate::queue::{Queued, QueuedWrite, WriteAnswer};
 
 /// A scratch file the recovering writer writes (and removes) to see whether the
 /// disk has room again before it risks a probe write on the database.

@@ -9,7 +9,18 @@
 //! can be replayed (client idempotency keys) get an index. A claim thus touches
 //! one randomly placed page instead of four.
 
-use super::*;
+use redb::ReadableTable;
+use redb::{Database, Table, TableDefinition};
+use uuid::Uuid;
+use voucherd_core::domain::{
+    redemption_id, voucher_reference, wallet, PhoneNumber, Redemption, RedemptionStatus, Timestamp,
+    Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction, OPENING_BALANCE_REFERENCE,
+};
+use voucherd_core::error::{Error, Result};
+use voucherd_core::ledger::{Claim, Half, NewProfile, NewTransaction, Resolution};
+
+use super::db_error;
+use super::reads::read_transaction;
 
 /// (amount, limit, starts_at, expires_at, created_at), times in µs.
 pub(super) type VoucherRow = (i64, u32, Option<i64>, Option<i64>, i64);

@@ -7,7 +7,20 @@
 //! leaves no trace; a storage failure aborts the whole batch and every operation in
 //! it is answered as failed (nothing of it was acknowledged, nothing is kept).
 
-use super::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use redb::{Database, Durability};
+use tokio::sync::{mpsc, oneshot};
+use voucherd_core::error::{Error, Result};
+use voucherd_core::ledger::Half;
+use voucherd_core::limits::MAX_COMMIT_BATCH_OPS;
+use voucherd_metrics::Metrics;
+
+use super::reopen::{ErrorLog, Unresolved};
+use super::tables::Tables;
+use super::{db_error, is_io_failure, SharedDatabase};
+use crate::queue::{Queued, QueuedWrite, Request, Waiter, WriteAnswer};
 
 /// A write applied inside the open batch, waiting for the commit to answer.
 pub(super) struct Applied {

@@ -3,7 +3,21 @@
 //! each winner is credited in the same transaction (I3); in a voucher half the
 //! winners' redemptions are born pending instead, and credited elsewhere.
 
-use super::*;
+use std::collections::HashMap;
+
+use deadpool_postgres::Transaction;
+use uuid::Uuid;
+use voucherd_core::domain::{
+    redemption_id, voucher_reference, Redemption, RedemptionStatus, Voucher, VoucherStatus,
+};
+use voucherd_core::error::{Error, Result};
+use voucherd_core::ledger::{Claim, Half};
+
+use super::errors::Failure;
+use super::outcome::{Probe, Progress};
+use super::reads::phone_column;
+use super::wallet_writes::{insert_transactions, NewRow};
+use crate::queue::WriteAnswer;
 
 // The claim path. Slots come as BIGINT so that parameter types are the same on
 // PostgreSQL (INT = 4 bytes) and CockroachDB (INT = 8 bytes).

@@ -2,7 +2,9 @@
 //! read), in the terms the retry needs: transient (retry), commit unknown
 //! (find out first) or permanent (answer `Storage`).
 
-use super::*;
+use deadpool_postgres::PoolError;
+use tokio_postgres::error::SqlState;
+use voucherd_core::error::Error;
 
 /// Why an attempt at a batch (or a read) failed, in the terms the retry needs.
 #[derive(Debug)]

@@ -1,6 +1,9 @@
 //! Requests the PostgreSQL ledger's unit tests build (wave planning, probes).
 
-use super::*;
+use voucherd_core::domain::{PhoneNumber, Timestamp, VoucherCode};
+use voucherd_core::ledger::Claim;
+
+use crate::queue::Request;
 
 pub(super) fn code() -> VoucherCode {
     VoucherCode::parse("GOAL").expect("a valid code")

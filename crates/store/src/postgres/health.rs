@@ -5,7 +5,16 @@
 //! readiness says `database_unreachable`, so load balancers send the traffic
 //! elsewhere until the database is back.
 
-use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio_postgres::NoTls;
+use voucherd_core::error::Result;
+use voucherd_core::limits::{DATABASE_PROBE_INTERVAL_MS, DATABASE_PROBE_TIMEOUT_MS};
+
+use super::errors::describe;
 
 /// Checks every [`DATABASE_PROBE_INTERVAL_MS`] that the database answers
 /// `SELECT 1` and records the answer in `reachable`, which feeds readiness.

@@ -45,40 +45,27 @@
 //! (whether a lost commit landed), `reads`, `health` (the probe behind
 //! readiness) and `errors` (failure classification).
 
-use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::GenericClient;
-use deadpool_postgres::{
-    Hook, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
-};
-use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{NoTls, Row};
+use deadpool_postgres::{Hook, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio::sync::oneshot;
+use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::queue::{
-    stop_process_after_writer_panic, Queued, QueuedWrite, Request, Waiter, WriteAnswer, WriteQueue,
-};
+use crate::queue::{stop_process_after_writer_panic, Request, Waiter, WriteQueue};
 use voucherd_core::domain::{
-    redemption_id, voucher_reference, wallet, Page, PageRequest, PhoneNumber, Redemption,
-    RedemptionStatus, ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet,
-    WalletTransaction, OPENING_BALANCE_REFERENCE,
+    Page, PageRequest, PhoneNumber, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode,
+    VoucherStatus, Wallet, WalletTransaction,
 };
 use voucherd_core::error::{Error, Result};
 use voucherd_core::ledger::Resolution;
 use voucherd_core::ledger::{
     Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
     SlotUsage, VoucherLedger, WalletLedger,
-};
-use voucherd_core::limits::{
-    ACTOR_CALL_TIMEOUT_MS, DATABASE_PROBE_INTERVAL_MS, DATABASE_PROBE_TIMEOUT_MS,
-    MAX_COMMIT_BATCH_OPS,
 };
 use voucherd_metrics::Metrics;
 
@@ -99,21 +86,15 @@ mod writer;
 
 pub use schema::migrate;
 
-use claims::{claim_slots, create_vouchers};
-use errors::{describe, storage_failure, Failure};
+use errors::{describe, Failure};
 use health::watch_database;
-use outcome::{Probe, Progress};
 use reads::{
-    column, phone_column, read_error, read_pending, read_redemption, read_row, read_rows,
-    read_wallet, report_entry, stored_phone, stored_redemption, stored_u32, stored_u64,
-    voucher_status, SELECT_REPORT, SELECT_SLOT_GAPS, SELECT_VOUCHER, SELECT_VOUCHERS,
-    SELECT_WINNERS,
+    column, read_error, read_pending, read_redemption, read_row, read_rows, read_wallet,
+    report_entry, stored_phone, stored_u32, voucher_status, SELECT_REPORT, SELECT_SLOT_GAPS,
+    SELECT_VOUCHER, SELECT_VOUCHERS, SELECT_WINNERS,
 };
 use schema::migrate_database;
-use settles::settle_redemptions;
-use wallet_writes::{apply_wallet_ops, insert_transactions, NewRow};
-use waves::plan_wave;
-use writer::{Writer, RETRY_MAX_DELAY_MS, RETRY_MIN_DELAY_MS};
+use writer::Writer;
 
 /// Connections serving reads. Reads are occasional (a shard loading a voucher,
 /// reports, wallet pages) while the hot path is the writer's, so a few suffice

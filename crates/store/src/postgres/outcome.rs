@@ -6,7 +6,16 @@
 //! otherwise it is retried, and if the database cannot be asked the batch is
 //! answered `Storage` rather than risk applying a transaction twice.
 
-use super::*;
+use std::time::Duration;
+
+use backon::ExponentialBuilder;
+use backon::Retryable;
+use uuid::Uuid;
+use voucherd_core::error::Result;
+
+use super::errors::Failure;
+use super::writer::{Writer, RETRY_MAX_DELAY_MS, RETRY_MIN_DELAY_MS};
+use crate::queue::WriteAnswer;
 
 /// Attempts to find out whether a batch whose COMMIT reply was lost committed.
 /// With the delays above they span about three seconds: long enough to ride out

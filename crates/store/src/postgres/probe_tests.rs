@@ -8,7 +8,22 @@
 
 use super::fixtures::{claim, code, phone};
 use super::writer::{apply_batch, apply_waves};
-use super::*;
+use std::sync::Arc;
+
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+use voucherd_core::domain::{
+    redemption_id, voucher_reference, RedemptionStatus, Timestamp, Voucher,
+};
+use voucherd_core::error::Error;
+use voucherd_core::ledger::{Half, NewProfile, NewTransaction, Resolution};
+use voucherd_metrics::Metrics;
+
+use super::outcome::{Probe, Progress};
+use super::schema::migrate_database;
+use super::writer::Writer;
+use super::{build_pool, parse_url, WRITE_POOL_CONNECTIONS};
+use crate::queue::{Request, WriteAnswer};
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

@@ -1,7 +1,16 @@
 //! Reads: the SELECT statements and the conversion of stored columns back into
 //! domain values (every stored number is checked on the way back).
 
-use super::*;
+use deadpool_postgres::{GenericClient, Object};
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::Row;
+use voucherd_core::domain::{
+    redemption_id, Page, PageRequest, PhoneNumber, Redemption, RedemptionStatus, ReportEntry,
+    Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
+};
+use voucherd_core::error::{Error, Result};
+
+use super::errors::Failure;
 
 // Reads.
 pub(super) const SELECT_VOUCHER: &str = "\

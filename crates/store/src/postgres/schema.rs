@@ -1,7 +1,15 @@
 //! The schema: the migrations embedded in the binary and applying them, also
 //! from several instances at once (each migration is idempotent).
 
-use super::*;
+use std::time::Duration;
+
+use backon::ExponentialBuilder;
+use backon::Retryable;
+use tokio_postgres::NoTls;
+
+use super::errors::{describe, Failure};
+use super::parse_url;
+use super::writer::RETRY_MIN_DELAY_MS;
 
 /// The schema, applied in order at every open; each file is idempotent.
 const MIGRATIONS: [(&str, &str); 3] = [

@@ -13,7 +13,18 @@
 //! ids it did not update (already settled, void, unknown, or settled by
 //! another instance meanwhile) go through the general path above.
 
-use super::*;
+use std::collections::HashMap;
+
+use deadpool_postgres::Transaction;
+use uuid::Uuid;
+use voucherd_core::domain::{Redemption, RedemptionStatus};
+use voucherd_core::error::{Error, Result};
+use voucherd_core::ledger::{Half, Resolution};
+
+use super::errors::{storage_failure, Failure};
+use super::outcome::{Probe, Progress};
+use super::reads::{phone_column, stored_redemption};
+use crate::queue::WriteAnswer;
 
 /// The redemptions with a state the wave settles, locked in one order so that
 /// two instances cannot deadlock on them; the columns of [`stored_redemption`].

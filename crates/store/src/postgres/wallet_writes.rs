@@ -4,7 +4,20 @@
 //! refusal is final leaves a mark (`refused_transactions`) that refuses its id
 //! again; also the transaction inserts the claim path shares.
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+
+use deadpool_postgres::Transaction;
+use uuid::Uuid;
+use voucherd_core::domain::{
+    wallet, PhoneNumber, Timestamp, Wallet, WalletTransaction, OPENING_BALANCE_REFERENCE,
+};
+use voucherd_core::error::{Error, Result};
+use voucherd_core::ledger::{NewProfile, NewTransaction};
+
+use super::errors::{storage_failure, Failure};
+use super::outcome::{Probe, Progress};
+use super::reads::{phone_column, stored_phone, stored_u64};
+use crate::queue::{Request, WriteAnswer};
 
 const INSERT_TRANSACTIONS: &str = "\
     INSERT INTO wallet_transactions \

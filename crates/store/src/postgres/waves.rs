@@ -9,7 +9,13 @@
 //! earlier operation on the same voucher, wallet or redemption. Almost every
 //! batch is a single wave.
 
-use super::*;
+use std::collections::HashSet;
+
+use uuid::Uuid;
+use voucherd_core::domain::redemption_id;
+use voucherd_core::ledger::Resolution;
+
+use crate::queue::Request;
 
 /// What two operations of one batch may compete for, besides a voucher's
 /// code (which only orders claims against the voucher's creation).
@@ -171,6 +177,9 @@ impl<'a> Plan<'a> {
 
 #[cfg(test)]
 mod tests {
+    use voucherd_core::domain::{Timestamp, Voucher};
+    use voucherd_core::ledger::NewTransaction;
+
     use super::super::fixtures::{claim, code, phone};
     use super::*;
 

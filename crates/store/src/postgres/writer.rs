@@ -7,7 +7,25 @@
 //! another instance) is retried whole with backoff; nothing of it was
 //! acknowledged, so a retry never answers anyone twice.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::ExponentialBuilder;
+use backon::Retryable;
+use deadpool_postgres::{Object, Pool, Transaction};
+use tokio::sync::mpsc;
+use voucherd_core::error::Result;
+use voucherd_core::ledger::Half;
+use voucherd_core::limits::{ACTOR_CALL_TIMEOUT_MS, MAX_COMMIT_BATCH_OPS};
+use voucherd_metrics::Metrics;
+
+use super::claims::{claim_slots, create_vouchers};
+use super::errors::Failure;
+use super::outcome::Progress;
+use super::settles::settle_redemptions;
+use super::wallet_writes::apply_wallet_ops;
+use super::waves::plan_wave;
+use crate::queue::{Queued, QueuedWrite, Request, WriteAnswer};
 
 /// How long one attempt at a batch may take, from BEGIN to the end of COMMIT.
 /// A full batch takes tens of milliseconds; the rest is room for lock waits on
