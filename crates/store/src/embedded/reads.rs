@@ -2,6 +2,7 @@
 //! transactions on the blocking pool and never wait for the writer.
 
 use super::*;
+use voucherd_core::error::ErrorCode;
 
 pub(super) fn read_voucher(
     vouchers: &impl ReadableTable<&'static str, VoucherRow>,
@@ -204,7 +205,7 @@ fn previous_of_cursor(
         .map(|(_, previous)| previous)
         .ok_or_else(|| {
             Error::invalid(
-                "invalid_cursor",
+                ErrorCode::InvalidCursor,
                 "cursor must be a next_cursor this service returned",
             )
         })

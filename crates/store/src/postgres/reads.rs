@@ -2,6 +2,7 @@
 //! domain values (every stored number is checked on the way back).
 
 use super::*;
+use voucherd_core::error::ErrorCode;
 
 // Reads.
 pub(super) const SELECT_VOUCHER: &str = "\
@@ -231,7 +232,7 @@ fn page_start(cursor: Option<u64>, last_sequence: i64) -> Result<i64> {
         None => Ok(i64::MAX),
         Some(Ok(cursor)) if (1..=last_sequence).contains(&cursor) => Ok(cursor),
         Some(_) => Err(Error::invalid(
-            "invalid_cursor",
+            ErrorCode::InvalidCursor,
             "cursor must be a next_cursor this service returned",
         )),
     }
