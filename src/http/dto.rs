@@ -17,7 +17,7 @@ use voucherd_core::domain::{
     redemption_id, PageRequest, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode,
     VoucherStatus, Wallet, WalletTransaction,
 };
-use voucherd_core::error::{Error, Result};
+use voucherd_core::error::{Error, ErrorCode, Result};
 use voucherd_core::limits::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET};
 use voucherd_core::redemption::CreditAnswer;
 use voucherd_service::service::Report;
@@ -31,10 +31,10 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|error| {
         match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             Err(broken) => Error::invalid(
-                "malformed_json",
+                ErrorCode::MalformedJson,
                 format!("the body is not valid JSON: {broken}"),
             ),
-            Ok(_) => Error::invalid("invalid_body", error.to_string()),
+            Ok(_) => Error::invalid(ErrorCode::InvalidBody, error.to_string()),
         }
     })
 }
@@ -102,7 +102,7 @@ impl CreateVoucherBody {
         let code = VoucherCode::parse(&self.code)?;
         let amount = integer_of(&self.amount).ok_or_else(|| {
             Error::invalid(
-                "invalid_amount",
+                ErrorCode::InvalidAmount,
                 "amount must be a positive integer of minor units",
             )
         })?;
@@ -110,19 +110,19 @@ impl CreateVoucherBody {
             .and_then(|l| u32::try_from(l).ok())
             .ok_or_else(|| {
                 Error::invalid(
-                    "invalid_limit",
+                    ErrorCode::InvalidLimit,
                     "limit must be an integer between 1 and 10000000",
                 )
             })?;
         let starts_at = self
             .starts_at
             .as_deref()
-            .map(|t| Timestamp::parse_rfc3339(t, "invalid_window"))
+            .map(|t| Timestamp::parse_rfc3339(t, ErrorCode::InvalidWindow))
             .transpose()?;
         let expires_at = self
             .expires_at
             .as_deref()
-            .map(|t| Timestamp::parse_rfc3339(t, "invalid_window"))
+            .map(|t| Timestamp::parse_rfc3339(t, ErrorCode::InvalidWindow))
             .transpose()?;
         Voucher::new(code, amount, limit, starts_at, expires_at, now)
     }
@@ -194,7 +194,7 @@ pub fn page_request(
 ) -> Result<PageRequest> {
     let invalid = || {
         Error::invalid(
-            "invalid_pagination",
+            ErrorCode::InvalidPagination,
             format!("limit must be 1..={MAX_PAGE_LIMIT} and offset 0..={MAX_PAGE_OFFSET}"),
         )
     };
@@ -214,7 +214,7 @@ pub fn page_request(
         .map(|raw| {
             raw.parse::<u64>().map_err(|_| {
                 Error::invalid(
-                    "invalid_cursor",
+                    ErrorCode::InvalidCursor,
                     "cursor must be a next_cursor this service returned",
                 )
             })

@@ -1,6 +1,6 @@
-//! The one mapping from errors to HTTP: status, stable code, and a JSON body
-//! `{"error": code, "message": text}`. 5xx bodies are opaque; their cause goes
-//! to the log.
+//! The one mapping from errors to HTTP: each error's stable code (whose status
+//! it answers with, see [`ErrorCode`]) and a JSON body `{"error": code,
+//! "message": text}`. 5xx bodies are opaque; their cause goes to the log.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -10,7 +10,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
-use voucherd_core::error::Error;
+use voucherd_core::error::{Error, ErrorCode};
 
 /// Everything a request can fail with at the HTTP edge.
 #[derive(Debug)]
@@ -54,115 +54,81 @@ pub(super) struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    pub(super) fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
-        use Error as E;
-        let opaque =
-            |status, code: &'static str, text: &'static str| (status, code, Cow::Borrowed(text));
+    /// The stable code this error is answered with; its status is the code's.
+    pub(super) fn code(&self) -> ErrorCode {
         match self {
-            ApiError::PayloadTooLarge => opaque(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is larger than 16 KiB",
-            ),
-            ApiError::NotFound => opaque(StatusCode::NOT_FOUND, "not_found", "no such route"),
-            ApiError::Unauthorized => opaque(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this route needs a valid token: Authorization: Bearer <token>",
-            ),
-            ApiError::BodyTimeout => opaque(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request body did not arrive in time",
-            ),
-            ApiError::UriTooLong => opaque(
-                StatusCode::URI_TOO_LONG,
-                "uri_too_long",
-                "the request target is too long",
-            ),
-            ApiError::HeadersTooLarge => opaque(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                "the request has too many or too large header fields",
-            ),
-            ApiError::AmbiguousFraming => opaque(
-                StatusCode::BAD_REQUEST,
-                "ambiguous_framing",
-                "Content-Length and Transfer-Encoding must not be sent together",
-            ),
-            ApiError::NotServedHere(voucherd_service::role::Serves::Wallets) => opaque(
-                StatusCode::MISDIRECTED_REQUEST,
-                "not_served_here",
-                "this is the voucher service; profiles, transactions and credits are served by the wallet service",
-            ),
-            ApiError::NotServedHere(_) => opaque(
-                StatusCode::MISDIRECTED_REQUEST,
-                "not_served_here",
-                "this is the wallet service; vouchers and redemptions are served by the voucher service",
-            ),
-            ApiError::MethodNotAllowed(_) => opaque(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not accept this method",
-            ),
-            ApiError::Domain(error) => {
-                let status = match error {
-                    E::Invalid { code, message } => {
-                        return (
-                            StatusCode::BAD_REQUEST,
-                            code,
-                            Cow::Borrowed(message.as_str()),
-                        )
-                    }
-                    E::VoucherNotFound => (StatusCode::NOT_FOUND, "voucher_not_found"),
-                    E::RedemptionNotFound => (StatusCode::NOT_FOUND, "redemption_not_found"),
-                    E::ProfileNotFound => (StatusCode::NOT_FOUND, "profile_not_found"),
-                    E::VoucherExists => (StatusCode::CONFLICT, "voucher_exists"),
-                    E::ProfileExists => (StatusCode::CONFLICT, "profile_exists"),
-                    E::AlreadyRedeemed => (StatusCode::CONFLICT, "already_redeemed"),
-                    E::InsufficientFunds => (StatusCode::CONFLICT, "insufficient_funds"),
-                    E::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
-                    E::CreditRefused { .. } => (StatusCode::CONFLICT, "credit_refused"),
-                    E::VoucherExhausted => (StatusCode::GONE, "voucher_exhausted"),
-                    E::VoucherNotActive => (StatusCode::FORBIDDEN, "voucher_not_active"),
-                    E::RateLimited { .. } => {
-                        return opaque(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limited",
-                            "too many redemptions for this phone number; retry after the time in Retry-After",
-                        )
-                    }
-                    E::Overloaded => {
-                        return opaque(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "overloaded",
-                            "too many requests in flight; retry shortly",
-                        )
-                    }
-                    E::SlotTaken | E::Unavailable { .. } | E::NotWritten { .. } => {
-                        return opaque(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "unavailable",
-                            "temporarily unavailable; retry shortly",
-                        )
-                    }
-                    E::Storage { .. } => {
-                        return opaque(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal",
-                            "internal error",
-                        )
-                    }
-                };
-                (status.0, status.1, Cow::Owned(error.to_string()))
-            }
+            ApiError::Domain(error) => error.code(),
+            ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::BodyTimeout => ErrorCode::RequestTimeout,
+            ApiError::UriTooLong => ErrorCode::UriTooLong,
+            ApiError::HeadersTooLarge => ErrorCode::HeadersTooLarge,
+            ApiError::AmbiguousFraming => ErrorCode::AmbiguousFraming,
+            ApiError::NotServedHere(_) => ErrorCode::NotServedHere,
         }
+    }
+
+    /// The status of [`ApiError::code`].
+    pub(super) fn status(&self) -> StatusCode {
+        // Every status of the code table is a valid one (a test holds them to
+        // it); the fallback only keeps this path free of a panic.
+        StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The body's human text: a validation error's message or a domain error's
+    /// own text; a fixed one for the edge's answers, for the admission refusals
+    /// (429) and for 5xx, whose cause goes to the log only.
+    pub(super) fn message(&self) -> Cow<'_, str> {
+        use Error as E;
+        let text = match self {
+            ApiError::PayloadTooLarge => "the request body is larger than 16 KiB",
+            ApiError::NotFound => "no such route",
+            ApiError::Unauthorized => "this route needs a valid token: Authorization: Bearer <token>",
+            ApiError::BodyTimeout => "the request body did not arrive in time",
+            ApiError::UriTooLong => "the request target is too long",
+            ApiError::HeadersTooLarge => "the request has too many or too large header fields",
+            ApiError::AmbiguousFraming => {
+                "Content-Length and Transfer-Encoding must not be sent together"
+            }
+            ApiError::NotServedHere(voucherd_service::role::Serves::Wallets) => {
+                "this is the voucher service; profiles, transactions and credits are served by the wallet service"
+            }
+            ApiError::NotServedHere(_) => {
+                "this is the wallet service; vouchers and redemptions are served by the voucher service"
+            }
+            ApiError::MethodNotAllowed(_) => "this route does not accept this method",
+            ApiError::Domain(error) => match error {
+                E::Invalid { message, .. } => return Cow::Borrowed(message.as_str()),
+                E::RateLimited { .. } => {
+                    "too many redemptions for this phone number; retry after the time in Retry-After"
+                }
+                E::Overloaded => "too many requests in flight; retry shortly",
+                E::SlotTaken | E::Unavailable { .. } | E::NotWritten { .. } => {
+                    "temporarily unavailable; retry shortly"
+                }
+                E::Storage { .. } => "internal error",
+                E::VoucherNotFound
+                | E::RedemptionNotFound
+                | E::ProfileNotFound
+                | E::VoucherExists
+                | E::ProfileExists
+                | E::AlreadyRedeemed
+                | E::InsufficientFunds
+                | E::IdempotencyKeyReused
+                | E::CreditRefused { .. }
+                | E::VoucherExhausted
+                | E::VoucherNotActive => return Cow::Owned(error.to_string()),
+            },
+        };
+        Cow::Borrowed(text)
     }
 }
 
 impl Reply for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message) = self.parts();
+        let status = self.status();
         // 503s are expected under overload and while leases move between
         // instances; they are counted by status in the metrics, not logged each.
         if let ApiError::Domain(cause) = &self {
@@ -173,8 +139,8 @@ impl Reply for ApiError {
             }
         }
         let body = ErrorBody {
-            error: code,
-            message,
+            error: self.code().as_str(),
+            message: self.message(),
         };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), status).into_response();
@@ -209,7 +175,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::NotFound
     } else {
         ApiError::Domain(Error::invalid(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "the request could not be read",
         ))
     };

@@ -13,7 +13,7 @@ use super::dto::{
 };
 use super::error::ApiError;
 use voucherd_core::domain::{parse_reference, PhoneNumber, VoucherCode, VOUCHER_REFERENCE_PREFIX};
-use voucherd_core::error::Error;
+use voucherd_core::error::{Error, ErrorCode};
 use voucherd_core::limits::MAX_CREDITS_PER_CALL;
 use voucherd_core::limits::MAX_IDEMPOTENCY_KEY_BYTES;
 use voucherd_core::redemption::Credit;
@@ -23,7 +23,7 @@ type Query = HashMap<String, String>;
 type Outcome<T> = Result<T, ApiError>;
 
 /// A path segment, percent-decoded (clients may send `+` as `%2B`).
-fn segment(raw: &str, code: &'static str) -> Result<String, Error> {
+fn segment(raw: &str, code: ErrorCode) -> Result<String, Error> {
     percent_decode_str(raw)
         .decode_utf8()
         .map(|s| s.into_owned())
@@ -31,15 +31,15 @@ fn segment(raw: &str, code: &'static str) -> Result<String, Error> {
 }
 
 fn code_in_path(raw: &str) -> Result<VoucherCode, Error> {
-    VoucherCode::parse(&segment(raw, "invalid_code")?)
+    VoucherCode::parse(&segment(raw, ErrorCode::InvalidCode)?)
 }
 
 fn phone_in_path(raw: &str) -> Result<PhoneNumber, Error> {
-    PhoneNumber::parse(&segment(raw, "invalid_phone_number")?)
+    PhoneNumber::parse(&segment(raw, ErrorCode::InvalidPhoneNumber)?)
 }
 
 fn required_code(code: Option<&str>) -> Result<VoucherCode, Error> {
-    let code = code.ok_or_else(|| Error::invalid("invalid_code", "code is required"))?;
+    let code = code.ok_or_else(|| Error::invalid(ErrorCode::InvalidCode, "code is required"))?;
     VoucherCode::parse(code)
 }
 
@@ -106,7 +106,7 @@ pub async fn create_profile(service: &Service, body: &[u8]) -> Outcome<ProfileCr
         None => 0,
         Some(balance) => integer_of(&balance).filter(|b| *b >= 0).ok_or_else(|| {
             Error::invalid(
-                "invalid_amount",
+                ErrorCode::InvalidAmount,
                 "balance must be a non-negative integer of minor units",
             )
         })?,
@@ -138,7 +138,7 @@ pub async fn transaction(
         let printable = key.bytes().all(|b| b.is_ascii_graphic());
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !printable {
             return Err(Error::invalid(
-                "invalid_idempotency_key",
+                ErrorCode::InvalidIdempotencyKey,
                 format!(
                     "Idempotency-Key must be 1..={MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII bytes"
                 ),
@@ -152,7 +152,7 @@ pub async fn transaction(
         .filter(|a| *a != 0)
         .ok_or_else(|| {
             Error::invalid(
-                "invalid_amount",
+                ErrorCode::InvalidAmount,
                 "amount must be a non-zero integer of minor units",
             )
         })?;
@@ -173,7 +173,7 @@ pub async fn credits(service: &Service, body: &[u8]) -> Outcome<CreditResults> {
     let batch: CreditBatch = parse_json(body)?;
     if batch.credits.is_empty() || batch.credits.len() > MAX_CREDITS_PER_CALL {
         return Err(Error::invalid(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("credits must hold 1 to {MAX_CREDITS_PER_CALL} credits"),
         )
         .into());
@@ -199,7 +199,7 @@ fn credit_of(item: CreditItem, now: voucherd_core::domain::Timestamp) -> Result<
     let phone = PhoneNumber::parse(&item.phone_number)?;
     if item.amount <= 0 {
         return Err(Error::invalid(
-            "invalid_amount",
+            ErrorCode::InvalidAmount,
             "a credit's amount must be positive",
         ));
     }
@@ -208,7 +208,7 @@ fn credit_of(item: CreditItem, now: voucherd_core::domain::Timestamp) -> Result<
         .strip_prefix(VOUCHER_REFERENCE_PREFIX)
         .ok_or_else(|| {
             Error::invalid(
-                "invalid_reference",
+                ErrorCode::InvalidReference,
                 format!("a credit's reference is {VOUCHER_REFERENCE_PREFIX}<code>"),
             )
         })?;

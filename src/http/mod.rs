@@ -29,6 +29,7 @@ use auth::AccessPolicy;
 use dto::StatusResponse;
 use error::ApiError;
 use routes::{Endpoint, Lookup, Params, RouteSpec};
+use voucherd_core::error::ErrorCode;
 use voucherd_core::limits::MAX_BODY_BYTES;
 use voucherd_service::role::Role;
 use voucherd_service::service::{RequestGuard, Service};
@@ -236,7 +237,7 @@ fn fallback() -> BoxedFilter<(Response,)> {
         .map(|method: Method, path: FullPath| {
             let error = match routes::lookup(&method, path.as_str()) {
                 Lookup::Matched(..) => ApiError::Domain(voucherd_core::error::Error::invalid(
-                    "invalid_request",
+                    ErrorCode::InvalidRequest,
                     "the request could not be read",
                 )),
                 Lookup::OtherMethod => {
@@ -278,7 +279,7 @@ where
 {
     let unreadable = || {
         ApiError::Domain(voucherd_core::error::Error::invalid(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "the body could not be read",
         ))
     };

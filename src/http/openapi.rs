@@ -40,13 +40,13 @@ use super::auth::{Access, Principal};
 use super::dto;
 use super::error::ErrorBody;
 use super::routes::{Endpoint, RouteSpec, Segment, ROUTES};
+use voucherd_core::error::ErrorCode;
 use voucherd_service::role::Serves;
 
 mod errors;
 
-use errors::error_code;
+pub use errors::error_codes_of;
 use errors::error_response;
-pub use errors::{error_codes_of, ErrorCode, ERROR_CODES};
 
 /// The security scheme of the admin token.
 pub const ADMIN_SCHEME: &str = "admin_token";
@@ -64,7 +64,7 @@ struct Described {
     /// Success responses by status.
     responses: Vec<(u16, Response)>,
     /// The endpoint's own error codes; the route table adds the edge's.
-    errors: &'static [&'static str],
+    errors: &'static [ErrorCode],
     /// Whether it reaches the ledger or an actor, and so may answer 503 and 500.
     reaches_ledger: bool,
 }
@@ -73,7 +73,7 @@ struct Described {
 /// is described.
 fn describe(endpoint: Endpoint) -> Described {
     use Endpoint as E;
-    let none: &'static [&'static str] = &[];
+    let none: &'static [ErrorCode] = &[];
     match endpoint {
         E::Redeem => Described {
             operation_id: "redeemVoucher",
@@ -108,15 +108,15 @@ fn describe(endpoint: Endpoint) -> Described {
             .map(|(status, builder)| (status, builder.build()))
             .collect(),
             errors: &[
-                "invalid_code",
-                "invalid_phone_number",
-                "voucher_not_active",
-                "voucher_not_found",
-                "already_redeemed",
-                "credit_refused",
-                "voucher_exhausted",
-                "rate_limited",
-                "overloaded",
+                ErrorCode::InvalidCode,
+                ErrorCode::InvalidPhoneNumber,
+                ErrorCode::VoucherNotActive,
+                ErrorCode::VoucherNotFound,
+                ErrorCode::AlreadyRedeemed,
+                ErrorCode::CreditRefused,
+                ErrorCode::VoucherExhausted,
+                ErrorCode::RateLimited,
+                ErrorCode::Overloaded,
             ],
             reaches_ledger: true,
         },
@@ -137,11 +137,11 @@ fn describe(endpoint: Endpoint) -> Described {
                     .build(),
             )],
             errors: &[
-                "invalid_code",
-                "invalid_amount",
-                "invalid_limit",
-                "invalid_window",
-                "voucher_exists",
+                ErrorCode::InvalidCode,
+                ErrorCode::InvalidAmount,
+                ErrorCode::InvalidLimit,
+                ErrorCode::InvalidWindow,
+                ErrorCode::VoucherExists,
             ],
             reaches_ledger: true,
         },
@@ -152,7 +152,7 @@ fn describe(endpoint: Endpoint) -> Described {
             parameters: vec![query("code", "The voucher code.", true, schemas::code())],
             request_body: None,
             responses: vec![voucher_read()],
-            errors: &["invalid_code", "voucher_not_found"],
+            errors: &[ErrorCode::InvalidCode, ErrorCode::VoucherNotFound],
             reaches_ledger: true,
         },
         E::Report => Described {
@@ -173,12 +173,12 @@ fn describe(endpoint: Endpoint) -> Described {
                 json_response("A page of winners.", schema_ref::<dto::ReportResponse>()).build(),
             )],
             errors: &[
-                "invalid_code",
-                "invalid_pagination",
-                "invalid_cursor",
-                "malformed_json",
-                "invalid_body",
-                "voucher_not_found",
+                ErrorCode::InvalidCode,
+                ErrorCode::InvalidPagination,
+                ErrorCode::InvalidCursor,
+                ErrorCode::MalformedJson,
+                ErrorCode::InvalidBody,
+                ErrorCode::VoucherNotFound,
             ],
             reaches_ledger: true,
         },
@@ -190,7 +190,7 @@ fn describe(endpoint: Endpoint) -> Described {
             parameters: vec![],
             request_body: None,
             responses: vec![voucher_read()],
-            errors: &["invalid_code", "voucher_not_found", "not_found"],
+            errors: &[ErrorCode::InvalidCode, ErrorCode::VoucherNotFound, ErrorCode::NotFound],
             reaches_ledger: true,
         },
         E::Redemption => Described {
@@ -205,10 +205,10 @@ fn describe(endpoint: Endpoint) -> Described {
                 json_response("The redemption.", schema_ref::<dto::RedemptionResponse>()).build(),
             )],
             errors: &[
-                "invalid_code",
-                "invalid_phone_number",
-                "redemption_not_found",
-                "not_found",
+                ErrorCode::InvalidCode,
+                ErrorCode::InvalidPhoneNumber,
+                ErrorCode::RedemptionNotFound,
+                ErrorCode::NotFound,
             ],
             reaches_ledger: true,
         },
@@ -230,10 +230,10 @@ fn describe(endpoint: Endpoint) -> Described {
                     .build(),
             )],
             errors: &[
-                "invalid_phone_number",
-                "invalid_amount",
-                "profile_exists",
-                "overloaded",
+                ErrorCode::InvalidPhoneNumber,
+                ErrorCode::InvalidAmount,
+                ErrorCode::ProfileExists,
+                ErrorCode::Overloaded,
             ],
             reaches_ledger: true,
         },
@@ -248,11 +248,11 @@ fn describe(endpoint: Endpoint) -> Described {
                 json_response("The wallet.", schema_ref::<dto::ProfileResponse>()).build(),
             )],
             errors: &[
-                "invalid_phone_number",
-                "invalid_pagination",
-                "invalid_cursor",
-                "profile_not_found",
-                "not_found",
+                ErrorCode::InvalidPhoneNumber,
+                ErrorCode::InvalidPagination,
+                ErrorCode::InvalidCursor,
+                ErrorCode::ProfileNotFound,
+                ErrorCode::NotFound,
             ],
             reaches_ledger: true,
         },
@@ -284,13 +284,13 @@ fn describe(endpoint: Endpoint) -> Described {
                 .build(),
             )],
             errors: &[
-                "invalid_phone_number",
-                "invalid_amount",
-                "invalid_idempotency_key",
-                "reserved_reference",
-                "insufficient_funds",
-                "idempotency_key_reused",
-                "overloaded",
+                ErrorCode::InvalidPhoneNumber,
+                ErrorCode::InvalidAmount,
+                ErrorCode::InvalidIdempotencyKey,
+                ErrorCode::ReservedReference,
+                ErrorCode::InsufficientFunds,
+                ErrorCode::IdempotencyKeyReused,
+                ErrorCode::Overloaded,
             ],
             reaches_ledger: true,
         },
@@ -307,10 +307,10 @@ fn describe(endpoint: Endpoint) -> Described {
                 json_response("One result per credit.", schema_ref::<dto::CreditResults>()).build(),
             )],
             errors: &[
-                "invalid_phone_number",
-                "invalid_amount",
-                "invalid_reference",
-                "invalid_code",
+                ErrorCode::InvalidPhoneNumber,
+                ErrorCode::InvalidAmount,
+                ErrorCode::InvalidReference,
+                ErrorCode::InvalidCode,
             ],
             reaches_ledger: false,
         },
@@ -599,17 +599,16 @@ fn operation(spec: &RouteSpec, components: &mut BTreeMap<String, Response>) -> O
     for (status, response) in described.responses {
         builder = builder.response(status.to_string(), response);
     }
-    let mut by_status: BTreeMap<u16, Vec<&'static str>> = BTreeMap::new();
+    let mut by_status: BTreeMap<u16, Vec<ErrorCode>> = BTreeMap::new();
     for code in error_codes_of(spec) {
-        let status = error_code(code).map_or(500, |known| known.status);
-        by_status.entry(status).or_default().push(code);
+        by_status.entry(code.status()).or_default().push(code);
     }
     for (status, codes) in by_status {
         let response = error_response(status, &codes);
         let response: RefOr<Response> = match codes.as_slice() {
             [single] => {
-                components.insert((*single).to_owned(), response);
-                RefOr::Ref(Ref::from_response_name(*single))
+                components.insert(single.as_str().to_owned(), response);
+                RefOr::Ref(Ref::from_response_name(single.as_str()))
             }
             _ => RefOr::T(response),
         };

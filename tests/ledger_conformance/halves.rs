@@ -3,6 +3,7 @@
 //! wallet half (a credit whose refusal is final is refused again).
 
 use voucherd_core::domain::{Redemption, RedemptionStatus, ReportEntry};
+use voucherd_core::error::ErrorCode;
 use voucherd_core::ledger::Resolution;
 
 use super::fixtures::*;
@@ -463,7 +464,7 @@ pub async fn a_final_refusal_is_remembered(store: &Store) {
         matches!(
             refused,
             Err(Error::Invalid {
-                code: "invalid_amount",
+                code: ErrorCode::InvalidAmount,
                 ..
             })
         ),

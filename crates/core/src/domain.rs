@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{
     MAX_CODE_CHARS, MAX_PHONE_DIGITS, MAX_REFERENCE_CHARS, MAX_VOUCHER_LIMIT, MIN_PHONE_DIGITS,
 };
@@ -37,7 +37,7 @@ impl VoucherCode {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if raw.is_empty() || raw.len() > MAX_CODE_CHARS || !valid_chars {
             return Err(Error::invalid(
-                "invalid_code",
+                ErrorCode::InvalidCode,
                 format!("code must match [A-Za-z0-9_-]{{1,{MAX_CODE_CHARS}}}"),
             ));
         }
@@ -64,7 +64,7 @@ impl PhoneNumber {
     pub fn parse(raw: &str) -> Result<Self> {
         let invalid = || {
             Error::invalid(
-                "invalid_phone_number",
+                ErrorCode::InvalidPhoneNumber,
                 format!(
                     "phone_number must be E.164: '+' then {MIN_PHONE_DIGITS} to {MAX_PHONE_DIGITS} digits, the first not 0"
                 ),
@@ -108,7 +108,7 @@ impl Timestamp {
     /// Parses an RFC 3339 timestamp whose instant, in UTC, falls in the years
     /// 0000 to 9999: only such an instant can be written back in RFC 3339
     /// (`9999-12-31T23:30:00-01:00` is in the year 10000 in UTC).
-    pub fn parse_rfc3339(raw: &str, code: &'static str) -> Result<Self> {
+    pub fn parse_rfc3339(raw: &str, code: ErrorCode) -> Result<Self> {
         let invalid = || {
             Error::invalid(
                 code,
@@ -158,20 +158,20 @@ impl Voucher {
     ) -> Result<Self> {
         if amount <= 0 {
             return Err(Error::invalid(
-                "invalid_amount",
+                ErrorCode::InvalidAmount,
                 "amount must be a positive integer of minor units",
             ));
         }
         if !(1..=MAX_VOUCHER_LIMIT).contains(&limit) {
             return Err(Error::invalid(
-                "invalid_limit",
+                ErrorCode::InvalidLimit,
                 format!("limit must be between 1 and {MAX_VOUCHER_LIMIT}"),
             ));
         }
         if let (Some(start), Some(end)) = (starts_at, expires_at) {
             if start >= end {
                 return Err(Error::invalid(
-                    "invalid_window",
+                    ErrorCode::InvalidWindow,
                     "starts_at must be before expires_at",
                 ));
             }
@@ -252,13 +252,13 @@ pub fn is_reserved_reference(reference: &str) -> bool {
 pub fn parse_reference(raw: &str) -> Result<String> {
     if raw.chars().count() > MAX_REFERENCE_CHARS || raw.chars().any(char::is_control) {
         return Err(Error::invalid(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("reference must be at most {MAX_REFERENCE_CHARS} printable characters"),
         ));
     }
     if is_reserved_reference(raw) {
         return Err(Error::invalid(
-            "reserved_reference",
+            ErrorCode::ReservedReference,
             format!(
                 "references starting with '{VOUCHER_REFERENCE_PREFIX}' and \
                  '{OPENING_BALANCE_REFERENCE}' are written by the service only"
@@ -428,7 +428,7 @@ mod tests {
         ] {
             match parse_reference(reserved) {
                 Err(Error::Invalid { code, .. }) => {
-                    assert_eq!(code, "reserved_reference", "{reserved:?}")
+                    assert_eq!(code, ErrorCode::ReservedReference, "{reserved:?}")
                 }
                 other => panic!("{reserved:?} must be reserved, got {other:?}"),
             }
@@ -453,15 +453,15 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        let t = Timestamp::parse_rfc3339("2026-11-25T12:00:00Z", "invalid_window").unwrap();
+        let t = Timestamp::parse_rfc3339("2026-11-25T12:00:00Z", ErrorCode::InvalidWindow).unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-25T12:00:00Z");
     }
 
     #[test]
     fn timestamps_outside_what_rfc3339_can_write_in_utc_are_refused() {
         for outside in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
-            match Timestamp::parse_rfc3339(outside, "invalid_window") {
-                Err(Error::Invalid { code, .. }) => assert_eq!(code, "invalid_window"),
+            match Timestamp::parse_rfc3339(outside, ErrorCode::InvalidWindow) {
+                Err(Error::Invalid { code, .. }) => assert_eq!(code, ErrorCode::InvalidWindow),
                 other => panic!("{outside} must be refused, got {other:?}"),
             }
         }
@@ -470,7 +470,7 @@ mod tests {
             "0000-01-01T00:00:00Z",
             "0001-01-01T00:00:00+01:00",
         ] {
-            let t = Timestamp::parse_rfc3339(inside, "invalid_window").unwrap();
+            let t = Timestamp::parse_rfc3339(inside, ErrorCode::InvalidWindow).unwrap();
             assert!(!t.to_rfc3339().is_empty(), "{inside} must be written back");
         }
     }

@@ -4,8 +4,8 @@
 //! and the protocol cannot lean on any one backend or transport.
 //!
 //! - [`domain`], [`error`], [`clock`], [`limits`]: validated values and shared
-//!   rules (the wallet's in [`domain::wallet`]), the closed error enum, the
-//!   injected time, every bound with its reason.
+//!   rules (the wallet's in [`domain::wallet`]), the closed error enum and
+//!   its stable codes, the injected time, every bound with its reason.
 //! - [`ledger`]: the ledger seam in two halves ([`ledger::VoucherLedger`],
 //!   [`ledger::WalletLedger`]; [`ledger::Ledger`] is both), with the voucher
 //!   half's part of the protocol ([`ledger::PendingLedger`]).

@@ -26,7 +26,7 @@ use voucherd_core::domain::{
     transaction_id, Page, PageRequest, PhoneNumber, Redemption, RedemptionStatus, ReportEntry,
     Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
 };
-use voucherd_core::error::{Error, Result};
+use voucherd_core::error::{Error, ErrorCode, Result};
 use voucherd_core::ledger::{
     Ledger, LedgerHealth, NewProfile, NewTransaction, PendingLedger, VoucherLedger, WalletLedger,
 };
@@ -567,7 +567,7 @@ where
 fn credit_refused_in_the_claim(error: Error) -> Error {
     match error {
         Error::Invalid {
-            code: "invalid_amount",
+            code: ErrorCode::InvalidAmount,
             message,
         } => Error::CreditRefused { reason: message },
         other => other,

@@ -7,7 +7,7 @@
 //! and the SQL ledger cannot drift apart on these answers.
 
 use super::{PhoneNumber, WalletTransaction};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 /// Answers a request whose id matches the stored transaction `first`: the same
 /// request (phone, amount and reference) replays `first`; anything else under
@@ -33,7 +33,7 @@ pub fn replay(
 pub fn balance_after(balance: i64, amount: i64) -> Result<i64> {
     let new_balance = balance
         .checked_add(amount)
-        .ok_or_else(|| Error::invalid("invalid_amount", "the balance would overflow"))?;
+        .ok_or_else(|| Error::invalid(ErrorCode::InvalidAmount, "the balance would overflow"))?;
     if new_balance < 0 {
         return Err(Error::InsufficientFunds);
     }
@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn an_overflowing_credit_is_an_invalid_amount() {
         match balance_after(i64::MAX, 1) {
-            Err(Error::Invalid { code, .. }) => assert_eq!(code, "invalid_amount"),
+            Err(Error::Invalid { code, .. }) => assert_eq!(code, ErrorCode::InvalidAmount),
             other => panic!("an overflow must be invalid_amount, got {other:?}"),
         }
     }

@@ -29,7 +29,7 @@ use super::store::{
 use super::Inner;
 use voucherd_core::domain::wallet::{balance_after, replay};
 use voucherd_core::domain::{Page, PageRequest, PhoneNumber, Timestamp, Wallet, WalletTransaction};
-use voucherd_core::error::{Error, Result};
+use voucherd_core::error::{Error, ErrorCode, Result};
 use voucherd_core::ledger::{NewProfile, NewTransaction};
 
 /// Clustering kinds of a wallet partition.
@@ -432,7 +432,7 @@ fn cursor_of(cursor: u64, head: &Head) -> Result<Value> {
         .filter(|c| (1..=head.version.unwrap_or(0)).contains(c));
     valid.map(Value::Int).ok_or_else(|| {
         Error::invalid(
-            "invalid_cursor",
+            ErrorCode::InvalidCursor,
             "cursor must be a next_cursor this service returned",
         )
     })

@@ -7,7 +7,7 @@ use voucherd_core::domain::{
     redemption_id, Page, PageRequest, PhoneNumber, Redemption, RedemptionStatus, Timestamp,
     Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
 };
-use voucherd_core::error::{Error, Result};
+use voucherd_core::error::{Error, ErrorCode, Result};
 
 use super::db_error;
 use super::tables::{
@@ -216,7 +216,7 @@ fn previous_of_cursor(
         .map(|(_, previous)| previous)
         .ok_or_else(|| {
             Error::invalid(
-                "invalid_cursor",
+                ErrorCode::InvalidCursor,
                 "cursor must be a next_cursor this service returned",
             )
         })

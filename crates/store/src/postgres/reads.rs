@@ -8,7 +8,7 @@ use voucherd_core::domain::{
     redemption_id, Page, PageRequest, PhoneNumber, Redemption, RedemptionStatus, ReportEntry,
     Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
 };
-use voucherd_core::error::{Error, Result};
+use voucherd_core::error::{Error, ErrorCode, Result};
 
 use super::errors::Failure;
 
@@ -240,7 +240,7 @@ fn page_start(cursor: Option<u64>, last_sequence: i64) -> Result<i64> {
         None => Ok(i64::MAX),
         Some(Ok(cursor)) if (1..=last_sequence).contains(&cursor) => Ok(cursor),
         Some(_) => Err(Error::invalid(
-            "invalid_cursor",
+            ErrorCode::InvalidCursor,
             "cursor must be a next_cursor this service returned",
         )),
     }
