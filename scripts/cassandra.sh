@@ -102,6 +102,10 @@ hints_directory: $dir/hints
 cdc_raw_directory: $dir/cdc_raw
 commitlog_sync: periodic
 commitlog_sync_period: 10000ms
+# A node whose disk fails (a full disk) exits rather than lingering without
+# its native transport, so that a start sees it down and starts it again.
+disk_failure_policy: die
+commit_failure_policy: die
 authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
 concurrent_reads: 8
@@ -273,7 +277,8 @@ cmd_start() {
             dir="$cluster/node$((i + 1))"
             node_pid "$dir" >/dev/null || die_with_log "$dir"
         done
-        [ "$SECONDS" -lt "$deadline" ] || die "the cluster at $first is not up after ${start_timeout_s}s"
+        [ "$SECONDS" -lt "$deadline" ] ||
+            die "the cluster at $first is not up after ${start_timeout_s}s (its logs: $cluster/node*/system.log; to start it afresh: scripts/cassandra.sh stop --first $first --wipe)"
         sleep 2
     done
     local points=()
