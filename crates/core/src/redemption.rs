@@ -153,10 +153,19 @@ pub async fn settle_by(
     redemption: Redemption,
     answer: CreditAnswer,
 ) -> Result<Redemption> {
-    match resolution(answer) {
-        Some(resolution) => ledger.settle(redemption.id, resolution).await,
-        None => Ok(redemption),
-    }
+    let Some(resolution) = resolution(answer) else {
+        return Ok(redemption);
+    };
+    let target = resolution.status();
+    let settled = ledger.settle(redemption.id, resolution).await?;
+    // The ledger's contract: a settle answers the redemption it settled, at
+    // the status it was asked for (or fails).
+    assert_eq!(
+        settled.id, redemption.id,
+        "a settle answered another redemption"
+    );
+    assert_eq!(settled.status, target, "a settle answered another status");
+    Ok(settled)
 }
 
 /// What one recovery pass did.
@@ -196,6 +205,8 @@ pub async fn recover_once(
     }
     let credits = stuck.iter().map(Credit::of).collect();
     let answers = wallet.credit(credits).await;
+    // The port's contract: one answer per credit, in order.
+    assert_eq!(answers.len(), stuck.len(), "a credit port skipped credits");
     let settles = stuck
         .iter()
         .zip(answers)

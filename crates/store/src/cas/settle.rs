@@ -74,6 +74,11 @@ impl<S: CasStore> Inner<S> {
             which
         };
         let target = resolution.status();
+        assert_ne!(
+            target,
+            RedemptionStatus::Pending,
+            "a settle decides the redemption"
+        );
         let balance = match resolution {
             Resolution::Credited { balance } => int(balance),
             Resolution::Void { .. } => None,
