@@ -160,6 +160,13 @@ pub struct RunArgs {
     /// Also report the CPU time of these processes (e.g. the voucherd under test).
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
+
+    /// File holding the admin token of a deployment with access control (what its
+    /// `--admin-token-file` names): sent on the admin routes the harness uses
+    /// (voucher creation, profiles, transactions, the report and wallet reads of
+    /// verification), never on redeem or `/healthz`. Or `VOUCHERD_ADMIN_TOKEN`.
+    #[arg(long, env = "VOUCHERD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

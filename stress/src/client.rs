@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -27,12 +27,15 @@ pub struct Target {
     pub base: String,
     addr: SocketAddr,
     host: HeaderValue,
+    /// `Bearer <admin token>`, sent by [`Target::admin_request`] only.
+    admin: Option<HeaderValue>,
 }
 
 impl Target {
     /// Accepts `http://host:port` (a trailing `/` is ignored). TLS is not
     /// supported: the harness drives services on the same host or network.
-    pub async fn resolve(url: &str) -> Result<Arc<Target>> {
+    /// `admin_token` goes on the admin routes the harness calls.
+    pub async fn resolve(url: &str, admin_token: Option<&str>) -> Result<Arc<Target>> {
         let uri: Uri = url.parse().with_context(|| format!("bad --url {url:?}"))?;
         match uri.scheme_str() {
             Some("http") => {}
@@ -51,10 +54,19 @@ impl Target {
             .with_context(|| format!("resolving {url}"))?
             .next()
             .ok_or_else(|| anyhow!("{url} resolves to no address"))?;
+        let admin = admin_token
+            .map(|token| {
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .context("the admin token is not a valid header value")?;
+                value.set_sensitive(true);
+                anyhow::Ok(value)
+            })
+            .transpose()?;
         Ok(Arc::new(Target {
             base: format!("http://{authority}"),
             addr,
             host: HeaderValue::from_str(authority.as_str())?,
+            admin,
         }))
     }
 
@@ -69,6 +81,16 @@ impl Target {
         }
         b.body(Full::new(body.unwrap_or_default()))
             .expect("request parts are valid by construction")
+    }
+
+    /// A request for an admin route: [`Target::request`] with the admin token, when
+    /// one was given (a deployment without access control needs none).
+    pub fn admin_request(&self, method: Method, path: Uri, body: Option<Bytes>) -> Request<Body> {
+        let mut request = self.request(method, path, body);
+        if let Some(admin) = &self.admin {
+            request.headers_mut().insert(AUTHORIZATION, admin.clone());
+        }
+        request
     }
 }
 
@@ -212,5 +234,27 @@ mod tests {
             "%2B989121234567"
         );
         assert_eq!(encode_segment("GOAL-2026_x").to_string(), "GOAL-2026_x");
+    }
+
+    #[tokio::test]
+    async fn the_admin_token_goes_on_admin_requests_only() {
+        let secured = Target::resolve("http://127.0.0.1:1", Some("s3cret-admin-token"))
+            .await
+            .expect("a loopback URL resolves");
+        let admin = secured.admin_request(Method::POST, Uri::from_static("/api/vouchers"), None);
+        let header = admin
+            .headers()
+            .get(AUTHORIZATION)
+            .expect("the admin header");
+        assert_eq!(header, "Bearer s3cret-admin-token");
+        assert!(header.is_sensitive());
+        let public = secured.request(Method::POST, Uri::from_static("/api/vouchers/redeem"), None);
+        assert!(public.headers().get(AUTHORIZATION).is_none());
+
+        let open = Target::resolve("http://127.0.0.1:1", None)
+            .await
+            .expect("resolves");
+        let admin = open.admin_request(Method::POST, Uri::from_static("/api/vouchers"), None);
+        assert!(admin.headers().get(AUTHORIZATION).is_none());
     }
 }

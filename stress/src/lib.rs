@@ -103,6 +103,32 @@ fn main_load(run: &RunArgs) -> Load {
     }
 }
 
+/// The admin token the harness sends on admin routes: the file `--admin-token-file`
+/// names (a trailing newline ignored, as voucherd reads it), or `VOUCHERD_ADMIN_TOKEN`;
+/// one way, not both, as for voucherd itself.
+fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    let from_env = std::env::var("VOUCHERD_ADMIN_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty());
+    let token = match (file, from_env) {
+        (Some(_), Some(_)) => {
+            bail!("give the admin token one way: --admin-token-file or VOUCHERD_ADMIN_TOKEN, not both")
+        }
+        (Some(path), None) => {
+            let raw = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the admin token from {}", path.display()))?;
+            let token = raw.strip_suffix('\n').unwrap_or(&raw);
+            let token = token.strip_suffix('\r').unwrap_or(token).to_owned();
+            if token.is_empty() {
+                bail!("{} holds no admin token", path.display());
+            }
+            Some(token)
+        }
+        (None, from_env) => from_env,
+    };
+    Ok(token)
+}
+
 async fn run(cli: Cli) -> Result<u8> {
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -155,9 +181,10 @@ async fn run(cli: Cli) -> Result<u8> {
         bail!("--connections and --max-in-flight must be at least 1");
     }
 
+    let admin_token = admin_token(run.admin_token_file.as_deref())?;
     let mut targets = Vec::new();
     for url in &run.urls {
-        targets.push(client::Target::resolve(url).await?);
+        targets.push(client::Target::resolve(url, admin_token.as_deref()).await?);
     }
     let users =
         UserSpace::new(run.users, run.seed, &run.phone_prefix).map_err(anyhow::Error::msg)?;
@@ -218,7 +245,7 @@ async fn run(cli: Cli) -> Result<u8> {
         eprintln!("verifying...");
         let mut wallet_targets = Vec::new();
         for url in &v.wallet_urls {
-            wallet_targets.push(client::Target::resolve(url).await?);
+            wallet_targets.push(client::Target::resolve(url, admin_token.as_deref()).await?);
         }
         if wallet_targets.is_empty() {
             wallet_targets = targets.clone();

@@ -238,7 +238,7 @@ impl Workload {
                     r#"{{"phone_number":"{}","balance":{balance}}}"#,
                     self.users.phone(user)
                 );
-                target.request(
+                target.admin_request(
                     Method::POST,
                     Uri::from_static("/api/profiles"),
                     Some(Bytes::from(body)),
@@ -247,7 +247,7 @@ impl Workload {
             Op::GetProfile { user } => {
                 let phone = self.users.phone(user);
                 let path = format!("/api/profiles/{}?limit=10", encode_segment(phone.as_str()));
-                target.request(Method::GET, path_uri(path), None)
+                target.admin_request(Method::GET, path_uri(path), None)
             }
             Op::Transaction { user, amount, n } => {
                 let mut body = Vec::with_capacity(96);
@@ -256,7 +256,7 @@ impl Workload {
                     r#"{{"phone_number":"{}","amount":{amount},"reference":"stress"}}"#,
                     self.users.phone(user)
                 );
-                let mut req = target.request(
+                let mut req = target.admin_request(
                     Method::POST,
                     Uri::from_static("/api/transactions"),
                     Some(Bytes::from(body)),
@@ -343,7 +343,7 @@ impl Workload {
             let mut code = String::with_capacity(prefix.len() + 8);
             let _ = write!(code, "{prefix}-{v}");
             let body = serde_json::json!({"code": code, "amount": amount, "limit": limit});
-            let req = target.request(
+            let req = target.admin_request(
                 Method::POST,
                 Uri::from_static("/api/vouchers"),
                 Some(Bytes::from(body.to_string())),

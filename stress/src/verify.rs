@@ -404,7 +404,7 @@ async fn get<T: DeserializeOwned>(conn: &mut Conn, path: &str) -> Result<Option<
         }
         let req = conn
             .target()
-            .request(Method::GET, path_uri(path.to_owned()), None);
+            .admin_request(Method::GET, path_uri(path.to_owned()), None);
         match conn.send(req, Duration::from_secs(30)).await {
             Ok((StatusCode::OK, body)) => {
                 return serde_json::from_slice(&body)
