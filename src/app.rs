@@ -1,8 +1,11 @@
 //! Building and running the application: ledger, catalog, actors, HTTP server.
 //!
 //! The app takes an already-bound listener (tests bind port 0) and a shutdown
-//! future. On shutdown it stops accepting, lets in-flight requests finish (up to
-//! [`SHUTDOWN_GRACE_MS`]), then flushes the ledger, so every acknowledged write is
+//! future. On shutdown it drains: `/readyz` answers 503 `draining` at once while it
+//! keeps serving for the drain delay (every answer `Connection: close`), so the load
+//! balancer takes it out before anything is refused; a second stop signal cuts the
+//! delay short. Then it stops accepting, lets in-flight requests finish (up to
+//! [`SHUTDOWN_GRACE_MS`]), and flushes the ledger, so every acknowledged write is
 //! durable before the process exits. When the actors cannot be restored (the
 //! supervisor spent its restart budget, or stopped) it stops the same way and
 //! returns an error, so the process exits non-zero and is restarted.
@@ -41,6 +44,8 @@ pub struct App {
     metrics_listener: Option<tokio::net::TcpListener>,
     routes: RouteOptions,
     edge: EdgeLimits,
+    /// How long to keep serving, not ready, once a stop is asked.
+    drain_delay: Duration,
     service: Arc<Service>,
     /// The store of this instance's halves, flushed on stop.
     store: Arc<dyn Durable>,
@@ -137,6 +142,7 @@ impl App {
                 role: settings.role,
             },
             edge: settings.edge,
+            drain_delay: settings.drain_delay,
             service,
             store,
             recovery,
@@ -162,31 +168,65 @@ impl App {
         self.service.clone()
     }
 
+    /// Serves until `shutdown` resolves, then drains and stops (see the module's doc).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        self.run_until_stopped_or_hurried(shutdown, std::future::pending())
+            .await
+    }
+
+    /// As [`App::run_until_stopped`]; `hurry` resolving during the drain delay ends
+    /// it early (the process got a second SIGTERM or SIGINT).
+    pub async fn run_until_stopped_or_hurried(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        hurry: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (signalled, signal_seen) = oneshot::channel();
         let (failed, failure) = oneshot::channel();
         let service = self.service.clone();
         let mut fatal = self.fatal.clone();
+        let closing = server::Closing::default();
+        let drain_delay = self.drain_delay;
+        let closing_connections = closing.clone();
         let signal = async move {
-            tokio::select! {
-                () = shutdown => {
-                    tracing::info!("shutting down: no new connections, finishing in-flight requests");
-                }
+            let drain = tokio::select! {
+                () = shutdown => true,
                 reason = supervision_lost(&mut fatal) => {
                     tracing::error!(%reason, "stopping: the actors cannot be restored");
                     service.readiness().raise(NotReadyReason::SupervisorFailed);
                     let _ = failed.send(reason);
+                    // Its requests fail anyway: no point in keeping it in the pool.
+                    false
+                }
+            };
+            service.set_not_ready();
+            closing_connections.start();
+            if drain && !drain_delay.is_zero() {
+                tracing::info!(
+                    drain_delay_ms = drain_delay.as_millis() as u64,
+                    "draining: not ready, still serving until the load balancer has taken this instance out"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(drain_delay) => {}
+                    () = hurry => tracing::info!("asked again to stop: ending the drain delay early"),
                 }
             }
-            service.set_not_ready();
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
             let _ = signalled.send(());
         };
         let metrics = self.service.metrics_handle();
         let routes = crate::http::routes(self.service.clone(), self.routes.clone());
-        let server = server::serve(self.listener, routes, self.edge, metrics.clone(), signal);
+        let server = server::serve(
+            self.listener,
+            routes,
+            self.edge,
+            metrics.clone(),
+            closing,
+            signal,
+        );
         if let Some(listener) = self.metrics_listener {
             let routes = crate::http::metrics_routes(self.service.clone());
             // Lives until the process ends: Prometheus may scrape until the last moment.
@@ -195,6 +235,7 @@ impl App {
                 routes,
                 self.edge,
                 metrics,
+                server::Closing::default(),
                 std::future::pending(),
             ));
         }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use voucherd_core::clock::{Clock, SystemClock};
 use voucherd_core::limits::{
-    ACTOR_RESTART_BUDGET_MS, BODY_READ_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    ACTOR_RESTART_BUDGET_MS, BODY_READ_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, DRAIN_DELAY_MS,
     DEFAULT_REDEEM_BURST_PER_PHONE, DEFAULT_REDEEM_RATE_PER_PHONE, DEFAULT_SHARDS,
     HEADER_READ_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, RECOVERY_PENDING_AFTER_MS,
     REDEEM_CREDIT_DEADLINE_MS, RESERVED_FILE_DESCRIPTORS,
@@ -104,6 +104,13 @@ pub struct ServeArgs {
     /// VOUCHERD_SERVICE_TOKEN. Give both services the same token.
     #[arg(long, env = "VOUCHERD_SERVICE_TOKEN_FILE")]
     pub service_token_file: Option<PathBuf>,
+
+    /// Milliseconds an instance keeps serving after SIGTERM, with `/readyz` answering
+    /// 503 `draining` and every answer `Connection: close`, before it stops
+    /// accepting and finishes what is in flight: long enough for the load balancer
+    /// to take it out (see `limits.rs`). 0 stops accepting at once.
+    #[arg(long, env = "VOUCHERD_DRAIN_DELAY_MS", default_value_t = DRAIN_DELAY_MS, value_parser = clap::value_parser!(u64).range(0..=300_000))]
+    pub drain_delay_ms: u64,
 
     /// Address to listen on; port 0 picks a free port. Without an admin token only
     /// a loopback address is allowed (see --insecure-no-auth).
@@ -214,6 +221,7 @@ impl ServeArgs {
             tokens,
             insecure_no_auth: self.insecure_no_auth,
             metrics_listen: self.metrics_listen,
+            drain_delay: Duration::from_millis(self.drain_delay_ms),
             edge: EdgeLimits {
                 max_connections: self.max_connections(),
                 header_read_timeout: Duration::from_secs(self.header_timeout_secs),
@@ -325,6 +333,8 @@ pub struct Settings {
     pub insecure_no_auth: bool,
     /// A separate address serving `/metrics` without a token.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long the instance keeps serving, not ready, after a stop is asked.
+    pub drain_delay: Duration,
     pub edge: EdgeLimits,
     pub phone_rate: PhoneRate,
     /// Where windows and timestamps read the time (the system's, but for tests).
@@ -349,6 +359,7 @@ impl Settings {
             tokens: AcceptedTokens::default(),
             insecure_no_auth: false,
             metrics_listen: None,
+            drain_delay: Duration::from_millis(DRAIN_DELAY_MS),
             edge: EdgeLimits {
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 header_read_timeout: Duration::from_secs(HEADER_READ_TIMEOUT_SECS),

@@ -73,9 +73,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         header_timeout_secs = edge.header_read_timeout.as_secs(),
         body_timeout_secs = edge.body_read_timeout.as_secs(),
         idle_timeout_secs = edge.idle_timeout.as_secs(),
+        drain_delay_ms = args.drain_delay_ms,
         "serving"
     );
-    app.run_until_stopped(stop_requested).await
+    let StopSignals { first, second } = stop_requested;
+    app.run_until_stopped_or_hurried(
+        async move {
+            let _ = first.await;
+        },
+        async move {
+            let _ = second.await;
+        },
+    )
+    .await
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -102,17 +112,30 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Installs the SIGTERM and SIGINT handlers now, and returns the future that
-/// resolves on either. Installed before the listening line is printed, so a
-/// supervisor's SIGTERM right after start is a clean stop, never a kill.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// The futures a stop signal resolves: the first SIGTERM or SIGINT (stop, after
+/// the drain delay), then a second one (stop now).
+struct StopSignals {
+    first: tokio::sync::oneshot::Receiver<()>,
+    second: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Installs the SIGTERM and SIGINT handlers now. Installed before the listening
+/// line is printed, so a supervisor's SIGTERM right after start is a clean stop,
+/// never a kill.
+fn shutdown_signal() -> anyhow::Result<StopSignals> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
+    let (first_sender, first) = tokio::sync::oneshot::channel();
+    let (second_sender, second) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        for sender in [first_sender, second_sender] {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            let _ = sender.send(());
         }
-    })
+    });
+    Ok(StopSignals { first, second })
 }

@@ -153,7 +153,7 @@ async fn a_shard_whose_restart_fails_while_postgres_is_down_comes_back_with_it()
     for sample in [
         "voucherd_ready 0",
         "voucherd_not_ready{reason=\"actor_restarting\"} 1",
-        "voucherd_not_ready{reason=\"shutting_down\"} 0",
+        "voucherd_not_ready{reason=\"draining\"} 0",
     ] {
         assert!(text.contains(sample), "no `{sample}` in:\n{text}");
     }

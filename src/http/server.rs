@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,6 +42,23 @@ use voucherd_core::limits::{
 };
 use voucherd_metrics::{AcceptFailure, ConnectionEnd, Metrics};
 
+/// Set when the instance drains: every answer from then on carries
+/// `Connection: close`, so a client (or a load balancer's pooled connection) sends
+/// its next request on a new connection, which the load balancer gives to another
+/// instance once it has taken this one out.
+#[derive(Debug, Clone, Default)]
+pub struct Closing(Arc<AtomicBool>);
+
+impl Closing {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting
 /// and waits for open connections to finish their requests (idle ones close at
 /// once). Returns only then: an accept error never ends it.
@@ -49,6 +67,7 @@ pub async fn serve(
     routes: BoxedFilter<(Response,)>,
     limits: EdgeLimits,
     metrics: Arc<Metrics>,
+    closing: Closing,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -95,7 +114,14 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = Connection::new(stream, peer, routes.clone(), limits, metrics.clone());
+        let connection = Connection {
+            stream,
+            peer,
+            routes: routes.clone(),
+            limits,
+            metrics: metrics.clone(),
+            closing: closing.clone(),
+        };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             connection.run(watcher).await;
@@ -166,25 +192,10 @@ struct Connection {
     routes: BoxedFilter<(Response,)>,
     limits: EdgeLimits,
     metrics: Arc<Metrics>,
+    closing: Closing,
 }
 
 impl Connection {
-    fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
-        routes: BoxedFilter<(Response,)>,
-        limits: EdgeLimits,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            stream,
-            peer,
-            routes,
-            limits,
-            metrics,
-        }
-    }
-
     /// Serves requests until the client closes, a deadline passes, or shutdown.
     async fn run(self, watcher: hyper_util::server::graceful::Watcher) {
         let activity = Arc::new(Activity::new());
@@ -195,6 +206,7 @@ impl Connection {
         let service = ConnectionService {
             routes: self.routes,
             activity: activity.clone(),
+            closing: self.closing,
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -428,6 +440,7 @@ impl AsyncWrite for Watched {
 struct ConnectionService {
     routes: BoxedFilter<(Response,)>,
     activity: Arc<Activity>,
+    closing: Closing,
 }
 
 /// Marks a request finished when dropped (also if the client went away mid-request).
@@ -452,9 +465,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             return Box::pin(std::future::ready(Ok(refusal)));
         }
         let answer = warp::service(self.routes.clone()).call(request);
+        let closing = self.closing.clone();
         Box::pin(async move {
-            let response = answer.await;
+            let mut response = answer.await;
             drop(serving);
+            if closing.is_set() {
+                if let Ok(response) = &mut response {
+                    // hyper closes the connection once this answer is written.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+            }
             response
         })
     }

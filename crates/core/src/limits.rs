@@ -126,8 +126,18 @@ pub const MAX_COMMIT_BATCH_OPS: usize = 2_048;
 /// Operations that may wait for the ledger writer; submitters get 503 beyond it.
 pub const MAX_LEDGER_QUEUE_OPS: usize = 65_536;
 
-/// Time allowed for in-flight requests to finish after SIGTERM before the
-/// server stops waiting for them.
+/// How long an instance keeps serving after SIGTERM while `/readyz` answers 503
+/// `draining`, before it stops accepting connections (`--drain-delay-ms`). A load
+/// balancer checking every second that takes an instance out after two failed
+/// checks (haproxy `inter 1s fall 2`, a Kubernetes readiness probe with
+/// `periodSeconds: 1, failureThreshold: 2`) stops sending to it within about 2 s;
+/// Kubernetes then takes a second or two more to update every node's endpoints. 5 s
+/// covers both with room; meanwhile every answer carries `Connection: close`, so
+/// kept-alive client connections move to other instances one request at a time.
+pub const DRAIN_DELAY_MS: u64 = 5_000;
+
+/// Time allowed for in-flight requests to finish once the instance stops
+/// accepting (after the drain delay) before the server stops waiting for them.
 pub const SHUTDOWN_GRACE_MS: u64 = 15_000;
 
 /// How often shutdown checks whether requests are still in flight.

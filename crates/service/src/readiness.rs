@@ -17,7 +17,7 @@ use voucherd_core::ledger::LedgerHealth;
 #[serde(rename_all = "snake_case")]
 pub enum NotReadyReason {
     /// SIGTERM arrived: the instance is draining.
-    ShuttingDown,
+    Draining,
     /// The embedded ledger cannot write (a full disk, an I/O error) and is
     /// recovering; writes get 503.
     LedgerUnwritable,
@@ -34,7 +34,7 @@ pub enum NotReadyReason {
 impl NotReadyReason {
     /// Every reason, in the order the metrics list them.
     pub const ALL: [NotReadyReason; 5] = [
-        NotReadyReason::ShuttingDown,
+        NotReadyReason::Draining,
         NotReadyReason::LedgerUnwritable,
         NotReadyReason::DatabaseUnreachable,
         NotReadyReason::ActorRestarting,
@@ -44,7 +44,7 @@ impl NotReadyReason {
     /// The name `/readyz` and the metrics give it.
     pub fn as_str(self) -> &'static str {
         match self {
-            NotReadyReason::ShuttingDown => "shutting_down",
+            NotReadyReason::Draining => "draining",
             NotReadyReason::LedgerUnwritable => "ledger_unwritable",
             NotReadyReason::DatabaseUnreachable => "database_unreachable",
             NotReadyReason::ActorRestarting => "actor_restarting",
@@ -54,7 +54,7 @@ impl NotReadyReason {
 
     /// The reasons an instance raises itself, in the order `/readyz` lists them.
     const RAISED: [NotReadyReason; 3] = [
-        NotReadyReason::ShuttingDown,
+        NotReadyReason::Draining,
         NotReadyReason::ActorRestarting,
         NotReadyReason::SupervisorFailed,
     ];
@@ -112,11 +112,11 @@ mod tests {
         let readiness = Readiness::default();
         assert!(readiness.reasons(LedgerHealth::Healthy).is_empty());
         readiness.raise(NotReadyReason::ActorRestarting);
-        readiness.raise(NotReadyReason::ShuttingDown);
+        readiness.raise(NotReadyReason::Draining);
         assert_eq!(
             readiness.reasons(LedgerHealth::Unwritable),
             [
-                NotReadyReason::ShuttingDown,
+                NotReadyReason::Draining,
                 NotReadyReason::ActorRestarting,
                 NotReadyReason::LedgerUnwritable
             ]
@@ -125,7 +125,7 @@ mod tests {
         assert_eq!(
             readiness.reasons(LedgerHealth::Unreachable),
             [
-                NotReadyReason::ShuttingDown,
+                NotReadyReason::Draining,
                 NotReadyReason::DatabaseUnreachable
             ]
         );

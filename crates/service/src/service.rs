@@ -226,7 +226,7 @@ impl Service {
 
     /// Marks the instance as stopping, so load balancers drain it.
     pub fn set_not_ready(&self) {
-        self.readiness.raise(NotReadyReason::ShuttingDown);
+        self.readiness.raise(NotReadyReason::Draining);
     }
 
     pub async fn create_voucher(&self, voucher: Voucher) -> Result<VoucherStatus> {
