@@ -344,6 +344,19 @@ impl VoucherShardState {
                 }
             }
             SlotFate::SlotLost(mut contender) => {
+                // The source handed out a slot the ledger has taken, so the rest of
+                // this batch may be taken too: give it back and let the source
+                // realign with the ledger before the retry leases again.
+                let stale = std::mem::take(&mut pool.free);
+                let limit = view.voucher.limit;
+                if !stale.is_empty() {
+                    if let Err(error) = self.args.slots.give_back(code, stale).await {
+                        tracing::warn!(%code, %error, "giving back a stale slot batch failed");
+                    }
+                }
+                if let Err(error) = self.args.slots.taken_elsewhere(code, limit).await {
+                    tracing::warn!(%code, %error, "realigning the slot pool with the ledger failed");
+                }
                 contender.attempts += 1;
                 if contender.attempts < MAX_CLAIM_ATTEMPTS {
                     retry = Some(contender);

@@ -9,9 +9,17 @@
 //! instances build the same pool, so each starts handing out fresh slots at a
 //! random point of the range to make collisions (one retry each, never an
 //! over-redemption: the ledger refuses a taken slot) rare.
+//!
+//! A shared pool is rebuilt from the ledger (at most once per
+//! [`RECONCILE_INTERVAL_MS`] per voucher) when a claim finds one of its slots taken
+//! (another instance got there: the rebuilt pool leaves out every slot taken so far
+//! and starts at a new random point) and when it runs dry while the ledger shows
+//! slots free (voids and lost claims of other instances). So no instance sweeps the
+//! whole range through other instances' slots, and no free slot stays stranded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -19,7 +27,8 @@ use parking_lot::Mutex;
 use super::{SlotBatch, SlotSource};
 use voucherd_core::domain::VoucherCode;
 use voucherd_core::error::Result;
-use voucherd_core::ledger::VoucherLedger;
+use voucherd_core::ledger::{SlotUsage, VoucherLedger};
+use voucherd_core::limits::RECONCILE_INTERVAL_MS;
 
 #[derive(Debug)]
 struct Pool {
@@ -34,9 +43,44 @@ struct Pool {
     returned: SlotBatch,
     /// Slots currently handed out and not given back (for accounting assertions).
     outstanding: u32,
+    /// When it was built from the ledger.
+    built: Instant,
+    /// A claim found one of its slots taken: rebuild it once that is allowed.
+    stale: bool,
 }
 
 impl Pool {
+    /// The pool of what `usage` shows free below `limit`; fresh slots go out from
+    /// `start` on (0: lowest first).
+    fn from_ledger(usage: SlotUsage, limit: u32, random_start: bool) -> Self {
+        let fresh_count = limit.saturating_sub(usage.highest_taken);
+        let start = if random_start && fresh_count > 0 {
+            uuid::Uuid::new_v4().as_u128() as u32 % fresh_count
+        } else {
+            0
+        };
+        Pool {
+            fresh_first: usage.highest_taken + 1,
+            fresh_count,
+            start,
+            fresh_handed: 0,
+            returned: usage.gaps.into_iter().collect(),
+            outstanding: 0,
+            built: Instant::now(),
+            stale: false,
+        }
+    }
+
+    fn is_dry(&self) -> bool {
+        self.returned.is_empty() && self.fresh_handed == self.fresh_count
+    }
+
+    /// Whether a shared pool should be read again from the ledger before this lease.
+    fn rebuild_due(&self, now: Instant) -> bool {
+        (self.stale || self.is_dry())
+            && now.duration_since(self.built) >= Duration::from_millis(RECONCILE_INTERVAL_MS)
+    }
+
     fn take(&mut self, max: u32) -> SlotBatch {
         let mut batch = self.returned.take_lowest(max as usize);
         let wanted = max - batch.len() as u32;
@@ -77,7 +121,9 @@ impl Pool {
 pub struct LocalSlots {
     ledger: Arc<dyn VoucherLedger>,
     pools: Arc<Mutex<HashMap<VoucherCode, Pool>>>,
-    random_start: bool,
+    /// Several instances share the ledger: fresh slots go out from a random point,
+    /// and the pool is rebuilt from the ledger when it falls behind it.
+    shared: bool,
 }
 
 impl LocalSlots {
@@ -86,7 +132,7 @@ impl LocalSlots {
         Self {
             ledger,
             pools: Arc::default(),
-            random_start: false,
+            shared: false,
         }
     }
 
@@ -94,7 +140,7 @@ impl LocalSlots {
     /// out from a random point, so instances rarely pick the same ones.
     pub fn shared(ledger: Arc<dyn VoucherLedger>) -> Self {
         Self {
-            random_start: true,
+            shared: true,
             ..Self::new(ledger)
         }
     }
@@ -115,27 +161,27 @@ impl SlotSource for LocalSlots {
         let pools = self.pools.clone();
         let ledger = self.ledger.clone();
         let code = code.clone();
-        let random_start = self.random_start;
+        let shared = self.shared;
         Box::pin(async move {
-            if let Some(pool) = pools.lock().get_mut(&code) {
-                return Ok(pool.take(max));
-            }
-            let usage = ledger.slot_usage(code.clone()).await?;
-            let fresh_count = limit.saturating_sub(usage.highest_taken);
-            let start = if random_start && fresh_count > 0 {
-                uuid::Uuid::new_v4().as_u128() as u32 % fresh_count
-            } else {
-                0
+            let rebuild = match pools.lock().get_mut(&code) {
+                // A single instance's pool is the ledger's whole truth: never reread.
+                Some(pool) if !(shared && pool.rebuild_due(Instant::now())) => {
+                    return Ok(pool.take(max));
+                }
+                Some(_) => true,
+                None => false,
             };
+            let usage = ledger.slot_usage(code.clone()).await?;
             let mut pools = pools.lock();
-            let pool = pools.entry(code).or_insert_with(|| Pool {
-                fresh_first: usage.highest_taken + 1,
-                fresh_count,
-                start,
-                fresh_handed: 0,
-                returned: usage.gaps.into_iter().collect(),
-                outstanding: 0,
-            });
+            let pool = if rebuild {
+                let pool = Pool::from_ledger(usage, limit, shared);
+                tracing::debug!(%code, fresh = pool.fresh_count, gaps = pool.returned.len(), "shared slot pool rebuilt from the ledger");
+                pools.entry(code).insert_entry(pool).into_mut()
+            } else {
+                pools
+                    .entry(code)
+                    .or_insert_with(|| Pool::from_ledger(usage, limit, shared))
+            };
             Ok(pool.take(max))
         })
     }
@@ -158,6 +204,18 @@ impl SlotSource for LocalSlots {
         self.pools.lock().remove(code);
         Box::pin(async { Ok(()) })
     }
+
+    fn taken_elsewhere(&self, code: &VoucherCode, _limit: u32) -> BoxFuture<'static, Result<()>> {
+        // Alone on its ledger, a taken slot means a predecessor's claim landed
+        // late (a restarted shard): nothing to realign. Shared, the next lease
+        // rebuilds the pool once allowed.
+        if self.shared {
+            if let Some(pool) = self.pools.lock().get_mut(code) {
+                pool.stale = true;
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +230,8 @@ mod tests {
             fresh_handed: 0,
             returned: returned.into_iter().collect(),
             outstanding: 0,
+            built: Instant::now(),
+            stale: false,
         }
     }
 
@@ -203,6 +263,113 @@ mod tests {
         all.extend(rest.iter());
         all.sort_unstable();
         assert_eq!(all, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn only_a_stale_or_dry_pool_is_rebuilt_and_not_more_than_once_an_interval() {
+        let interval = Duration::from_millis(RECONCILE_INTERVAL_MS);
+        let mut p = pool(1, 4, 0, Vec::new());
+        let later = p.built + interval;
+        assert!(!p.rebuild_due(later), "a pool with free slots is kept");
+        p.stale = true;
+        assert!(!p.rebuild_due(p.built), "not before the interval");
+        assert!(p.rebuild_due(later));
+        p.stale = false;
+        let _ = p.take(4);
+        assert!(p.is_dry());
+        assert!(p.rebuild_due(later), "a dry pool is read again");
+    }
+
+    mod with_a_ledger {
+        use super::super::*;
+        use voucherd_core::domain::{PhoneNumber, Timestamp, Voucher};
+        use voucherd_core::ledger::{Claim, Half};
+        use voucherd_store::cas::memory::MemoryStore;
+        use voucherd_store::cas::CasLedger;
+
+        async fn voucher(ledger: &Arc<dyn VoucherLedger>, limit: u32) -> VoucherCode {
+            let code = VoucherCode::parse("SHARED").expect("a valid code");
+            let voucher = Voucher {
+                code: code.clone(),
+                amount: 100,
+                limit,
+                starts_at: None,
+                expires_at: None,
+                created_at: Timestamp::now(),
+            };
+            ledger.create_voucher(voucher).await.expect("created");
+            code
+        }
+
+        async fn claim(ledger: &Arc<dyn VoucherLedger>, code: &VoucherCode, slot: u32) {
+            let phone = PhoneNumber::parse(&format!("+98912{slot:07}")).expect("a phone");
+            let claim = Claim {
+                code: code.clone(),
+                phone,
+                slot,
+                at: Timestamp::now(),
+            };
+            ledger.claim(claim).await.expect("claimed");
+        }
+
+        #[tokio::test]
+        async fn a_shared_pool_that_lost_a_slot_is_rebuilt_without_the_taken_ones() {
+            let ledger: Arc<dyn VoucherLedger> =
+                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let code = voucher(&ledger, 6).await;
+            let source = LocalSlots::shared(ledger.clone());
+            let first = source.lease(&code, 6, 6).await.expect("leased");
+            assert_eq!(first.len(), 6, "the whole range, from a random point");
+            // Another instance sharing the ledger takes slots 2 and 5 meanwhile.
+            claim(&ledger, &code, 2).await;
+            claim(&ledger, &code, 5).await;
+            source.give_back(&code, first).await.expect("given back");
+            source.taken_elsewhere(&code, 6).await.expect("noted");
+            tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS + 50)).await;
+            let again = source.lease(&code, 6, 6).await.expect("leased");
+            let mut slots: Vec<u32> = again.iter().collect();
+            slots.sort_unstable();
+            assert_eq!(
+                slots,
+                vec![1, 3, 4, 6],
+                "the rebuilt pool leaves the taken slots out"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_dry_shared_pool_finds_slots_freed_elsewhere() {
+            let ledger: Arc<dyn VoucherLedger> =
+                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let code = voucher(&ledger, 3).await;
+            let source = LocalSlots::shared(ledger.clone());
+            let all = source.lease(&code, 3, 3).await.expect("leased");
+            assert_eq!(all.len(), 3);
+            // This instance's claims of them were lost (the slots stay free in the
+            // ledger) and their batch is gone: the pool is dry.
+            assert!(source.lease(&code, 3, 3).await.expect("leased").is_empty());
+            tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS + 50)).await;
+            let found = source.lease(&code, 3, 3).await.expect("leased");
+            assert_eq!(
+                found.len(),
+                3,
+                "the ledger shows them free, so they come back"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_single_instance_pool_is_never_reread() {
+            let ledger: Arc<dyn VoucherLedger> =
+                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let code = voucher(&ledger, 2).await;
+            let source = LocalSlots::new(ledger.clone());
+            assert_eq!(source.lease(&code, 2, 2).await.expect("leased").len(), 2);
+            source.taken_elsewhere(&code, 2).await.expect("noted");
+            tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS + 50)).await;
+            assert!(
+                source.lease(&code, 2, 2).await.expect("leased").is_empty(),
+                "alone on its ledger, what it handed out is out until given back"
+            );
+        }
     }
 
     #[test]

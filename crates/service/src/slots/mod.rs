@@ -35,4 +35,12 @@ pub trait SlotSource: Send + Sync + 'static {
     /// Forgets the pool of the voucher, so the next lease rebuilds it from the ledger.
     /// A restarted shard calls this: the slots its predecessor held are free again.
     fn reset(&self, code: &VoucherCode) -> BoxFuture<'static, Result<()>>;
+
+    /// A claim found a slot this source handed out already taken in the ledger: the
+    /// pool is behind the ledger (a Redis that failed over to a replica missing the
+    /// last writes, or another instance sharing the ledger took it). The source
+    /// realigns the pool with what the ledger shows taken, at most once per
+    /// [`RECONCILE_INTERVAL_MS`](voucherd_core::limits::RECONCILE_INTERVAL_MS) per
+    /// voucher, so the next lease hands out free slots only.
+    fn taken_elsewhere(&self, code: &VoucherCode, limit: u32) -> BoxFuture<'static, Result<()>>;
 }

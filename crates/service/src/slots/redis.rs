@@ -121,6 +121,18 @@ end
 return added
 ";
 
+/// Moves the pool's cursor up to ARGV[1] (the lowest slot above every slot the
+/// ledger shows taken) if it is below: a Redis that failed over to a replica
+/// missing the last leases hands those slots out again otherwise. Returns the
+/// cursor it found, or -1 when the pool does not exist.
+const CLAMP_SCRIPT: &str = r"
+local next_fresh = redis.call('HGET', KEYS[1], 'next')
+if not next_fresh then return -1 end
+next_fresh = tonumber(next_fresh)
+if next_fresh < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'next', ARGV[1]) end
+return next_fresh
+";
+
 /// Where Redis is: one server, or a master found through Sentinel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
@@ -260,10 +272,12 @@ struct Inner {
     /// Vouchers this instance holds slots of: their held sets are renewed.
     held: Mutex<HashSet<VoucherCode>>,
     last_reconcile: Mutex<HashMap<VoucherCode, Instant>>,
+    last_realign: Mutex<HashMap<VoucherCode, Instant>>,
     lease: Script,
     init: Script,
     give_back: Script,
     reconcile: Script,
+    clamp: Script,
 }
 
 /// Slot leases from Redis, with the ledger as fallback.
@@ -296,10 +310,12 @@ impl RedisSlots {
             metrics,
             held: Mutex::default(),
             last_reconcile: Mutex::default(),
+            last_realign: Mutex::default(),
             lease: Script::new(LEASE_SCRIPT),
             init: Script::new(INIT_SCRIPT),
             give_back: Script::new(GIVE_BACK_SCRIPT),
             reconcile: Script::new(RECONCILE_SCRIPT),
+            clamp: Script::new(CLAMP_SCRIPT),
         });
         let maintenance = tokio::spawn(maintain(Arc::downgrade(&inner)));
         Self { inner, maintenance }
@@ -369,6 +385,28 @@ impl SlotSource for RedisSlots {
         })
     }
 
+    fn taken_elsewhere(&self, code: &VoucherCode, limit: u32) -> BoxFuture<'static, Result<()>> {
+        let inner = self.inner.clone();
+        let code = code.clone();
+        Box::pin(async move {
+            if inner.degraded.load(Ordering::Acquire) {
+                return inner.fallback.taken_elsewhere(&code, limit).await;
+            }
+            if !due(&inner.last_realign, &code) {
+                return Ok(());
+            }
+            let keys = &Keys::new(&code, &inner.instance);
+            match inner.realign(&code, keys).await {
+                Ok((0, 0)) => {}
+                Ok((moved, dropped)) => {
+                    tracing::warn!(%code, moved, dropped, "the slot pool in redis was behind the ledger (a failover to a replica that missed writes?): moved its cursor past every taken slot and dropped taken slots from its free set");
+                }
+                Err(error) => inner.enter_degraded(&error),
+            }
+            Ok(())
+        })
+    }
+
     fn reset(&self, code: &VoucherCode) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         let code = code.clone();
@@ -398,6 +436,56 @@ impl SlotSource for RedisSlots {
 }
 
 impl Inner {
+    /// Clamps the pool to the ledger: the cursor above every taken slot, and no
+    /// taken slot left in the free set. Returns (cursor moved by, slots dropped).
+    async fn realign(&self, code: &VoucherCode, keys: &Keys) -> Result<(u32, usize)> {
+        let usage = self.ledger.slot_usage(code.clone()).await?;
+        let floor = usage.highest_taken + 1;
+        let script = &self.clamp;
+        let found: i64 = self
+            .link
+            .run(|mut connection| async move {
+                let mut call = script.key(&keys.meta);
+                call.arg(floor);
+                call.invoke_async(&mut connection).await
+            })
+            .await?;
+        if found < 0 {
+            // No pool: the next lease initialises it from the ledger.
+            return Ok((0, 0));
+        }
+        let moved = u32::try_from(found).map_or(0, |cursor| floor.saturating_sub(cursor));
+        let free: Vec<i64> = self
+            .link
+            .run(|mut connection| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(&keys.free)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let gaps: HashSet<u32> = usage.gaps.iter().copied().collect();
+        let taken: Vec<i64> = free
+            .into_iter()
+            .filter(|&slot| {
+                u32::try_from(slot)
+                    .is_ok_and(|slot| slot <= usage.highest_taken && !gaps.contains(&slot))
+            })
+            .collect();
+        for chunk in taken.chunks(REDIS_SLOTS_PER_CALL) {
+            self.link
+                .run(|mut connection| async move {
+                    redis::cmd("SREM")
+                        .arg(&keys.free)
+                        .arg(chunk)
+                        .query_async::<i64>(&mut connection)
+                        .await
+                })
+                .await?;
+        }
+        Ok((moved, taken.len()))
+    }
+
     fn enter_degraded(&self, error: &Error) {
         if !self.degraded.swap(true, Ordering::AcqRel) {
             tracing::warn!(%error, "redis unreachable; taking slots from the ledger directly");
@@ -472,17 +560,25 @@ impl Inner {
     }
 
     fn reconcile_due(&self, code: &VoucherCode) -> bool {
-        let mut last = self.last_reconcile.lock();
-        let now = Instant::now();
-        let due = last.get(code).is_none_or(|at| {
-            now.duration_since(*at) >= Duration::from_millis(RECONCILE_INTERVAL_MS)
-        });
-        if due {
-            last.insert(code.clone(), now);
-        }
-        due
+        due(&self.last_reconcile, code)
     }
+}
 
+/// Whether the interval since the last time `code` was due has passed (then it
+/// is due now, and the time is noted).
+fn due(last: &Mutex<HashMap<VoucherCode, Instant>>, code: &VoucherCode) -> bool {
+    let mut last = last.lock();
+    let now = Instant::now();
+    let due = last
+        .get(code)
+        .is_none_or(|at| now.duration_since(*at) >= Duration::from_millis(RECONCILE_INTERVAL_MS));
+    if due {
+        last.insert(code.clone(), now);
+    }
+    due
+}
+
+impl Inner {
     /// Returns slots that are free in the ledger but in no pool and no live
     /// lease (their holder died, or Redis lost a write). Returns how many.
     async fn reconcile_pool(&self, code: &VoucherCode, limit: u32, keys: &Keys) -> Result<usize> {
