@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
+use uuid::Uuid;
 
 use crate::actors::voucher::VoucherShardMsg;
 use crate::actors::wallet::WalletMsg;
@@ -23,8 +24,8 @@ use crate::readiness::{NotReadyReason, Readiness};
 use voucherd_core::catalog::{Catalog, VoucherView};
 use voucherd_core::clock::{Clock, SystemClock};
 use voucherd_core::domain::{
-    transaction_id, Page, PageRequest, PhoneNumber, Redemption, RedemptionStatus, ReportEntry,
-    Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
+    redemption_id, transaction_id, Page, PageRequest, PhoneNumber, Redemption, RedemptionStatus,
+    ReportEntry, Timestamp, Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction,
 };
 use voucherd_core::error::{Error, ErrorCode, Result};
 use voucherd_core::ledger::{
@@ -397,6 +398,36 @@ impl Service {
                 Err(Error::VoucherNotFound)
             }
         }
+    }
+
+    /// What a redeem answered `AlreadyRedeemed` tells its client: the id of the
+    /// redemption the phone holds and, when known, its status. A client whose
+    /// answer was lost (a killed instance, a reset connection) and who retries thus
+    /// learns it won. In one process a winner is credited in the write that made it
+    /// one, so this costs no read; in split mode the status is read from the ledger
+    /// (pending or credited), and none is given if the read fails or finds no
+    /// redemption (it was voided meanwhile).
+    pub async fn held_redemption(
+        &self,
+        code: &VoucherCode,
+        phone: PhoneNumber,
+    ) -> (Uuid, Option<RedemptionStatus>) {
+        let id = redemption_id(code, phone);
+        if self.parts.credits.is_none() {
+            return (id, Some(RedemptionStatus::Credited));
+        }
+        let status = match self.vouchers() {
+            Ok(ledger) => match ledger.redemption(code.clone(), phone).await {
+                Ok(Some(redemption)) => Some(redemption.status),
+                Ok(None) => None,
+                Err(error) => {
+                    tracing::debug!(%code, %error, "reading the status of a held redemption failed");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        (id, status)
     }
 
     pub async fn redemption(&self, code: VoucherCode, phone: PhoneNumber) -> Result<Redemption> {
