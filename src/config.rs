@@ -428,19 +428,37 @@ impl std::fmt::Debug for StoreLocation {
     }
 }
 
-/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`.
+/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`, with several
+/// hosts too (`postgres://user:***@h1:5432,h2:5433/db`), and a `password=` in
+/// the query (which libpq and tokio-postgres also accept) → `password=***`.
 fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
+    let mut redacted = match authority.rsplit_once('@') {
         Some((credentials, host)) if credentials.contains(':') => {
             let user = credentials.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}{path}")
         }
-        _ => url.to_owned(),
+        _ => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key == "password" => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
     }
+    redacted
 }
 
 impl StoreLocation {
@@ -606,6 +624,32 @@ mod tests {
         assert_eq!(format!("{store:?}"), "postgres://app:***@db:5432/voucherd");
         let plain: StoreLocation = "postgres://app@db/voucherd".parse().unwrap();
         assert_eq!(plain.to_string(), "postgres://app@db/voucherd");
+        let in_query: StoreLocation = "postgres://app@db/voucherd?sslmode=disable&password=s3cret"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            in_query.to_string(),
+            "postgres://app@db/voucherd?sslmode=disable&password=***"
+        );
+    }
+
+    #[test]
+    fn a_multi_host_postgres_url_is_one_shared_store() {
+        let url = "postgres://app:s3cret@h1:5432,h2:5433/db?target_session_attrs=read-write";
+        let store: StoreLocation = url.parse().unwrap();
+        // Passed whole to the driver, which tries the hosts in order.
+        assert_eq!(store, StoreLocation::Postgres(url.to_owned()));
+        assert!(store.is_shared());
+        assert_eq!(
+            store.to_string(),
+            "postgres://app:***@h1:5432,h2:5433/db?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            format!("{store:?}"),
+            "postgres://app:***@h1:5432,h2:5433/db?target_session_attrs=read-write"
+        );
+        let no_password: StoreLocation = "postgresql://app@h1,h2/db".parse().unwrap();
+        assert_eq!(no_password.to_string(), "postgresql://app@h1,h2/db");
     }
 }
 

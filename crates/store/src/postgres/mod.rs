@@ -53,6 +53,7 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Hook, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::oneshot;
+use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -71,6 +72,8 @@ use voucherd_metrics::Metrics;
 
 mod claims;
 mod errors;
+#[cfg(test)]
+mod failover_tests;
 #[cfg(test)]
 mod fixtures;
 mod health;
@@ -105,8 +108,12 @@ const READ_POOL_CONNECTIONS: usize = 4;
 const WRITE_POOL_CONNECTIONS: usize = 2;
 /// How long taking a connection from a pool may wait, including opening it.
 const POOL_WAIT_TIMEOUT_MS: u64 = 5_000;
-/// How long opening a TCP connection to the database may take.
+/// How long opening TCP connections to the database may take, shared among the
+/// URL's hosts (tokio-postgres applies `connect_timeout` to each host it
+/// tries): when a lost primary's address swallows packets instead of refusing
+/// them, the next host is still tried within the pool's wait.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
+const _: () = assert!(CONNECT_TIMEOUT_MS <= POOL_WAIT_TIMEOUT_MS);
 
 /// The PostgreSQL/CockroachDB ledger. Cheap to share: a queue sender and a pool.
 pub struct PostgresLedger {
@@ -172,18 +179,43 @@ impl PostgresLedger {
     }
 }
 
+/// The connection settings of `url`: `postgres://user:pass@host:port/db`, or
+/// with several hosts, `postgres://user@h1:5432,h2:5432/db?target_session_attrs=read-write`
+/// (a primary and its standbys, e.g. under Patroni): each connection tries the
+/// hosts in order and keeps the first that accepts writes, so after a failover
+/// new connections find the new primary. A URL naming several hosts without
+/// `target_session_attrs` gets `read-write`: the ledger writes, and a standby
+/// would refuse every write.
 fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
     // The URL may hold a password: the error says what is wrong, not the URL.
     let mut config = tokio_postgres::Config::from_str(url).map_err(|error| {
         anyhow::anyhow!("the PostgreSQL store URL is invalid: {}", describe(&error))
     })?;
+    let hosts = host_count(&config);
+    if hosts > 1 && !url.contains("target_session_attrs") {
+        config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+    }
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
+        config.connect_timeout(per_host(Duration::from_millis(CONNECT_TIMEOUT_MS), hosts));
     }
     if config.get_application_name().is_none() {
         config.application_name("voucherd");
     }
     Ok(config)
+}
+
+/// How many hosts a connection may try.
+fn host_count(config: &tokio_postgres::Config) -> usize {
+    config
+        .get_hosts()
+        .len()
+        .max(config.get_hostaddrs().len())
+        .max(1)
+}
+
+/// `budget` shared among `hosts` connection attempts.
+fn per_host(budget: Duration, hosts: usize) -> Duration {
+    budget / u32::try_from(hosts.max(1)).unwrap_or(u32::MAX)
 }
 
 /// Every ledger statement takes arrays of a batch's rows, from one element to
@@ -211,6 +243,10 @@ fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Res
         ManagerConfig {
             // Checking that the connection is open is enough: a statement that
             // finds it broken fails its batch, which is retried on a new one.
+            // An open connection never turns into a standby's (PostgreSQL
+            // restarts to demote a primary, which closes its connections); one
+            // whose writes are refused as read-only is dropped by the writer
+            // rather than recycled (see `Failure::discards_connection`).
             recycling_method: RecyclingMethod::Fast,
         },
     );
@@ -380,5 +416,66 @@ impl VoucherLedger for PostgresLedger {
                 .ok_or_else(|| Error::storage("more gaps than slots below the highest"))?;
             Ok(usage)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_host_url_tries_each_host_for_a_primary() {
+        let url = "postgres://app:s3cret@h1:5432,h2:5433/ledger?target_session_attrs=read-write";
+        let config = parse_url(url).expect("a multi-host URL is valid");
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|host| format!("{host:?}"))
+            .collect();
+        assert_eq!(hosts, [r#"Tcp("h1")"#, r#"Tcp("h2")"#]);
+        assert_eq!(config.get_ports(), [5432, 5433]);
+        assert_eq!(config.get_dbname(), Some("ledger"));
+        assert_eq!(config.get_user(), Some("app"));
+        assert_eq!(
+            config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        // Both hosts' TCP connects fit in the pool's wait.
+        assert_eq!(
+            config.get_connect_timeout(),
+            Some(&Duration::from_millis(CONNECT_TIMEOUT_MS / 2))
+        );
+        assert_eq!(config.get_application_name(), Some("voucherd"));
+    }
+
+    #[test]
+    fn several_hosts_without_session_attrs_ask_for_a_primary() {
+        let config = parse_url("postgres://app@h1,h2/ledger").expect("valid");
+        assert_eq!(
+            config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        // Said explicitly (CockroachDB nodes all write), it is kept.
+        let any = parse_url("postgres://app@h1,h2/ledger?target_session_attrs=any").expect("valid");
+        assert_eq!(any.get_target_session_attrs(), TargetSessionAttrs::Any);
+        // One host: as before.
+        let single = parse_url("postgres://app@h1/ledger").expect("valid");
+        assert_eq!(single.get_target_session_attrs(), TargetSessionAttrs::Any);
+        assert_eq!(
+            single.get_connect_timeout(),
+            Some(&Duration::from_millis(CONNECT_TIMEOUT_MS))
+        );
+        // The URL's own timeout is kept.
+        let own = parse_url("postgres://app@h1,h2/ledger?connect_timeout=1").expect("valid");
+        assert_eq!(own.get_connect_timeout(), Some(&Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_invalid_url_is_refused_without_its_password() {
+        let error = parse_url("postgres://app:s3cret@h1:5432,h2:x/ledger")
+            .expect_err("a port must be a number")
+            .to_string();
+        assert!(error.contains("invalid"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 }

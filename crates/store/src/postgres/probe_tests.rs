@@ -28,14 +28,14 @@ use crate::queue::{Request, WriteAnswer};
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A database of its own for one test, dropped when the test ends.
-struct TestDatabase {
+pub(super) struct TestDatabase {
     admin: tokio_postgres::Config,
     name: String,
 }
 
 impl TestDatabase {
     /// Creates and migrates the database; answers it and its config.
-    async fn create() -> (Self, tokio_postgres::Config) {
+    pub(super) async fn create() -> (Self, tokio_postgres::Config) {
         let url = server_url();
         let admin = parse_url(&url).expect("a valid PostgreSQL URL");
         let name = format!("voucherd_probe_{}", Uuid::new_v4().simple());
@@ -83,7 +83,7 @@ async fn execute(config: &tokio_postgres::Config, sql: &str) {
     client.batch_execute(sql).await.expect(sql);
 }
 
-fn writer(config: tokio_postgres::Config, half: Half) -> Writer {
+pub(super) fn writer(config: tokio_postgres::Config, half: Half) -> Writer {
     Writer {
         pool: build_pool(config, WRITE_POOL_CONNECTIONS).expect("a pool"),
         half,

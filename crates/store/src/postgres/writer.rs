@@ -4,8 +4,9 @@
 //! database transaction, wave by wave.
 //!
 //! A batch that fails (lost connection, serialization failure, deadlock with
-//! another instance) is retried whole with backoff; nothing of it was
-//! acknowledged, so a retry never answers anyone twice.
+//! another instance, a standby refusing to write after a failover) is retried
+//! whole with backoff; nothing of it was acknowledged, so a retry never answers
+//! anyone twice.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,7 +141,16 @@ impl Writer {
         let failure = match tokio::time::timeout(limit, run).await {
             Ok(Ok(())) => return progress.into_outcomes(),
             Ok(Err(failure)) => {
-                drop(client);
+                if failure.discards_connection() {
+                    // Broken, or attached to a server that does not write (a
+                    // standby after a failover): the pool's recycling only
+                    // checks that a connection is open, so it must not get it
+                    // back. The retry opens a new one, which a multi-host URL
+                    // with target_session_attrs=read-write sends to the primary.
+                    drop(Object::take(client));
+                } else {
+                    drop(client);
+                }
                 failure
             }
             Err(_) => {
