@@ -104,7 +104,7 @@ fn main_load(run: &RunArgs) -> Load {
 }
 
 /// The admin token the harness sends on admin routes: the file `--admin-token-file`
-/// names (a trailing newline ignored, as voucherd reads it), or `VOUCHERD_ADMIN_TOKEN`;
+/// names (surrounding whitespace ignored, as voucherd reads it), or `VOUCHERD_ADMIN_TOKEN`;
 /// one way, not both, as for voucherd itself.
 fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>> {
     let from_env = std::env::var("VOUCHERD_ADMIN_TOKEN")
@@ -117,8 +117,7 @@ fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>> {
         (Some(path), None) => {
             let raw = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the admin token from {}", path.display()))?;
-            let token = raw.strip_suffix('\n').unwrap_or(&raw);
-            let token = token.strip_suffix('\r').unwrap_or(token).to_owned();
+            let token = raw.trim().to_owned();
             if token.is_empty() {
                 bail!("{} holds no admin token", path.display());
             }
