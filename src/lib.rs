@@ -4,12 +4,14 @@
 //! Where to look (the design, with the redemption path and what each seam
 //! promises, is in `docs/DESIGN.md`):
 //!
-//! - [`http`]: the server loop (connection cap, timeouts, head checks), the one
-//!   route table (`http::routes`: method, path, access rule, metrics label), the
-//!   handlers, DTOs, tokens, the one error → HTTP mapping, and the OpenAPI
-//!   contract built from the table (`http::openapi`, `docs/openapi.json`). **A new
-//!   route** is a row in the table, an arm in the dispatcher, a handler and its
-//!   description in the contract (which does not compile without it).
+//! - [`http`]: the server loop (connection cap, timeouts, head checks), one
+//!   module per endpoint (`http::endpoints`: its route row with method, path,
+//!   access rule and metrics label, its handler, its bodies, its description in
+//!   the contract), the table's lookup (`http::routes`), shared DTOs, tokens, the
+//!   one error → HTTP mapping, and the OpenAPI contract built from the table
+//!   (`http::openapi`, `docs/openapi.json`). **A new route** is a module in
+//!   `http::endpoints` and its line in the list there; routing, dispatch and the
+//!   contract (which does not compile without its description) follow.
 //! - [`service`]: one function per use case; the per-phone rate limit
 //!   ([`rate_limit`]) and the fast path that rejects from the in-memory [`catalog`].
 //! - [`actors`]: voucher shards (own leased slots, hand one to each contender),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::http::dto::{CreditBatch, CreditItem, CreditResultItem, CreditResults};
+use crate::http::endpoints::credits::{CreditBatch, CreditItem, CreditResultItem, CreditResults};
 use voucherd_core::limits::{
     MAX_CREDITS_PER_CALL, MAX_QUEUED_CREDITS, MAX_WALLET_CALLS_IN_FLIGHT, WALLET_CALL_TIMEOUT_MS,
     WALLET_CONNECT_TIMEOUT_MS,

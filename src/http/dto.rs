@@ -1,4 +1,7 @@
-//! Request and response bodies, and their conversion to and from domain values.
+//! What several endpoints share on the wire: reading a JSON body, JSON
+//! numbers, paging and path parameters, and the views of a voucher and of a
+//! redemption. The bodies only one endpoint uses live in its module
+//! (`http::endpoints`).
 //!
 //! Numbers arrive as raw JSON numbers so that a fractional amount or an
 //! out-of-range limit gets its own error code instead of a generic type error.
@@ -7,6 +10,7 @@
 //! it describes; the rules serde cannot see (patterns, ranges) are the
 //! [`schemas`] of the contract, checked against the validators by its tests.
 
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
 use utoipa::ToSchema;
@@ -14,13 +18,10 @@ use utoipa::ToSchema;
 use super::openapi::schemas;
 
 use voucherd_core::domain::{
-    redemption_id, PageRequest, Redemption, ReportEntry, Timestamp, Voucher, VoucherCode,
-    VoucherStatus, Wallet, WalletTransaction,
+    PageRequest, PhoneNumber, Redemption, Timestamp, VoucherCode, VoucherStatus,
 };
 use voucherd_core::error::{Error, ErrorCode, Result};
 use voucherd_core::limits::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET};
-use voucherd_core::redemption::CreditAnswer;
-use voucherd_service::service::Report;
 
 /// Parses a JSON body, telling broken JSON apart from well-formed JSON of the wrong shape.
 ///
@@ -73,119 +74,6 @@ pub fn deserialize_integer<'de, D: serde::Deserializer<'de>>(
     })
 }
 
-/// A new voucher: its `code`, the `amount` (minor units) each redemption
-/// credits, the `limit` of phone numbers that may redeem it, and an optional
-/// window: redemptions from `starts_at` and before `expires_at` (`starts_at`
-/// must be before `expires_at`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateVoucherBody {
-    #[schema(schema_with = schemas::code)]
-    pub code: String,
-    /// Credit per redemption, in minor units.
-    #[schema(schema_with = schemas::positive_amount)]
-    pub amount: Number,
-    /// How many users may redeem it.
-    #[schema(schema_with = schemas::voucher_limit)]
-    pub limit: Number,
-    /// Redemptions before this instant are refused (403 `voucher_not_active`).
-    /// Must be before `expires_at` when both are given (400 `invalid_window`).
-    #[schema(schema_with = schemas::optional_timestamp)]
-    pub starts_at: Option<String>,
-    /// Redemptions from this instant on are refused (403 `voucher_not_active`).
-    #[schema(schema_with = schemas::optional_timestamp)]
-    pub expires_at: Option<String>,
-}
-
-impl CreateVoucherBody {
-    pub fn into_voucher(self, now: Timestamp) -> Result<Voucher> {
-        let code = VoucherCode::parse(&self.code)?;
-        let amount = integer_of(&self.amount).ok_or_else(|| {
-            Error::invalid(
-                ErrorCode::InvalidAmount,
-                "amount must be a positive integer of minor units",
-            )
-        })?;
-        let limit = integer_of(&self.limit)
-            .and_then(|l| u32::try_from(l).ok())
-            .ok_or_else(|| {
-                Error::invalid(
-                    ErrorCode::InvalidLimit,
-                    "limit must be an integer between 1 and 10000000",
-                )
-            })?;
-        let starts_at = self
-            .starts_at
-            .as_deref()
-            .map(|t| Timestamp::parse_rfc3339(t, ErrorCode::InvalidWindow))
-            .transpose()?;
-        let expires_at = self
-            .expires_at
-            .as_deref()
-            .map(|t| Timestamp::parse_rfc3339(t, ErrorCode::InvalidWindow))
-            .transpose()?;
-        Voucher::new(code, amount, limit, starts_at, expires_at, now)
-    }
-}
-
-/// Borrows from the request body: the redeem path is the hottest, and these
-/// strings need no copy (they are copied only if they contain escapes).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(description = "A redemption request: which phone number redeems which voucher.")]
-pub struct RedeemBody<'a> {
-    #[serde(borrow)]
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    #[schema(schema_with = schemas::code)]
-    pub code: std::borrow::Cow<'a, str>,
-}
-
-/// The seed's report request, sent as a JSON body on GET.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ReportBody {
-    pub code: Option<String>,
-    pub limit: Option<Number>,
-    pub offset: Option<Number>,
-    pub cursor: Option<String>,
-}
-
-/// A new wallet, with an optional opening `balance` in minor units (0 when
-/// absent or null; when not 0 it is recorded as a transaction with reference
-/// `opening_balance`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProfileBody {
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: String,
-    /// The opening balance in minor units (0 when absent or null); recorded as a
-    /// transaction with reference `opening_balance` when not 0.
-    #[serde(default)]
-    #[schema(schema_with = schemas::optional_opening_balance)]
-    pub balance: Option<Number>,
-}
-
-/// A credit (`amount` > 0, opening the wallet if missing) or a debit
-/// (`amount` < 0) of a wallet, in minor units, with the client's own optional
-/// `reference` (empty when absent; `voucher:…` and `opening_balance`, in any
-/// letter case, are the service's own).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TransactionBody {
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: String,
-    /// Minor units: > 0 credits (opening the wallet if missing), < 0 debits.
-    #[schema(schema_with = schemas::non_zero_amount)]
-    pub amount: Number,
-    /// The client's own reference (empty when absent). `voucher:…` and
-    /// `opening_balance`, in any letter case, are the service's own (400
-    /// `reserved_reference`).
-    #[schema(schema_with = schemas::optional_client_reference)]
-    pub reference: Option<String>,
-}
-
 /// Reads `limit`, `offset` and `cursor` as the query string or a body gave them.
 pub fn page_request(
     limit: Option<&str>,
@@ -225,6 +113,30 @@ pub fn page_request(
         offset,
         cursor,
     })
+}
+
+/// A path segment, percent-decoded (clients may send `+` as `%2B`).
+fn segment(raw: &str, code: ErrorCode) -> Result<String> {
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| Error::invalid(code, "the path segment is not valid UTF-8"))
+}
+
+/// The voucher code of a path segment.
+pub fn code_in_path(raw: &str) -> Result<VoucherCode> {
+    VoucherCode::parse(&segment(raw, ErrorCode::InvalidCode)?)
+}
+
+/// The phone number of a path segment.
+pub fn phone_in_path(raw: &str) -> Result<PhoneNumber> {
+    PhoneNumber::parse(&segment(raw, ErrorCode::InvalidPhoneNumber)?)
+}
+
+/// The voucher code of a query or body field that must be there.
+pub fn required_code(code: Option<&str>) -> Result<VoucherCode> {
+    let code = code.ok_or_else(|| Error::invalid(ErrorCode::InvalidCode, "code is required"))?;
+    VoucherCode::parse(code)
 }
 
 fn rfc3339(t: Option<Timestamp>) -> Option<String> {
@@ -314,258 +226,9 @@ impl From<Redemption> for RedemptionResponse {
     }
 }
 
-/// One winner in a report.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReportItem {
-    #[schema(schema_with = schemas::uuid)]
-    pub redemption_id: String,
-    /// `pending` or `credited` (a void redemption left the report).
-    #[schema(schema_with = schemas::reported_status)]
-    pub status: &'static str,
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: String,
-    #[schema(schema_with = schemas::timestamp)]
-    pub redeemed_at: String,
-}
-
-/// A page of a voucher's winners, in winning order.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReportResponse {
-    #[schema(schema_with = schemas::code)]
-    pub code: String,
-    /// The voucher's redemption count.
-    #[schema(minimum = 0)]
-    pub total: u32,
-    /// The number of items in this page.
-    #[schema(minimum = 0)]
-    pub length: usize,
-    pub redemptions: Vec<ReportItem>,
-    /// Pass it back as `cursor` for the next page; null on the last page.
-    #[schema(schema_with = schemas::next_cursor, required = true)]
-    pub next_cursor: Option<String>,
-}
-
-impl From<Report> for ReportResponse {
-    fn from(report: Report) -> Self {
-        let redemptions: Vec<ReportItem> = report
-            .page
-            .items
-            .into_iter()
-            .map(
-                |ReportEntry {
-                     phone,
-                     redeemed_at,
-                     status,
-                     ..
-                 }| ReportItem {
-                    redemption_id: redemption_id(&report.code, phone).to_string(),
-                    status: status.as_str(),
-                    phone_number: phone.to_string(),
-                    redeemed_at: redeemed_at.to_rfc3339(),
-                },
-            )
-            .collect();
-        Self {
-            code: report.code.to_string(),
-            total: report.total,
-            length: redemptions.len(),
-            redemptions,
-            next_cursor: report.page.next_cursor.map(|c| c.to_string()),
-        }
-    }
-}
-
-/// A wallet as opened.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProfileCreatedResponse {
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: String,
-    #[schema(schema_with = schemas::balance)]
-    pub balance: i64,
-    #[schema(schema_with = schemas::timestamp)]
-    pub created_at: String,
-}
-
-impl From<Wallet> for ProfileCreatedResponse {
-    fn from(w: Wallet) -> Self {
-        Self {
-            phone_number: w.phone.to_string(),
-            balance: w.balance,
-            created_at: w.created_at.to_rfc3339(),
-        }
-    }
-}
-
-/// One transaction of a wallet.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TransactionItem {
-    /// A voucher credit's id is its redemption id.
-    #[schema(schema_with = schemas::uuid)]
-    pub id: String,
-    /// Minor units: > 0 a credit, < 0 a debit.
-    #[schema(schema_with = schemas::non_zero_amount)]
-    pub amount: i64,
-    /// `voucher:<code>`, `opening_balance`, or the client's reference.
-    pub reference: String,
-    #[schema(schema_with = schemas::timestamp)]
-    pub created_at: String,
-}
-
-/// A wallet's balance and a page of its transactions, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProfileResponse {
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: String,
-    #[schema(schema_with = schemas::balance)]
-    pub balance: i64,
-    #[schema(schema_with = schemas::timestamp)]
-    pub created_at: String,
-    pub transactions: Vec<TransactionItem>,
-    /// Pass it back as `cursor` for the next page; null on the last page.
-    #[schema(schema_with = schemas::next_cursor, required = true)]
-    pub next_cursor: Option<String>,
-}
-
-impl ProfileResponse {
-    pub fn new(wallet: Wallet, page: voucherd_core::domain::Page<WalletTransaction>) -> Self {
-        Self {
-            phone_number: wallet.phone.to_string(),
-            balance: wallet.balance,
-            created_at: wallet.created_at.to_rfc3339(),
-            transactions: page
-                .items
-                .into_iter()
-                .map(|t| TransactionItem {
-                    id: t.id.to_string(),
-                    amount: t.amount,
-                    reference: t.reference,
-                    created_at: t.created_at.to_rfc3339(),
-                })
-                .collect(),
-            next_cursor: page.next_cursor.map(|c| c.to_string()),
-        }
-    }
-}
-
-/// A transaction as applied (or, for a repeated Idempotency-Key, as first applied).
-#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
-pub struct TransactionResponse {
-    /// Derived from the Idempotency-Key when one was sent, random otherwise.
-    #[schema(schema_with = schemas::uuid)]
-    pub id: String,
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: String,
-    #[schema(schema_with = schemas::non_zero_amount)]
-    pub amount: i64,
-    /// The wallet's balance right after this transaction.
-    #[schema(schema_with = schemas::balance)]
-    pub balance: i64,
-    pub reference: String,
-    #[schema(schema_with = schemas::timestamp)]
-    pub created_at: String,
-}
-
-impl From<WalletTransaction> for TransactionResponse {
-    fn from(t: WalletTransaction) -> Self {
-        Self {
-            id: t.id.to_string(),
-            phone_number: t.phone.to_string(),
-            amount: t.amount,
-            balance: t.balance_after,
-            reference: t.reference,
-            created_at: t.created_at.to_rfc3339(),
-        }
-    }
-}
-
 /// Liveness (`ok`) or readiness (`ready`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusResponse {
     #[schema(value_type = String)]
     pub status: &'static str,
-}
-
-/// Why this instance should get no traffic now.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NotReadyResponse {
-    /// Always `not_ready`.
-    #[schema(schema_with = schemas::not_ready)]
-    pub status: &'static str,
-    /// Every reason that holds.
-    #[schema(min_items = 1)]
-    pub reasons: Vec<voucherd_service::readiness::NotReadyReason>,
-}
-
-/// One credit on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreditItem {
-    /// The redemption id: a credit is applied at most once by its id.
-    pub id: uuid::Uuid,
-    #[schema(schema_with = schemas::phone)]
-    pub phone_number: String,
-    #[schema(schema_with = schemas::positive_amount)]
-    #[serde(deserialize_with = "deserialize_integer")]
-    pub amount: i64,
-    /// `voucher:<code>`.
-    #[schema(schema_with = schemas::voucher_reference)]
-    pub reference: String,
-}
-
-/// The body of `POST /internal/credits`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreditBatch {
-    #[schema(min_items = 1, max_items = 64)]
-    pub credits: Vec<CreditItem>,
-}
-
-/// The wallet's answer to one credit, in the order of the request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum CreditResultItem {
-    /// Applied now or before; the wallet's balance right after it.
-    Applied {
-        id: uuid::Uuid,
-        #[schema(schema_with = schemas::balance)]
-        balance: i64,
-    },
-    /// Refused for good: the same id is refused again.
-    Refused { id: uuid::Uuid, reason: String },
-    /// Not decided now (overload, the store unavailable): ask again.
-    Unknown { id: uuid::Uuid },
-}
-
-impl CreditResultItem {
-    /// The wallet's answer to credit `id`, on the wire.
-    pub fn of(id: uuid::Uuid, answer: CreditAnswer) -> Self {
-        match answer {
-            CreditAnswer::Applied { balance } => CreditResultItem::Applied { id, balance },
-            CreditAnswer::Refused { reason } => CreditResultItem::Refused { id, reason },
-            CreditAnswer::Unknown => CreditResultItem::Unknown { id },
-        }
-    }
-
-    pub fn id(&self) -> uuid::Uuid {
-        match self {
-            CreditResultItem::Applied { id, .. }
-            | CreditResultItem::Refused { id, .. }
-            | CreditResultItem::Unknown { id } => *id,
-        }
-    }
-
-    pub fn into_answer(self) -> CreditAnswer {
-        match self {
-            CreditResultItem::Applied { balance, .. } => CreditAnswer::Applied { balance },
-            CreditResultItem::Refused { reason, .. } => CreditAnswer::Refused { reason },
-            CreditResultItem::Unknown { .. } => CreditAnswer::Unknown,
-        }
-    }
-}
-
-/// The response body of `POST /internal/credits`: one result per credit, in
-/// request order.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CreditResults {
-    pub results: Vec<CreditResultItem>,
 }

@@ -1,41 +1,39 @@
 //! The HTTP edge: the server loop in [`server`] (connection cap, timeouts, head
-//! checks), the one route table in [`routes`] (method, path, [`auth`] rule, body,
-//! metrics label), the dispatcher that wires a matched route to its plain async
-//! function in [`handlers`], the bounded body reader, request metrics, and the one
-//! error mapping in [`error`].
+//! checks), one module per endpoint in [`endpoints`] (its route row, handler,
+//! bodies and contract description; their list is the one route table), the
+//! table's lookup in [`routes`] (method, path, [`auth`] rule, body, metrics
+//! label), the wiring of a matched route to its endpoint, the bounded body
+//! reader, request metrics, and the one error mapping in [`error`].
 
 pub mod auth;
 pub mod dto;
+pub mod endpoints;
 pub mod error;
-pub mod handlers;
 pub mod openapi;
 pub mod routes;
 pub mod server;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use serde::Serialize;
 use warp::filters::path::FullPath;
 use warp::filters::BoxedFilter;
-use warp::http::{Method, StatusCode};
+use warp::http::Method;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use auth::AccessPolicy;
-use dto::StatusResponse;
+use endpoints::{Inputs, Query};
 use error::ApiError;
-use routes::{Endpoint, Lookup, Params, RouteSpec};
+use routes::{Lookup, Params, RouteSpec};
 use voucherd_core::error::ErrorCode;
 use voucherd_core::limits::MAX_BODY_BYTES;
 use voucherd_service::role::Role;
 use voucherd_service::service::{RequestGuard, Service};
 
 type Body = Result<Bytes, ApiError>;
-type Query = HashMap<String, String>;
 
 /// What the routes need besides the service.
 #[derive(Debug, Clone)]
@@ -48,7 +46,7 @@ pub struct RouteOptions {
 
 /// Every route of the service, with its access rule, request metrics and JSON
 /// errors. Which route a request is, and what it may do, comes from the one
-/// table in [`routes`](self::routes); this only wires its inputs to [`dispatch`].
+/// table ([`endpoints::ALL`]); this only wires its inputs to the endpoint's module.
 pub fn routes(service: Arc<Service>, options: RouteOptions) -> BoxedFilter<(Response,)> {
     let observed = service.clone();
     let observe = warp::log::custom(move |info| {
@@ -102,7 +100,7 @@ pub fn routes(service: Arc<Service>, options: RouteOptions) -> BoxedFilter<(Resp
                         idempotency_key,
                         body,
                     };
-                    dispatch(&service, matched.spec.endpoint, inputs).await
+                    endpoints::dispatch(&service, matched.spec.endpoint, inputs).await
                 }
             },
         );
@@ -131,101 +129,15 @@ struct Matched {
     params: Params,
 }
 
-/// What a handler may take from its request, once access is granted.
-struct Inputs {
-    params: Params,
-    query: Query,
-    idempotency_key: Option<String>,
-    /// Empty for routes that read no body.
-    body: Body,
-}
-
-/// Calls the endpoint's handler and turns its outcome into the response.
-async fn dispatch(service: &Service, endpoint: Endpoint, inputs: Inputs) -> Response {
-    use Endpoint as E;
-    let Inputs {
-        params,
-        query,
-        idempotency_key,
-        body,
-    } = inputs;
-    let ok = StatusCode::OK;
-    match endpoint {
-        E::Redeem => redeemed(async { handlers::redeem(service, &body?).await }.await),
-        E::CreateVoucher => respond(
-            StatusCode::CREATED,
-            async { handlers::create_voucher(service, &body?).await }.await,
-        ),
-        E::VoucherByQuery => respond(ok, handlers::get_voucher_by_query(service, &query).await),
-        E::Report => respond(
-            ok,
-            async { handlers::report(service, &query, &body?).await }.await,
-        ),
-        E::VoucherByPath => respond(ok, handlers::get_voucher(service, params.get(0)).await),
-        E::Redemption => respond(
-            ok,
-            handlers::get_redemption(service, params.get(0), params.get(1)).await,
-        ),
-        E::CreateProfile => respond(
-            StatusCode::CREATED,
-            async { handlers::create_profile(service, &body?).await }.await,
-        ),
-        E::Profile => respond(
-            ok,
-            handlers::get_profile(service, params.get(0), &query).await,
-        ),
-        E::Transaction => respond(
-            ok,
-            async { handlers::transaction(service, idempotency_key, &body?).await }.await,
-        ),
-        E::Credits => respond(ok, async { handlers::credits(service, &body?).await }.await),
-        E::Healthz => respond(ok, Ok(StatusResponse { status: "ok" })),
-        E::Readyz => readiness(service),
-        E::Metrics => metrics_text(service),
-        E::OpenApi => openapi::response(),
-    }
-}
-
-/// 200 with the balance when the credit landed, 202 while it is pending.
-fn redeemed(outcome: Result<dto::RedemptionResponse, ApiError>) -> Response {
-    let status = match &outcome {
-        Ok(redemption) if redemption.status == "pending" => StatusCode::ACCEPTED,
-        _ => StatusCode::OK,
-    };
-    respond(status, outcome)
-}
-
-/// 200 when ready, else 503 with every reason that holds.
-fn readiness(service: &Service) -> Response {
-    let reasons = service.not_ready_reasons();
-    if reasons.is_empty() {
-        return respond(StatusCode::OK, Ok(StatusResponse { status: "ready" }));
-    }
-    let body = dto::NotReadyResponse {
-        status: "not_ready",
-        reasons,
-    };
-    respond(StatusCode::SERVICE_UNAVAILABLE, Ok(body))
-}
-
 /// The routes of the separate metrics address: `/metrics` without a token (the
 /// address is meant for an internal network), 404 for everything else.
 pub fn metrics_routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
     warp::get()
         .and(warp::path!("metrics"))
-        .map(move || metrics_text(&service))
+        .map(move || endpoints::metrics::text(&service))
         .or(warp::any().map(|| ApiError::NotFound.into_response()))
         .unify()
         .boxed()
-}
-
-fn metrics_text(service: &Service) -> Response {
-    warp::reply::with_header(
-        service.metrics_text(),
-        "content-type",
-        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-    )
-    .into_response()
 }
 
 /// Answers what no route took, from the route table: 404 for an unknown path,
@@ -248,13 +160,6 @@ fn fallback() -> BoxedFilter<(Response,)> {
             error.into_response()
         })
         .boxed()
-}
-
-fn respond<T: Serialize>(status: StatusCode, outcome: Result<T, ApiError>) -> Response {
-    match outcome {
-        Ok(body) => warp::reply::with_status(warp::reply::json(&body), status).into_response(),
-        Err(error) => error.into_response(),
-    }
 }
 
 /// The request body, read up to [`MAX_BODY_BYTES`] within `timeout`: a declared

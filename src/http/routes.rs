@@ -1,11 +1,13 @@
-//! The one route table: every route's method, path, access rule, body and
-//! metrics label, declared once. Routing, the metrics label of a request, and the
-//! 404/405/400 fallback all derive from it, so a new route cannot be answered
-//! wrongly by a second list that forgot it.
+//! The route table's row and its lookup. Each endpoint declares its row
+//! ([`RouteSpec`]: method, path, access rule, body, metrics label, serving role)
+//! once, in its own module; the table is their list, [`ALL`]. Routing, the
+//! metrics label of a request, and the 404/405/400 fallback all derive from it,
+//! so a new route cannot be answered wrongly by a second list that forgot it.
 
 use warp::http::Method;
 
-use super::auth::{Access, ADMIN, SERVICE};
+use super::auth::Access;
+use super::endpoints::{Endpoint, ALL};
 use voucherd_metrics::Route;
 use voucherd_service::role::Serves;
 
@@ -17,27 +19,6 @@ pub enum Segment {
     /// Any non-empty segment, handed to the handler raw (handlers percent-decode).
     /// The name is the parameter's in the OpenAPI contract (`{code}`).
     Param(&'static str),
-}
-
-use Segment::{Literal as L, Param as P};
-
-/// Which handler serves a route: the name the dispatcher matches on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Redeem,
-    CreateVoucher,
-    VoucherByQuery,
-    Report,
-    VoucherByPath,
-    Redemption,
-    CreateProfile,
-    Profile,
-    Transaction,
-    Credits,
-    Healthz,
-    Readyz,
-    Metrics,
-    OpenApi,
 }
 
 /// A route as the table declares it.
@@ -54,146 +35,6 @@ pub struct RouteSpec {
     /// Which service answers it (see `--role`).
     pub serves: Serves,
 }
-
-/// Every route. A request's path is the route path with the most literal
-/// segments that fits it (`report` before `{code}`, whatever the order here),
-/// and its method picks the route of that path; redeem comes first because it
-/// carries the crowd.
-pub static ROUTES: [RouteSpec; 14] = [
-    RouteSpec {
-        endpoint: Endpoint::Redeem,
-        label: Route::redeem,
-        method: Method::POST,
-        path: &[L("api"), L("vouchers"), L("redeem")],
-        access: Access::Public,
-        reads_body: true,
-        serves: Serves::Vouchers,
-    },
-    RouteSpec {
-        endpoint: Endpoint::CreateVoucher,
-        label: Route::create_voucher,
-        method: Method::POST,
-        path: &[L("api"), L("vouchers")],
-        access: ADMIN,
-        reads_body: true,
-        serves: Serves::Vouchers,
-    },
-    RouteSpec {
-        endpoint: Endpoint::VoucherByQuery,
-        label: Route::get_voucher,
-        method: Method::GET,
-        path: &[L("api"), L("vouchers")],
-        access: Access::Public,
-        reads_body: false,
-        serves: Serves::Vouchers,
-    },
-    RouteSpec {
-        endpoint: Endpoint::Report,
-        label: Route::report,
-        method: Method::GET,
-        path: &[L("api"), L("vouchers"), L("report")],
-        access: ADMIN,
-        // The seed's client sends the report's fields as a JSON body on the GET.
-        reads_body: true,
-        serves: Serves::Vouchers,
-    },
-    RouteSpec {
-        endpoint: Endpoint::VoucherByPath,
-        label: Route::get_voucher,
-        method: Method::GET,
-        path: &[L("api"), L("vouchers"), P("code")],
-        access: Access::Public,
-        reads_body: false,
-        serves: Serves::Vouchers,
-    },
-    RouteSpec {
-        endpoint: Endpoint::Redemption,
-        label: Route::get_redemption,
-        method: Method::GET,
-        path: &[
-            L("api"),
-            L("vouchers"),
-            P("code"),
-            L("redemptions"),
-            P("phone"),
-        ],
-        access: Access::Public,
-        reads_body: false,
-        serves: Serves::Vouchers,
-    },
-    RouteSpec {
-        endpoint: Endpoint::CreateProfile,
-        label: Route::create_profile,
-        method: Method::POST,
-        path: &[L("api"), L("profiles")],
-        access: ADMIN,
-        reads_body: true,
-        serves: Serves::Wallets,
-    },
-    RouteSpec {
-        endpoint: Endpoint::Profile,
-        label: Route::get_profile,
-        method: Method::GET,
-        path: &[L("api"), L("profiles"), P("phone")],
-        access: ADMIN,
-        reads_body: false,
-        serves: Serves::Wallets,
-    },
-    RouteSpec {
-        endpoint: Endpoint::Transaction,
-        label: Route::transaction,
-        method: Method::POST,
-        path: &[L("api"), L("transactions")],
-        access: ADMIN,
-        reads_body: true,
-        serves: Serves::Wallets,
-    },
-    RouteSpec {
-        endpoint: Endpoint::Credits,
-        label: Route::credits,
-        method: Method::POST,
-        path: &[L("internal"), L("credits")],
-        access: SERVICE,
-        reads_body: true,
-        serves: Serves::Wallets,
-    },
-    RouteSpec {
-        endpoint: Endpoint::Healthz,
-        label: Route::healthz,
-        method: Method::GET,
-        path: &[L("healthz")],
-        access: Access::Public,
-        reads_body: false,
-        serves: Serves::Any,
-    },
-    RouteSpec {
-        endpoint: Endpoint::Readyz,
-        label: Route::readyz,
-        method: Method::GET,
-        path: &[L("readyz")],
-        access: Access::Public,
-        reads_body: false,
-        serves: Serves::Any,
-    },
-    RouteSpec {
-        endpoint: Endpoint::Metrics,
-        label: Route::metrics,
-        method: Method::GET,
-        path: &[L("metrics")],
-        access: ADMIN,
-        reads_body: false,
-        serves: Serves::Any,
-    },
-    RouteSpec {
-        endpoint: Endpoint::OpenApi,
-        label: Route::openapi,
-        method: Method::GET,
-        path: &[L("openapi.json")],
-        access: Access::Public,
-        reads_body: false,
-        serves: Serves::Any,
-    },
-];
 
 /// Most parameters a route has.
 const MAX_PARAMS: usize = 2;
@@ -237,8 +78,7 @@ pub fn lookup(method: &Method, path: &str) -> Lookup {
     let Some(resource) = resource_of(segments) else {
         return Lookup::NotFound;
     };
-    ROUTES
-        .iter()
+    ALL.iter()
         .find(|spec| spec.path == resource && spec.method == *method)
         .map_or(Lookup::OtherMethod, |spec| {
             Lookup::Matched(spec, params_of(resource, segments))
@@ -255,7 +95,7 @@ pub fn allowed_methods(path: &str) -> String {
     let Some(resource) = resource_of(segments) else {
         return String::new();
     };
-    let methods: Vec<&str> = ROUTES
+    let methods: Vec<&str> = ALL
         .iter()
         .filter(|spec| spec.path == resource)
         .map(|spec| spec.method.as_str())
@@ -273,7 +113,7 @@ fn resource_of(segments: &[&str]) -> Option<&'static [Segment]> {
             .count()
     };
     let mut resource: Option<&'static [Segment]> = None;
-    for spec in &ROUTES {
+    for spec in ALL {
         let more_specific = resource.is_none_or(|best| literals(spec.path) > literals(best));
         if more_specific && fits(spec.path, segments) {
             resource = Some(spec.path);
@@ -418,8 +258,8 @@ mod tests {
                 .filter(|s| matches!(s, Segment::Literal(_)))
                 .count()
         };
-        for a in &ROUTES {
-            for b in &ROUTES {
+        for a in ALL {
+            for b in ALL {
                 if a.path == b.path || a.path.len() != b.path.len() {
                     continue;
                 }
@@ -439,11 +279,8 @@ mod tests {
 
     #[test]
     fn every_endpoint_has_exactly_one_route() {
-        for spec in &ROUTES {
-            let same = ROUTES
-                .iter()
-                .filter(|s| s.endpoint == spec.endpoint)
-                .count();
+        for spec in ALL {
+            let same = ALL.iter().filter(|s| s.endpoint == spec.endpoint).count();
             assert_eq!(same, 1, "{:?} is declared {same} times", spec.endpoint);
             assert_ne!(spec.label, Route::other);
             assert!(spec.path.len() <= MAX_SEGMENTS);

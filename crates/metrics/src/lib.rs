@@ -23,7 +23,7 @@ pub use lwt::{LwtMetrics, LwtResult};
 pub use protocol::ProtocolMetrics;
 
 /// The routes of the HTTP API, as a bounded label. Which request is which route
-/// is decided by the route table (`http::routes`), where each route names its label.
+/// is decided by the route table (`http::endpoints`), where each route names its label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Route {

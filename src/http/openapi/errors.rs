@@ -3,14 +3,28 @@
 //! the one error mapping (`http::error`) decides which a failure gets, and the
 //! tests hold the two together.
 
-use super::*;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{RefOr, Response};
+
+use super::{json_response, schema_ref, Components, Described};
+use crate::http::auth::Access;
+use crate::http::endpoints;
+use crate::http::error::ErrorBody;
+use crate::http::routes::RouteSpec;
 use voucherd_core::error::ErrorCode;
+use voucherd_service::role::Serves;
 
 /// Every error code a route can answer: the endpoint's own, and what the edge
 /// answers every route of its kind.
 pub fn error_codes_of(spec: &RouteSpec) -> Vec<ErrorCode> {
+    let described = endpoints::describe(spec.endpoint, &mut Components::default());
+    error_codes(spec, &described)
+}
+
+/// [`error_codes_of`] the route `described` describes.
+pub(super) fn error_codes(spec: &RouteSpec, described: &Described) -> Vec<ErrorCode> {
     use ErrorCode as C;
-    let described = describe(spec.endpoint);
     let mut codes: Vec<ErrorCode> = described.errors.to_vec();
     // The query string or a header did not parse; the framing was ambiguous;
     // the target or the head was too large: any route.

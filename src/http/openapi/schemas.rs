@@ -14,7 +14,7 @@ use voucherd_core::limits::{MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_VOUCHER_LIMIT};
 pub const CODE_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 /// `PhoneNumber::parse`.
 pub const PHONE_PATTERN: &str = "^\\+[1-9][0-9]{7,14}$";
-/// The Idempotency-Key check in `handlers::transaction`.
+/// The Idempotency-Key check in `endpoints::transaction::handle`.
 pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 /// `parse_reference`: at most 128 characters, none a control character, and
 /// not one the service reserves (`voucher:…`, `opening_balance`, any case,

@@ -6,12 +6,14 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use warp::Reply;
 
 use super::schemas::{
     CLIENT_REFERENCE_PATTERN, CODE_PATTERN, IDEMPOTENCY_KEY_PATTERN, PHONE_PATTERN,
     VOUCHER_REFERENCE_PATTERN,
 };
 use super::*;
+use crate::http::endpoints::{Endpoint, ALL};
 use crate::http::error::ApiError;
 use voucherd_core::error::{Error, ErrorCode};
 use voucherd_core::limits::{
@@ -98,22 +100,22 @@ fn every_route_of_the_table_is_one_operation_and_there_are_no_others() {
             documented.insert((method.to_ascii_uppercase(), path.clone()));
         }
     }
-    let routed: BTreeSet<(String, String)> = ROUTES
+    let routed: BTreeSet<(String, String)> = ALL
         .iter()
         .map(|spec| (spec.method.to_string(), path_template(spec.path)))
         .collect();
     assert_eq!(documented, routed);
-    let ids: BTreeSet<String> = ROUTES
+    let ids: BTreeSet<String> = ALL
         .iter()
         .map(|spec| operation_of(&contract, spec)["operationId"].to_string())
         .collect();
-    assert_eq!(ids.len(), ROUTES.len(), "operation ids are unique");
+    assert_eq!(ids.len(), ALL.len(), "operation ids are unique");
 }
 
 #[test]
 fn each_operation_is_secured_as_its_route_is() {
     let contract = contract();
-    for spec in &ROUTES {
+    for spec in ALL {
         let operation = operation_of(&contract, spec);
         let expected = match spec.access {
             Access::Public => Value::Null,
@@ -145,7 +147,7 @@ fn each_operation_is_secured_as_its_route_is() {
 #[test]
 fn each_operation_documents_the_edge_answers_of_its_kind_of_route() {
     let contract = contract();
-    for spec in &ROUTES {
+    for spec in ALL {
         let operation = operation_of(&contract, spec);
         let statuses = statuses_of(&operation);
         let has = |status: &str| statuses.contains(status);
@@ -178,7 +180,7 @@ fn each_operation_documents_the_edge_answers_of_its_kind_of_route() {
 #[test]
 fn every_documented_error_code_comes_with_its_status() {
     let contract = contract();
-    for spec in &ROUTES {
+    for spec in ALL {
         let operation = operation_of(&contract, spec);
         for (status, response) in operation["responses"].as_object().expect("responses") {
             let response = resolve(&contract, response);
@@ -297,7 +299,7 @@ fn the_patterns_are_the_validators_rules() {
         schemas["CreateVoucherBody"]["properties"]["amount"]["maximum"],
         i64::MAX
     );
-    let report = operation_of(&contract, &ROUTES[3]);
+    let report = operation_of(&contract, ALL[3]);
     assert_eq!(report["operationId"], "getReport");
     for parameter in report["parameters"].as_array().expect("parameters") {
         match parameter["name"].as_str() {
@@ -322,7 +324,7 @@ fn the_patterns_are_the_validators_rules() {
 #[test]
 fn every_path_parameter_has_a_rule() {
     let contract = contract();
-    for spec in &ROUTES {
+    for spec in ALL {
         let operation = operation_of(&contract, spec);
         let parameters = operation["parameters"]
             .as_array()
@@ -348,7 +350,7 @@ fn every_path_parameter_has_a_rule() {
 #[test]
 fn the_redeem_answers_credited_with_200_and_pending_with_202() {
     let contract = contract();
-    let redeem = operation_of(&contract, &ROUTES[0]);
+    let redeem = operation_of(&contract, ALL[0]);
     assert_eq!(redeem["operationId"], "redeemVoucher");
     let status_of = |code: &str| {
         redeem["responses"][code]["content"]["application/json"]["schema"]["allOf"][1]["properties"]
@@ -368,7 +370,7 @@ fn the_redeem_answers_credited_with_200_and_pending_with_202() {
 #[test]
 fn links_name_operations_that_exist() {
     let contract = contract();
-    let ids: BTreeSet<String> = ROUTES
+    let ids: BTreeSet<String> = ALL
         .iter()
         .filter_map(|spec| {
             operation_of(&contract, spec)["operationId"]
@@ -377,7 +379,7 @@ fn links_name_operations_that_exist() {
         })
         .collect();
     let mut links = 0;
-    for spec in &ROUTES {
+    for spec in ALL {
         let operation = operation_of(&contract, spec);
         for response in operation["responses"]
             .as_object()
