@@ -336,11 +336,17 @@ async fn redeem_success_retry_exhaustion_and_lookup() {
         "redemption_id is a UUIDv5 of (code, phone)"
     );
 
-    // I2: a retry is refused and changes nothing.
-    server
-        .redeem(alice, "REDEEM")
-        .await
-        .expect_error(409, "already_redeemed");
+    // I2: a retry is refused and changes nothing; it names the redemption the
+    // phone holds, so a client whose first answer was lost learns it won.
+    let retry = server.redeem(alice, "REDEEM").await;
+    retry.expect_error(409, "already_redeemed");
+    assert_eq!(
+        parse_uuid(&retry.json["redemption_id"]),
+        redemption_id,
+        "the retry names the first redemption: {}",
+        retry.text
+    );
+    assert_eq!(retry.json["status"], "credited", "{}", retry.text);
     let (balance, transactions) = server.profile_all(alice).await.expect("alice has a wallet");
     assert_eq!(balance, 3000, "I3: the retry did not credit twice");
     let voucher_credits: Vec<&Value> = transactions

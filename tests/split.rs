@@ -282,6 +282,22 @@ async fn refused_while_pending(backend: Backend) {
         split.proxy.set_mode(Mode::Blackhole);
         let cut_off = wave(&split, code, vec![user.clone()]).await;
         assert_eq!(cut_off.pending.len(), 1, "{code}: 202 while partitioned");
+        // A retry while the credit is pending (as after a lost answer) is told the
+        // redemption it holds: same id, status pending.
+        let retry = redeem(&split, code, &user).await;
+        retry.expect_error(409, "already_redeemed");
+        assert_eq!(
+            (
+                retry.json["redemption_id"].as_str(),
+                retry.json["status"].as_str()
+            ),
+            (
+                cut_off.pending.get(&user).map(String::as_str),
+                Some("pending")
+            ),
+            "{code}: the retry names the pending redemption: {}",
+            retry.text
+        );
         tokio::time::sleep(partition).await;
         split.proxy.set_mode(Mode::Pass);
         wait_status(&split, code, &user, "void").await;

@@ -10,6 +10,8 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
+use uuid::Uuid;
+use voucherd_core::domain::RedemptionStatus;
 use voucherd_core::error::{Error, ErrorCode};
 
 /// Everything a request can fail with at the HTTP edge.
@@ -33,6 +35,13 @@ pub enum ApiError {
     AmbiguousFraming,
     /// The route belongs to the other service of a split deployment.
     NotServedHere(voucherd_service::role::Serves),
+    /// A redeem by a phone that holds a redemption of the voucher: 409
+    /// `already_redeemed` naming that redemption, so a client whose first answer
+    /// was lost learns from its retry that it won (and whether it is credited).
+    HoldsRedemption {
+        redemption_id: Uuid,
+        status: Option<RedemptionStatus>,
+    },
 }
 
 impl From<Error> for ApiError {
@@ -51,6 +60,16 @@ pub(super) struct ErrorBody<'a> {
     /// Human-readable; opaque for 5xx.
     #[schema(value_type = String)]
     message: Cow<'a, str>,
+    /// `already_redeemed` only: the redemption the phone holds (UUIDv5 of code and
+    /// phone, the id a successful redeem answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    redemption_id: Option<Uuid>,
+    /// `already_redeemed` only, when known: that redemption's status (`pending` or
+    /// `credited`), as the status lookup would answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false)]
+    status: Option<&'static str>,
 }
 
 impl ApiError {
@@ -67,6 +86,7 @@ impl ApiError {
             ApiError::HeadersTooLarge => ErrorCode::HeadersTooLarge,
             ApiError::AmbiguousFraming => ErrorCode::AmbiguousFraming,
             ApiError::NotServedHere(_) => ErrorCode::NotServedHere,
+            ApiError::HoldsRedemption { .. } => ErrorCode::AlreadyRedeemed,
         }
     }
 
@@ -99,6 +119,7 @@ impl ApiError {
                 "this is the wallet service; vouchers and redemptions are served by the voucher service"
             }
             ApiError::MethodNotAllowed(_) => "this route does not accept this method",
+            ApiError::HoldsRedemption { .. } => return Cow::Owned(Error::AlreadyRedeemed.to_string()),
             ApiError::Domain(error) => match error {
                 E::Invalid { message, .. } => return Cow::Borrowed(message.as_str()),
                 E::RateLimited { .. } => {
@@ -138,9 +159,18 @@ impl Reply for ApiError {
                 tracing::debug!(status = status.as_u16(), %cause, "request not served");
             }
         }
+        let (redemption_id, redemption_status) = match &self {
+            ApiError::HoldsRedemption {
+                redemption_id,
+                status,
+            } => (Some(*redemption_id), status.map(RedemptionStatus::as_str)),
+            _ => (None, None),
+        };
         let body = ErrorBody {
             error: self.code().as_str(),
             message: self.message(),
+            redemption_id,
+            status: redemption_status,
         };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), status).into_response();

@@ -13,11 +13,12 @@ use warp::reply::Response;
 use super::{respond, Endpoint, Inputs, Outcome};
 use crate::http::auth::Access;
 use crate::http::dto::{parse_json, RedemptionResponse};
+use crate::http::error::ApiError;
 use crate::http::openapi::{json_response, schemas, Components, Described};
 use crate::http::routes::RouteSpec;
 use crate::http::routes::Segment::Literal as L;
 use voucherd_core::domain::{PhoneNumber, VoucherCode};
-use voucherd_core::error::ErrorCode;
+use voucherd_core::error::{Error, ErrorCode};
 use voucherd_metrics::Route;
 use voucherd_service::role::Serves;
 use voucherd_service::service::Service;
@@ -57,7 +58,20 @@ pub async fn handle(service: &Service, body: &[u8]) -> Outcome<RedemptionRespons
     let body: RedeemBody = parse_json(body)?;
     let code = VoucherCode::parse(&body.code)?;
     let phone = PhoneNumber::parse(&body.phone_number)?;
-    Ok(service.redeem(code, phone).await?.into())
+    match service.redeem(code, phone).await {
+        Ok(redemption) => Ok(redemption.into()),
+        Err(Error::AlreadyRedeemed) => {
+            // The code was valid a moment ago; parsing it again keeps the
+            // winning path free of a copy.
+            let code = VoucherCode::parse(&body.code)?;
+            let (redemption_id, status) = service.held_redemption(&code, phone).await;
+            Err(ApiError::HoldsRedemption {
+                redemption_id,
+                status,
+            })
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// 200 with the balance when the credit landed, 202 while it is pending.
@@ -79,7 +93,8 @@ pub(crate) fn describe(components: &mut Components) -> Described {
             balance). 202 (split mode only): the slot is the user's but the credit was not confirmed within \
             the credit deadline (`status: pending`); it lands exactly once, and the status lookup tells \
             when. Either way the redemption id is UUIDv5 of (code, phone), the same on every retry. \
-            Redeeming again answers 409 `already_redeemed`.",
+            Redeeming again answers 409 `already_redeemed` with the `redemption_id` the phone holds and, \
+            when known, its `status`: a client whose answer was lost learns from its retry that it won.",
         parameters: vec![],
         request_body: Some(components.schema::<RedeemBody>()),
         responses: vec![
