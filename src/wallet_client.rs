@@ -150,20 +150,64 @@ impl Caller {
         answers
     }
 
+    /// Sends the batch to the next wallet URL; when that one cannot answer (its
+    /// connection is refused or reset, it answers a 5xx: a wallet service stopping
+    /// or restarting), to the following ones in turn, each at most once. A credit
+    /// is applied at most once by its id, so sending it again is safe; a call that
+    /// timed out is not repeated (the redeem's deadline is already spent).
     async fn try_call(&self, credits: &[Credit]) -> anyhow::Result<Vec<CreditAnswer>> {
-        let url = &self.urls[self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()];
         let body = CreditBatch {
             credits: credits.iter().map(item_of).collect(),
         };
-        let mut request = self.http.post(url).json(&body);
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut failure = None;
+        for attempt in 0..self.urls.len() {
+            let url = &self.urls[(first + attempt) % self.urls.len()];
+            match self.call_one(url, &body).await {
+                Ok(results) => return answers_in_order(credits, results.results),
+                Err(Failed::TimedOut(error)) => return Err(error),
+                Err(Failed::Elsewhere(error)) => {
+                    if attempt + 1 < self.urls.len() {
+                        tracing::debug!(%url, %error, "wallet call failed; trying the next wallet service");
+                    }
+                    failure = Some(error);
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| anyhow::anyhow!("no wallet URL is configured")))
+    }
+
+    async fn call_one(&self, url: &str, body: &CreditBatch) -> Result<CreditResults, Failed> {
+        let mut request = self.http.post(url).json(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await?;
+        let response = request.send().await.map_err(Failed::of)?;
         let status = response.status();
-        anyhow::ensure!(status.is_success(), "the wallet service answered {status}");
-        let results: CreditResults = response.json().await?;
-        answers_in_order(credits, results.results)
+        if !status.is_success() {
+            return Err(Failed::Elsewhere(anyhow::anyhow!(
+                "the wallet service at {url} answered {status}"
+            )));
+        }
+        response.json().await.map_err(Failed::of)
+    }
+}
+
+/// Why one wallet call failed, as far as trying another wallet service goes.
+enum Failed {
+    /// The call used up its time: the redeem waiting on it is answered pending.
+    TimedOut(anyhow::Error),
+    /// Anything else: another wallet service may answer.
+    Elsewhere(anyhow::Error),
+}
+
+impl Failed {
+    fn of(error: reqwest::Error) -> Self {
+        if error.is_timeout() {
+            Failed::TimedOut(error.into())
+        } else {
+            Failed::Elsewhere(error.into())
+        }
     }
 }
 
@@ -249,6 +293,74 @@ mod tests {
         .unwrap();
         assert_eq!(json["status"], "refused");
         assert_eq!(json["reason"], "overflow");
+    }
+
+    #[tokio::test]
+    async fn a_refused_wallet_url_is_passed_over_for_the_next_one() {
+        // A stand-in wallet service on a free port: it applies every credit it is sent.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = format!("http://{}", listener.local_addr().unwrap());
+        let served = Arc::new(AtomicUsize::new(0));
+        let calls = served.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                let body = loop {
+                    let read = socket.read(&mut buffer).await.unwrap();
+                    request.extend_from_slice(&buffer[..read]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|line| {
+                                line.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break body.to_owned();
+                        }
+                    }
+                };
+                let batch: CreditBatch = serde_json::from_str(&body).unwrap();
+                let results = CreditResults {
+                    results: batch
+                        .credits
+                        .iter()
+                        .map(|item| CreditResultItem::Applied {
+                            id: item.id,
+                            balance: item.amount,
+                        })
+                        .collect(),
+                };
+                let json = serde_json::to_string(&results).unwrap();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                socket.write_all(answer.as_bytes()).await.unwrap();
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Port 9 (discard) on loopback refuses: a wallet service that has stopped.
+        let client = HttpWalletClient::start(
+            vec!["http://127.0.0.1:9".to_owned(), live],
+            None,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        for n in 0..4 {
+            let answers = client.credit(vec![credit(n)]).await;
+            assert!(
+                matches!(answers[..], [CreditAnswer::Applied { .. }]),
+                "call {n}: the refused URL is passed over for the live one: {answers:?}"
+            );
+        }
+        assert_eq!(served.load(Ordering::Relaxed), 4);
     }
 
     #[tokio::test]
