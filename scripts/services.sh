@@ -10,7 +10,7 @@
 #   - installs the Debian packages the tests and scripts/test.sh use when their binaries
 #     are missing (apt-get, --no-install-recommends; sudo when not root; daemons that a
 #     package would start at install are kept from starting): postgresql (psql, and the
-#     initdb/postgres that tests/cluster runs privately), redis-server, redis-tools,
+#     initdb/postgres that voucherd_test_support::cluster runs privately), redis-server, redis-tools,
 #     redis-sentinel, haproxy, prometheus (with promtool), docker-compose, nodejs and npm,
 #     python3-venv and python3-pip. When everything is there it runs no apt-get at all.
 #   - PostgreSQL on 127.0.0.1:5432, user `postgres`, trust authentication, so
@@ -55,7 +55,7 @@ as_root() {
 # ---- binaries and packages --------------------------------------------------------------
 
 # The newest directory holding initdb, postgres and pg_ctl: PATH first, else Debian's
-# /usr/lib/postgresql/<version>/bin (the same search as tests/cluster/pg.rs).
+# /usr/lib/postgresql/<version>/bin (the same search as crates/test-support/src/cluster/pg.rs).
 pg_bin_dir() {
     local initdb dir
     if initdb="$(command -v initdb 2>/dev/null)"; then

@@ -22,10 +22,10 @@
 //!   embedded redb (the default), PostgreSQL/CockroachDB, and ScyllaDB (the CAS
 //!   ledger of `store::cas` over the CQL adapter of `store::scylla`, with its LWT
 //!   metrics in `store::cas::observed`). **A new
-//!   ledger backend** is a module here that passes `tests/ledger_conformance.rs`,
+//!   ledger backend** is a module here that passes `tests/ledger_conformance/`,
 //!   calls the shared wallet rules in [`domain::wallet`], and is opened in [`wiring`].
 //! - [`redemption`]: the split-mode protocol (claim → credit → settle, recovery),
-//!   independent of backends and transport, and simulated in `tests/simulation.rs`;
+//!   independent of backends and transport, and simulated in `tests/simulation/`;
 //!   [`wallet_client`] (the voucher service's batching client of the wallet
 //!   service) and [`recovery`] (the task that finishes pending redemptions).
 //! - [`slots`]: the [`slots::SlotSource`] seam (local pool, Redis leases). **A new

@@ -4,14 +4,17 @@
 //! redemption status and health stay public. Without a token the service runs
 //! open only on a loopback address. Every test runs the real binary.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{StartOptions, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
+use voucherd_test_support::binary::{Binary, STARTUP_TIMEOUT};
+use voucherd_test_support::http::{send, Resp};
+use voucherd_test_support::server::{client, StartOptions, TestServer};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
 
@@ -34,7 +37,7 @@ impl Call {
         Self { method, path, body }
     }
 
-    async fn send(&self, server: &TestServer, authorization: Option<&str>) -> common::Resp {
+    async fn send(&self, server: &TestServer, authorization: Option<&str>) -> Resp {
         let mut request = server.request(self.method.clone(), self.path);
         if let Some(body) = &self.body {
             request = request.json(body);
@@ -42,7 +45,7 @@ impl Call {
         if let Some(value) = authorization {
             request = request.header("authorization", value);
         }
-        common::send(request).await
+        send(request).await
     }
 }
 
@@ -117,7 +120,7 @@ fn public_calls() -> Vec<(Call, u16)> {
 /// admin token; a refused request changes nothing; public routes need nothing.
 #[tokio::test]
 async fn every_route_follows_its_access_rule() {
-    let mut server = TestServer::start_with(with_token_env()).await;
+    let mut server = TestServer::start_with(VOUCHERD, with_token_env()).await;
     let admin = format!("Bearer {TOKEN}");
     // The voucher the public calls use, created as the admin.
     let created = Call::new(
@@ -193,36 +196,37 @@ async fn token_file_and_metrics_address() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = TestServer::start_with(StartOptions::args(&[
-        "--admin-token-file",
-        token_file.to_str().unwrap(),
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]))
+    let mut server = TestServer::start_with(
+        VOUCHERD,
+        StartOptions::args(&[
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ]),
+    )
     .await;
     let admin = format!("Bearer {TOKEN}");
     server
         .get("/metrics")
         .await
         .expect_error(401, "unauthorized");
-    let metrics = common::send(
+    let metrics = send(
         server
             .request(Method::GET, "/metrics")
             .header("authorization", &admin),
     )
     .await;
     metrics.expect_status(200);
-    let client = common::client();
-    let separate =
-        common::send(client.get(format!("http://127.0.0.1:{metrics_port}/metrics"))).await;
+    let client = client();
+    let separate = send(client.get(format!("http://127.0.0.1:{metrics_port}/metrics"))).await;
     separate.expect_status(200);
     assert!(
         separate.text.contains("voucherd_http_requests_total"),
         "{}",
         separate.text
     );
-    let other =
-        common::send(client.get(format!("http://127.0.0.1:{metrics_port}/api/vouchers/X"))).await;
+    let other = send(client.get(format!("http://127.0.0.1:{metrics_port}/api/vouchers/X"))).await;
     other.expect_error(404, "not_found");
     server.stop().await;
 }
@@ -231,7 +235,7 @@ async fn token_file_and_metrics_address() {
 /// line or exits; returns the exit code (None while running, then killed) and stderr.
 async fn run_briefly(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let store = tempfile::tempdir().unwrap();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_voucherd"));
+    let mut command = tokio::process::Command::new(VOUCHERD.path());
     command
         .arg("serve")
         .arg("--store")
@@ -249,7 +253,7 @@ async fn run_briefly(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Strin
     let mut stderr = child.stderr.take().unwrap();
     let mut first = [0u8; 32];
     use tokio::io::AsyncReadExt;
-    let started = tokio::time::timeout(common::STARTUP_TIMEOUT, stdout.read(&mut first)).await;
+    let started = tokio::time::timeout(STARTUP_TIMEOUT, stdout.read(&mut first)).await;
     let code = match started {
         Ok(Ok(n)) if n > 0 => {
             let _ = child.start_kill();

@@ -1,15 +1,19 @@
 //! The HTTP contract of docs/API.md, endpoint by endpoint and error code by error code,
 //! against the real binary on a free port with a fresh store.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{assert_error_shape, assert_has_keys, encode_phone, phone, send, Resp, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::http::{assert_error_shape, encode_phone, phone, send, Resp};
+use voucherd_test_support::rng::Rng;
+use voucherd_test_support::server::{assert_no_panic_in_log, TestServer};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 const VOUCHER_KEYS: &[&str] = &[
     "code",
@@ -53,7 +57,7 @@ async fn create_voucher_with(server: &TestServer, body: Value) -> Resp {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_and_get_voucher_in_both_forms() {
     // Goal: POST /api/vouchers answers 201 with the voucher object, and both GET forms serve it.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let created = create_voucher_with(
         &server,
         json!({"code": "GOAL2026", "amount": 50000, "limit": 1000}),
@@ -105,7 +109,7 @@ async fn create_and_get_voucher_in_both_forms() {
 #[tokio::test(flavor = "multi_thread")]
 async fn voucher_not_found_and_duplicates() {
     // Goal: unknown vouchers are 404 voucher_not_found and a second create is 409 voucher_exists.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     server
         .get("/api/vouchers/NOPE")
         .await
@@ -129,7 +133,7 @@ async fn voucher_not_found_and_duplicates() {
 #[tokio::test(flavor = "multi_thread")]
 async fn voucher_validation_errors() {
     // Goal: every documented 400 on voucher creation, with exactly {error, message}.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let cases: Vec<(Value, &str)> = vec![
         (
             json!({"code": "V", "amount": 2000.5, "limit": 10}),
@@ -248,7 +252,7 @@ async fn voucher_validation_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn body_limit_media_type_method_and_unknown_path() {
     // Goal: 413 over 16 KiB, any Content-Type with a JSON body accepted, 405 for wrong methods, 404 not_found as JSON.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let padding = "x".repeat(17 * 1024);
     let big = json!({"code": "BIG", "amount": 1, "limit": 1, "pad": padding}).to_string();
     assert!(big.len() > 16 * 1024);
@@ -314,7 +318,7 @@ async fn body_limit_media_type_method_and_unknown_path() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redeem_success_retry_exhaustion_and_lookup() {
     // Goal: redeem credits once (I2, I3); then 409, 410, 404; redemption lookups 200/404.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     server.create_voucher("REDEEM", 2000, 2).await;
     let alice = "+989371209055";
     server.create_profile(alice, 1000).await;
@@ -416,7 +420,7 @@ async fn redeem_success_retry_exhaustion_and_lookup() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redemption_id_is_deterministic_across_retries_and_instances() {
     // Goal: redemption_id = UUIDv5(code, phone): same on retries, in wallet, on other instances.
-    let first_server = TestServer::start().await;
+    let first_server = TestServer::start(VOUCHERD).await;
     first_server.create_voucher("SAME", 10, 10).await;
     let user = phone(42);
     let won = first_server.redeem(&user, "SAME").await;
@@ -440,7 +444,7 @@ async fn redemption_id_is_deterministic_across_retries_and_instances() {
         "I3: the wallet transaction id is the redemption id"
     );
 
-    let second_server = TestServer::start().await;
+    let second_server = TestServer::start(VOUCHERD).await;
     second_server.create_voucher("SAME", 10, 10).await;
     let again = second_server.redeem(&user, "SAME").await;
     again.expect_status(200);
@@ -456,7 +460,7 @@ async fn redemption_id_is_deterministic_across_retries_and_instances() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redeem_outside_window_is_forbidden() {
     // Goal: 403 voucher_not_active before starts_at and after expires_at; 200 inside the window.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let future = create_voucher_with(
         &server,
         json!({"code": "FUTURE", "amount": 5, "limit": 5,
@@ -516,7 +520,7 @@ async fn redeem_outside_window_is_forbidden() {
 #[tokio::test(flavor = "multi_thread")]
 async fn phone_number_validation() {
     // Goal: E.164 is `+` then 8-15 digits, first non-zero; everything else is invalid_phone_number.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     server.create_voucher("PHONES", 1, 100).await;
     let bad = [
         "989371209055",
@@ -607,7 +611,7 @@ async fn phone_number_validation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn report_paging_by_offset_and_cursor() {
     // Goal: the report pages in winning order by limit/offset, next_cursor and a JSON body.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     server.create_voucher("REPORT", 10, 25).await;
     let mut expected = Vec::new();
     for n in 0..25 {
@@ -774,7 +778,7 @@ async fn report_paging_by_offset_and_cursor() {
 #[tokio::test(flavor = "multi_thread")]
 async fn profiles_create_duplicate_and_opening_balance() {
     // Goal: profile 201 then 409 profile_exists; an opening balance is a transaction (I5).
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let user = phone(500);
     let created = server
         .post_json(
@@ -864,7 +868,7 @@ async fn profiles_create_duplicate_and_opening_balance() {
 #[tokio::test(flavor = "multi_thread")]
 async fn profile_transactions_page_newest_first() {
     // Goal: GET /api/profiles/{phone} pages transactions newest first (limit/offset/cursor).
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let user = phone(600);
     server.create_profile(&user, 500).await;
     let mut ids = Vec::new();
@@ -953,7 +957,7 @@ async fn profile_transactions_page_newest_first() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transactions_credit_debit_and_insufficient_funds() {
     // Goal: a credit creates the wallet; a debit below zero is 409 and changes nothing (I5).
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let user = phone(700);
     let credit = server
         .transaction(
@@ -1046,7 +1050,7 @@ async fn transactions_credit_debit_and_insufficient_funds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transactions_idempotency_key() {
     // Goal: an Idempotency-Key replay returns the first answer once; reuse is 409.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let user = phone(800);
     let body = json!({"phone_number": user, "amount": 100, "reference": "order-1"});
     let first = server.transaction(body.clone(), Some("key-1")).await;
@@ -1111,7 +1115,7 @@ async fn transactions_idempotency_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_ready_and_metrics() {
     // Goal: /healthz, /readyz answer JSON; /metrics counts requests by route and outcome.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let health = server.get("/healthz").await;
     health.expect_status(200);
     assert_eq!(health.json, json!({"status": "ok"}));
@@ -1225,9 +1229,9 @@ fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_panic_on_garbage() {
     // Goal: hundreds of garbage inputs get JSON answers < 500; the server survives unpanicked.
-    let mut server = TestServer::start().await;
+    let mut server = TestServer::start(VOUCHERD).await;
     server.create_voucher("FUZZ", 1, 5).await;
-    let mut rng = common::Rng::seeded(0x5eed_f022);
+    let mut rng = Rng::seeded(0x5eed_f022);
 
     let json_bodies: Vec<String> = vec![
         "null".into(),
@@ -1398,10 +1402,20 @@ async fn no_panic_on_garbage() {
     let health = server.get("/healthz").await;
     health.expect_status(200);
     server.redeem(&phone(9), "FUZZ").await.expect_status(200);
-    common::assert_no_panic_in_log(&server);
+    assert_no_panic_in_log(&server);
     let distinct: BTreeSet<u16> = answers.iter().map(|(_, r)| r.status).collect();
     eprintln!(
         "no_panic_on_garbage: {} inputs, statuses {distinct:?}",
         answers.len()
     );
+}
+
+/// Asserts that `value` is an object holding at least `keys`.
+fn assert_has_keys(value: &Value, keys: &[&str]) {
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("expected a JSON object, got {value}"));
+    for key in keys {
+        assert!(object.contains_key(*key), "missing key `{key}` in {value}");
+    }
 }

@@ -3,7 +3,7 @@
 //! operation applied or not) is abandoned mid-write, as a crashed process
 //! would leave it; a fresh ledger's `recover_claims` then finishes or undoes
 //! it, and the ledger reads as if the write had happened whole or not at all.
-//! The simulation (`tests/cas_simulation.rs`) covers the same ground at
+//! The simulation (`tests/cas_simulation/`) covers the same ground at
 //! random; this walks it exhaustively for one claim and one void.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

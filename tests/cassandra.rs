@@ -1,5 +1,5 @@
 //! The CQL ledger through the real binary on Apache Cassandra 5.0 (the clusters
-//! `scripts/cassandra.sh` runs; `tests/support/cql.rs` names them), each scenario on a
+//! `scripts/cassandra.sh` runs; `voucherd_test_support::cql` names them), each scenario on a
 //! fresh keyspace migrated from `cql/schema.cql`, served with
 //! `--store scylla://HOSTS/KEYSPACE?replication_factor=N`.
 //!
@@ -28,8 +28,6 @@
 //! runs again when each ends, whatever happened ([`FaultedNode`]), and their keyspaces
 //! are dropped only once the nodes delivered their hints ([`FaultKeyspace`]).
 
-mod cluster;
-
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,15 +38,22 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use cluster::crowd::{self, check_crowd, crowd_users, Attempt, Progress, Seen, Targets};
-use cluster::http::{create_voucher, metric, send, Resp};
-use cluster::scenario::{summary, RunningCrowd, AMOUNT, SERIAL};
-use cluster::split::{wait_all_credited, Backend, Split, RECOVERY_AFTER_MS};
-use cluster::support::cql::{self, CqlCluster, TestKeyspace};
-use cluster::support::http::{create_profile, encode_phone, phone, profile_all, report_all};
-use cluster::support::invariants::check_wallets;
-use cluster::verify::{check_invariants, final_wave, Expect};
-use cluster::voucherd::Instance;
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::cluster;
+use voucherd_test_support::cluster::crowd::{
+    self, check_crowd, crowd_users, Attempt, Progress, Seen, Targets,
+};
+use voucherd_test_support::cluster::http::{create_voucher, metric, send, Resp};
+use voucherd_test_support::cluster::scenario::{summary, RunningCrowd, AMOUNT, SERIAL};
+use voucherd_test_support::cluster::split::{wait_all_credited, Backend, Split, RECOVERY_AFTER_MS};
+use voucherd_test_support::cluster::verify::{check_invariants, final_wave, Expect};
+use voucherd_test_support::cluster::voucherd::Instance;
+use voucherd_test_support::cql::{self, CqlCluster, TestKeyspace};
+use voucherd_test_support::http::{create_profile, encode_phone, phone, profile_all, report_all};
+use voucherd_test_support::invariants::check_wallets;
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 /// The race: [`RACE_USERS`] distinct users and [`RACE_REPEATS`] repeated requests from
 /// them, [`RACE_IN_FLIGHT`] at once, for a voucher of [`RACE_LIMIT`].
@@ -102,7 +107,7 @@ impl OneProcess {
     /// On `keyspace`, which the caller keeps.
     async fn start_on(cluster: &CqlCluster, keyspace: &TestKeyspace, prefix: &str) -> OneProcess {
         // CLUSTER_LOG_DIR=dir keeps the log there after the test (as for the clusters
-        // of tests/cluster/voucherd.rs).
+        // of voucherd_test_support::cluster::voucherd).
         let log_prefix = format!("cassandra-{prefix}-");
         let mut builder = tempfile::Builder::new();
         builder.prefix(&log_prefix);
@@ -124,7 +129,7 @@ impl OneProcess {
         ];
         let args = args.iter().map(|a| a.to_string()).collect();
         let store = cluster.store_url(keyspace);
-        let instance = Instance::start_with("all", &store, args, log_dir.path()).await;
+        let instance = Instance::start_with(VOUCHERD, "all", &store, args, log_dir.path()).await;
         OneProcess {
             instance,
             client: cluster::http::client(),
@@ -221,7 +226,7 @@ async fn a_flash_crowd_in_a_voucher_and_wallet_pair() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let code = "PAIRRACE";
-    let mut split = Split::start(Backend::Cassandra).await;
+    let mut split = Split::start(VOUCHERD, Backend::Cassandra).await;
     create_voucher(
         &split.client,
         &split.voucher_url(),

@@ -7,18 +7,21 @@
 //!
 //! Every server is private to its test (free ports, tempdirs) and killed on Drop.
 
-mod cluster;
-
 use std::time::{Duration, Instant};
 
-use cluster::pg::PgServer;
-use cluster::redis_server::RedisServer;
-use cluster::scenario::{
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::cluster;
+use voucherd_test_support::cluster::pg::PgServer;
+use voucherd_test_support::cluster::redis_server::RedisServer;
+use voucherd_test_support::cluster::scenario::{
     acknowledged_between, check, create_voucher, summary, verify_and_fill, RunningCrowd,
     DISTINCT_USERS, FAULT_AFTER, LIMIT, REPEATS, SERIAL,
 };
-use cluster::voucherd::Cluster;
-use cluster::{http, verify};
+use voucherd_test_support::cluster::voucherd::Cluster;
+use voucherd_test_support::cluster::{http, verify};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 const DEGRADED: &str = "voucherd_slot_source_degraded";
 /// How long PostgreSQL stays down in its restart.
@@ -28,7 +31,7 @@ const PG_DOWN: Duration = Duration::from_secs(1);
 async fn three_instances() -> (PgServer, RedisServer, Cluster) {
     let pg = PgServer::start().await;
     let redis = RedisServer::start("redis").await;
-    let cluster = Cluster::start(3, &pg.url(), &redis.url()).await;
+    let cluster = Cluster::start(VOUCHERD, 3, &pg.url(), &redis.url()).await;
     (pg, redis, cluster)
 }
 

@@ -2,17 +2,24 @@
 //! answer the same, and a crash (SIGKILL) in the middle of a race loses no acknowledged
 //! redemption (I4) and no slot, with I1, I2, I3 and I5 intact.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{encode_phone, phone, redeem_retrying, send, Resp, Rng, TestServer};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::http::{encode_phone, phone, send, Resp};
+use voucherd_test_support::rng::Rng;
+use voucherd_test_support::server::{
+    assert_no_panic_in_log, check_voucher_invariants, client, phones_with_wallet, redeem_retrying,
+    TestServer, CROWD_DEADLINE,
+};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 /// Every read the test compares before and after a restart.
 async fn snapshot(server: &TestServer, phones: &[String]) -> Vec<(String, Value)> {
@@ -40,7 +47,7 @@ async fn snapshot(server: &TestServer, phones: &[String]) -> Vec<(String, Value)
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_restart_serves_the_same_state() {
     // Goal: after SIGTERM (exit 0) and a restart on the same store, the same state is served (I4).
-    let mut server = TestServer::start().await;
+    let mut server = TestServer::start(VOUCHERD).await;
     server.create_voucher("KEEP", 1_500, 3).await;
     server
         .post_json(
@@ -125,12 +132,11 @@ async fn graceful_restart_serves_the_same_state() {
         .redeem(&phone(98), "KEEP")
         .await
         .expect_error(410, "voucher_exhausted");
-    let client = common::client();
-    let order =
-        common::check_voucher_invariants(&client, server.base_url(), "KEEP", 3, 1_500, &won).await;
+    let client = client();
+    let order = check_voucher_invariants(&client, server.base_url(), "KEEP", 3, 1_500, &won).await;
     assert_eq!(order[..2], users[..2], "winning order survives the restart");
     server.stop().await;
-    common::assert_no_panic_in_log(&server);
+    assert_no_panic_in_log(&server);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,12 +149,12 @@ async fn sigkill_mid_race_loses_nothing() {
     const USERS: u64 = 3_000;
     const IN_FLIGHT: usize = 256;
     const KILL_AFTER_WINS: usize = 100;
-    let mut server = TestServer::start().await;
+    let mut server = TestServer::start(VOUCHERD).await;
     server.create_voucher("CRASH", AMOUNT, LIMIT as i64).await;
 
     let mut users: Vec<u64> = (0..USERS).collect();
     Rng::seeded(0xdead_beef).shuffle(&mut users);
-    let client = common::client();
+    let client = client();
     let base_url = server.base_url().to_string();
     let wins = Arc::new(AtomicUsize::new(0));
     let enough = Arc::new(tokio::sync::Notify::new());
@@ -179,7 +185,7 @@ async fn sigkill_mid_race_loses_nothing() {
         .await
         .expect("the race reached 100 wins within 60 s");
     server.kill_hard().await;
-    let answers = tokio::time::timeout(common::CROWD_DEADLINE, race)
+    let answers = tokio::time::timeout(CROWD_DEADLINE, race)
         .await
         .expect("the cut race ended within the crowd deadline")
         .expect("race task");
@@ -219,8 +225,7 @@ async fn sigkill_mid_race_loses_nothing() {
     server.wait_ready().await;
     let base_url = server.base_url().to_string();
     let survivors =
-        common::check_voucher_invariants(&client, &base_url, "CRASH", LIMIT, AMOUNT, &acknowledged)
-            .await;
+        check_voucher_invariants(&client, &base_url, "CRASH", LIMIT, AMOUNT, &acknowledged).await;
     eprintln!(
         "sigkill_mid_race: {} redemptions after restart ({} acknowledged)",
         survivors.len(),
@@ -240,7 +245,7 @@ async fn sigkill_mid_race_loses_nothing() {
         .map(phone)
         .filter(|p| !survivor_set.contains(p))
         .collect();
-    let credited_without_redemption = common::phones_with_wallet(&client, &base_url, not_won).await;
+    let credited_without_redemption = phones_with_wallet(&client, &base_url, not_won).await;
     assert!(
         credited_without_redemption.is_empty(),
         "I3 credited: wallets without a redemption after the crash: {credited_without_redemption:?}"
@@ -261,7 +266,7 @@ async fn sigkill_mid_race_loses_nothing() {
         })
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>();
-    let wave = tokio::time::timeout(common::CROWD_DEADLINE, wave)
+    let wave = tokio::time::timeout(CROWD_DEADLINE, wave)
         .await
         .expect("the fresh wave finished within the crowd deadline");
     let mut fresh_wins = HashMap::new();
@@ -285,7 +290,7 @@ async fn sigkill_mid_race_loses_nothing() {
     );
     let mut all_acknowledged = acknowledged.clone();
     all_acknowledged.extend(fresh_wins);
-    let final_order = common::check_voucher_invariants(
+    let final_order = check_voucher_invariants(
         &client,
         &base_url,
         "CRASH",
@@ -307,5 +312,5 @@ async fn sigkill_mid_race_loses_nothing() {
     let voucher = server.voucher("CRASH").await;
     assert_eq!(voucher["remaining"].as_u64(), Some(0));
     server.stop().await;
-    common::assert_no_panic_in_log(&server);
+    assert_no_panic_in_log(&server);
 }

@@ -2,14 +2,17 @@
 //! connection floods, stalled heads and bodies, ambiguous framing, oversized heads
 //! and a phone hammering redeem. Every test runs the real binary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{StartOptions, TestServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use voucherd_test_support::binary::{Binary, STARTUP_TIMEOUT};
+use voucherd_test_support::http::{assert_error_shape, send, try_send};
+use voucherd_test_support::server::{StartOptions, TestServer};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 /// Generous bound on "the server closes the connection by itself".
 const CLOSE_WAIT_SLACK: Duration = Duration::from_secs(5);
@@ -58,9 +61,9 @@ async fn read_until_closed(socket: &mut TcpStream, within: Duration) -> (String,
 /// closes, the server may not have seen every close yet, so a new connection can
 /// still meet the cap and be closed: those transport errors are retried.
 async fn wait_serving(server: &TestServer) {
-    let deadline = tokio::time::Instant::now() + common::STARTUP_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     loop {
-        let answer = common::try_send(server.request(reqwest::Method::GET, "/readyz")).await;
+        let answer = try_send(server.request(reqwest::Method::GET, "/readyz")).await;
         if matches!(&answer, Ok(response) if response.status == 200) {
             return;
         }
@@ -82,11 +85,14 @@ fn json_body(response: &str) -> Value {
 /// and serves normally once the clients close.
 #[tokio::test]
 async fn descriptor_exhaustion_does_not_stop_the_server() {
-    let mut server = TestServer::start_with(StartOptions {
-        args: vec!["--max-connections".into(), "100000".into()],
-        open_files: Some(128),
-        ..StartOptions::default()
-    })
+    let mut server = TestServer::start_with(
+        VOUCHERD,
+        StartOptions {
+            args: vec!["--max-connections".into(), "100000".into()],
+            open_files: Some(128),
+            ..StartOptions::default()
+        },
+    )
     .await;
     let sockets = open_connections(&server, 400).await;
     assert!(
@@ -123,7 +129,8 @@ async fn descriptor_exhaustion_does_not_stop_the_server() {
 /// new connections are closed at once and counted; the server keeps serving.
 #[tokio::test]
 async fn connections_past_the_cap_are_closed_at_once() {
-    let mut server = TestServer::start_with(StartOptions::args(&["--max-connections", "20"])).await;
+    let mut server =
+        TestServer::start_with(VOUCHERD, StartOptions::args(&["--max-connections", "20"])).await;
     let mut held = open_connections(&server, 20).await;
     assert_eq!(held.len(), 20);
     // Let the server accept the 20 it may hold before the next ones arrive.
@@ -145,10 +152,13 @@ async fn connections_past_the_cap_are_closed_at_once() {
     server.stop().await;
 
     // The default cap fits the open-file limit, so a flood never reaches EMFILE.
-    let mut server = TestServer::start_with(StartOptions {
-        open_files: Some(128),
-        ..StartOptions::default()
-    })
+    let mut server = TestServer::start_with(
+        VOUCHERD,
+        StartOptions {
+            open_files: Some(128),
+            ..StartOptions::default()
+        },
+    )
     .await;
     let sockets = open_connections(&server, 300).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -176,12 +186,10 @@ async fn connections_past_the_cap_are_closed_at_once() {
 /// within the header timeout; one that sends nothing, within the idle timeout.
 #[tokio::test]
 async fn stalled_heads_and_idle_connections_are_closed() {
-    let mut server = TestServer::start_with(StartOptions::args(&[
-        "--header-timeout-secs",
-        "1",
-        "--idle-timeout-secs",
-        "2",
-    ]))
+    let mut server = TestServer::start_with(
+        VOUCHERD,
+        StartOptions::args(&["--header-timeout-secs", "1", "--idle-timeout-secs", "2"]),
+    )
     .await;
     let mut slow = TcpStream::connect(host_port(&server)).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -223,7 +231,7 @@ async fn stalled_heads_and_idle_connections_are_closed() {
 #[tokio::test]
 async fn a_stalled_body_gets_408() {
     let mut server =
-        TestServer::start_with(StartOptions::args(&["--body-timeout-secs", "1"])).await;
+        TestServer::start_with(VOUCHERD, StartOptions::args(&["--body-timeout-secs", "1"])).await;
     server.create_voucher("SLOWBODY", 100, 5).await;
     let mut socket = TcpStream::connect(host_port(&server)).await.unwrap();
     let body = br#"{"phone_number":"+989120000001","code":"SLOWBODY"}"#;
@@ -245,7 +253,7 @@ async fn a_stalled_body_gets_408() {
 /// the JSON error, the request is not applied, and the connection is closed.
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_refused() {
-    let mut server = TestServer::start().await;
+    let mut server = TestServer::start(VOUCHERD).await;
     server.create_voucher("SMUGGLE", 100, 5).await;
     let body = r#"{"phone_number":"+989120000001","code":"SMUGGLE"}"#;
     for (first, second) in [
@@ -281,7 +289,7 @@ async fn content_length_with_transfer_encoding_is_refused() {
 /// Goal: oversized targets and heads get 414 / 431 with the JSON error.
 #[tokio::test]
 async fn oversized_heads_get_json_errors() {
-    let mut server = TestServer::start().await;
+    let mut server = TestServer::start(VOUCHERD).await;
     let long_path = format!("/api/vouchers/{}", "A".repeat(3_000));
     let response = server.get(&long_path).await;
     response.expect_error(414, "uri_too_long");
@@ -290,10 +298,10 @@ async fn oversized_heads_get_json_errors() {
     for i in 0..80 {
         request = request.header(format!("x-filler-{i}"), "1");
     }
-    let response = common::send(request).await;
+    let response = send(request).await;
     response.expect_error(431, "headers_too_large");
 
-    let response = common::send(
+    let response = send(
         server
             .request(reqwest::Method::GET, "/healthz")
             .header("x-big", "b".repeat(9_000)),
@@ -307,12 +315,15 @@ async fn oversized_heads_get_json_errors() {
 /// other phones are unaffected, and the limit is configurable.
 #[tokio::test]
 async fn a_phone_over_its_rate_gets_429() {
-    let mut server = TestServer::start_with(StartOptions::args(&[
-        "--redeem-rate-per-phone",
-        "1",
-        "--redeem-burst-per-phone",
-        "3",
-    ]))
+    let mut server = TestServer::start_with(
+        VOUCHERD,
+        StartOptions::args(&[
+            "--redeem-rate-per-phone",
+            "1",
+            "--redeem-burst-per-phone",
+            "3",
+        ]),
+    )
     .await;
     // An unknown voucher: every attempt is a cheap 404, so only the limit changes the answer.
     let mut statuses = Vec::new();
@@ -354,8 +365,8 @@ async fn a_phone_over_its_rate_gets_429() {
 /// Goal: bodies of every error produced at the edge are JSON, never empty.
 #[tokio::test]
 async fn edge_errors_are_json() {
-    let mut server = TestServer::start().await;
+    let mut server = TestServer::start(VOUCHERD).await;
     let response = server.post_json("/api/vouchers/redeem", &json!({})).await;
-    common::assert_error_shape(&response);
+    assert_error_shape(&response);
     server.stop().await;
 }

@@ -8,21 +8,19 @@
 //! server is idle, which would drown a figure of a few hundred bytes per voucher.
 //! The figures are printed (`cargo test --test memory -- --nocapture`).
 
-// `common` keeps its copy of the start-up helper private, and the measured server
-// needs it with an environment of its own, so this test loads it a second time
-// (only its `start` function is used here, so the two copies never meet).
-#![allow(clippy::duplicate_mod)]
-
-mod common;
-
 use std::fs::File;
 use std::time::Duration;
 
-use common::{binary, phone, redeem_retrying, TestServer};
 use futures::StreamExt;
 use tempfile::TempDir;
 use tokio::process::Child;
 use voucherd_core::limits::MAX_VOUCHER_METRIC_SERIES;
+use voucherd_test_support::binary::{self, Binary};
+use voucherd_test_support::http::{phone, send, Resp};
+use voucherd_test_support::server::{client, redeem_retrying, TestServer};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 /// Vouchers of the RSS test; each gets one redemption.
 const VOUCHERS: usize = 2_000;
@@ -61,7 +59,7 @@ impl MeasuredServer {
         let store = tempfile::tempdir().expect("store directory");
         let log = tempfile::tempdir().expect("log directory");
         let stderr = File::create(log.path().join("stderr.log")).expect("stderr log");
-        let mut command = binary::serve_command(store.path(), stderr);
+        let mut command = VOUCHERD.serve_command(store.path(), stderr);
         command.env("MIMALLOC_ALLOW_THP", "0");
         let log_path = log.path().join("stderr.log");
         let log_text = move || std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -69,7 +67,7 @@ impl MeasuredServer {
         MeasuredServer {
             child,
             base_url,
-            client: common::client(),
+            client: client(),
             _store: store,
             log,
         }
@@ -112,7 +110,7 @@ impl MeasuredServer {
                     .client
                     .post(format!("{}/api/vouchers", self.base_url))
                     .json(&body);
-                common::send(request).await.expect_status(201);
+                send(request).await.expect_status(201);
             })
             .await;
     }
@@ -130,7 +128,7 @@ impl MeasuredServer {
 
     async fn remaining_slot_series(&self) -> Vec<String> {
         let request = self.client.get(format!("{}/metrics", self.base_url));
-        remaining_slot_series(common::send(request).await)
+        remaining_slot_series(send(request).await)
     }
 }
 
@@ -145,7 +143,7 @@ impl Drop for MeasuredServer {
 }
 
 /// Lines of `voucherd_voucher_remaining_slots` in a `/metrics` answer.
-fn remaining_slot_series(metrics: common::Resp) -> Vec<String> {
+fn remaining_slot_series(metrics: Resp) -> Vec<String> {
     metrics.expect_status(200);
     metrics
         .text
@@ -241,7 +239,7 @@ async fn a_redeemed_voucher_costs_little_memory_whatever_its_limit() {
 async fn sold_out_vouchers_leave_the_remaining_slots_metric() {
     // Goal: the per-voucher gauge has a series only for vouchers with slots left,
     // so vouchers that sell out stop costing a series.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let sold_out: Vec<String> = (0..50).map(|n| format!("ONE{n:03}")).collect();
     let open: Vec<String> = (0..5).map(|n| format!("MANY{n:03}")).collect();
     for code in &sold_out {

@@ -25,8 +25,6 @@
 //! live `/metrics` are clean (see [`check_metrics_with_promtool`] for the OpenMetrics
 //! caveat). No assertion on timings.
 
-mod cluster;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -35,11 +33,15 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use cluster::process::{free_port, which, Proc};
-use cluster::redis_server::RedisServer;
-use cluster::support::http::{encode_phone, phone, send, Resp};
-use cluster::voucherd::Instance;
-use cluster::wait_until;
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::cluster::process::{free_port, which, Proc};
+use voucherd_test_support::cluster::redis_server::RedisServer;
+use voucherd_test_support::cluster::voucherd::Instance;
+use voucherd_test_support::cluster::wait_until;
+use voucherd_test_support::http::{encode_phone, phone, send, Resp};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 /// How often Prometheus scrapes and evaluates rules: short, so the test needs only a
 /// few seconds of history.
@@ -98,7 +100,7 @@ async fn dashboards_and_alerts_work_against_live_instances() {
     let work = work.path();
     let admin_token = write_token(work, "admin-token");
     write_token(work, "service-token");
-    let client = cluster::support::http::client(REQUEST_TIMEOUT, Duration::from_secs(5));
+    let client = voucherd_test_support::http::client(REQUEST_TIMEOUT, Duration::from_secs(5));
 
     let redis = RedisServer::start("observability-redis").await;
     let (wallet, voucher) = start_services(work, &redis.url()).await;
@@ -189,6 +191,7 @@ async fn start_services(work: &Path, redis: &str) -> (Instance, Instance) {
     };
     let wallet_store = work.join("wallet-store");
     let wallet = Instance::start_with(
+        VOUCHERD,
         "wallet",
         &wallet_store.display().to_string(),
         tokens("wallet"),
@@ -208,8 +211,14 @@ async fn start_services(work: &Path, redis: &str) -> (Instance, Instance) {
         .map(str::to_owned),
     );
     let voucher_store = work.join("voucher-store");
-    let voucher =
-        Instance::start_with("voucher", &voucher_store.display().to_string(), args, work).await;
+    let voucher = Instance::start_with(
+        VOUCHERD,
+        "voucher",
+        &voucher_store.display().to_string(),
+        args,
+        work,
+    )
+    .await;
     (wallet, voucher)
 }
 
@@ -518,7 +527,7 @@ impl Prometheus {
         let prometheus = Prometheus {
             proc,
             url: format!("http://127.0.0.1:{port}"),
-            client: cluster::support::http::client(REQUEST_TIMEOUT, Duration::from_secs(5)),
+            client: voucherd_test_support::http::client(REQUEST_TIMEOUT, Duration::from_secs(5)),
         };
         let ready = format!("{}/-/ready", prometheus.url);
         wait_until(

@@ -1,14 +1,16 @@
 //! What an operator meets first: the help text, the log format, and the message
 //! when two instances share one embedded store. Every test runs the real binary.
 
-mod common;
-
 use std::process::Stdio;
 
-use common::{StartOptions, TestServer};
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::server::{StartOptions, TestServer};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 fn voucherd() -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_voucherd"));
+    let mut command = std::process::Command::new(VOUCHERD.path());
     command
         .env_remove("VOUCHERD_ADMIN_TOKEN")
         .env_remove("VOUCHERD_LOG_FORMAT")
@@ -44,7 +46,7 @@ fn serve_help_names_every_store_and_the_access_options() {
 /// writes one JSON object per line.
 #[tokio::test]
 async fn logs_are_plain_off_a_terminal_and_json_on_request() {
-    let mut server = TestServer::start().await;
+    let mut server = TestServer::start(VOUCHERD).await;
     server.stop().await;
     let log = server.log();
     assert!(log.contains("serving"), "{log}");
@@ -53,7 +55,8 @@ async fn logs_are_plain_off_a_terminal_and_json_on_request() {
         "ANSI escape codes in a log file:\n{log}"
     );
 
-    let mut server = TestServer::start_with(StartOptions::args(&["--log-format", "json"])).await;
+    let mut server =
+        TestServer::start_with(VOUCHERD, StartOptions::args(&["--log-format", "json"])).await;
     server.stop().await;
     let log = server.log();
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -69,7 +72,7 @@ async fn logs_are_plain_off_a_terminal_and_json_on_request() {
 /// directory and the cause; the first keeps serving.
 #[tokio::test]
 async fn a_second_instance_on_one_embedded_store_is_told_why() {
-    let mut first = TestServer::start().await;
+    let mut first = TestServer::start(VOUCHERD).await;
     let output = voucherd()
         .args(["serve", "--listen", "127.0.0.1:0", "--store"])
         .arg(first.store_path())
@@ -91,7 +94,7 @@ async fn a_second_instance_on_one_embedded_store_is_told_why() {
 #[tokio::test]
 async fn sigterm_right_after_start_is_a_clean_stop() {
     for _ in 0..5 {
-        let mut server = TestServer::start().await;
+        let mut server = TestServer::start(VOUCHERD).await;
         server.stop().await;
     }
 }

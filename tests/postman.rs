@@ -1,18 +1,20 @@
 //! The seed's Postman collection (copied to tests/newman/challange.postman.json) run by a
 //! pinned newman against the real binary: the seed's clients must keep working.
 
-mod common;
-
 use std::path::Path;
 
-use common::support::newman::{newman_dir, run_seed_collection};
-use common::TestServer;
 use serde_json::Value;
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::newman::{newman_dir, run_seed_collection};
+use voucherd_test_support::server::{assert_no_panic_in_log, TestServer};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_collection_runs_green_under_newman() {
     // Goal: every request of the seed's Postman collection answers 2xx and newman exits 0.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let address = server.base_url();
     let run = run_seed_collection(address, address).await;
     for (name, code) in run.statuses() {
@@ -22,7 +24,7 @@ async fn seed_collection_runs_green_under_newman() {
             run.stdout
         );
     }
-    common::assert_no_panic_in_log(&server);
+    assert_no_panic_in_log(&server);
 }
 
 #[test]

@@ -1,21 +1,28 @@
 //! Flash-crowd races against the real binary: many concurrent redeems, checked against the
 //! invariants I1 (limit), I2 (unique), I3 (credited), I4 (durable) and I5 (balance).
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{assert_error_shape, phone, redeem_retrying, Resp, Rng, StartOptions, TestServer};
 use futures::StreamExt;
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::http::{assert_error_shape, phone, Resp};
+use voucherd_test_support::rng::Rng;
+use voucherd_test_support::server::{
+    assert_no_panic_in_log, check_voucher_invariants, client, phones_with_wallet, redeem_retrying,
+    StartOptions, TestServer, CROWD_DEADLINE,
+};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 const IN_FLIGHT: usize = 256;
 
 /// Sends one redeem per entry of `users` with `IN_FLIGHT` requests in flight; returns each
 /// answer with its user, the total number of 429/503 retries and the peak number in flight.
 async fn crowd(server: &TestServer, code: &str, users: Vec<u64>) -> (Vec<(u64, Resp)>, u32, usize) {
-    let client = common::client();
+    let client = client();
     let base_url = server.base_url().to_string();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
@@ -49,12 +56,12 @@ async fn crowd(server: &TestServer, code: &str, users: Vec<u64>) -> (Vec<(u64, R
         })
         .buffer_unordered(IN_FLIGHT)
         .collect();
-    let results: Vec<(u64, Resp, u32)> = tokio::time::timeout(common::CROWD_DEADLINE, results)
+    let results: Vec<(u64, Resp, u32)> = tokio::time::timeout(CROWD_DEADLINE, results)
         .await
         .unwrap_or_else(|_| {
             panic!(
                 "the crowd on {code} did not finish within {:?}; {} requests still in flight",
-                common::CROWD_DEADLINE,
+                CROWD_DEADLINE,
                 in_flight.load(Ordering::SeqCst)
             )
         });
@@ -70,7 +77,7 @@ async fn flash_crowd_limit_100() {
     const AMOUNT: i64 = 50_000;
     const USERS: u64 = 2_000;
     const REPEATS: usize = 500;
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     server.create_voucher("RACE", AMOUNT, LIMIT as i64).await;
 
     let mut rng = Rng::seeded(20_260_101);
@@ -143,16 +150,9 @@ async fn flash_crowd_limit_100() {
         );
     }
 
-    let client = common::client();
-    let order = common::check_voucher_invariants(
-        &client,
-        server.base_url(),
-        "RACE",
-        LIMIT,
-        AMOUNT,
-        &winners,
-    )
-    .await;
+    let client = client();
+    let order =
+        check_voucher_invariants(&client, server.base_url(), "RACE", LIMIT, AMOUNT, &winners).await;
     assert_eq!(
         order.len(),
         LIMIT,
@@ -202,7 +202,7 @@ async fn flash_crowd_limit_100() {
         .filter(|p| !winners.contains_key(p))
         .collect();
     let base_url = server.base_url().to_string();
-    let with_wallet = common::phones_with_wallet(&client, &base_url, losers).await;
+    let with_wallet = phones_with_wallet(&client, &base_url, losers).await;
     assert!(
         with_wallet.is_empty(),
         "I3 credited: users who never won hold a wallet: {with_wallet:?}"
@@ -215,7 +215,7 @@ async fn flash_crowd_limit_100() {
         "I1: redeemed"
     );
     assert_eq!(voucher["remaining"].as_u64(), Some(0), "I1: remaining");
-    common::assert_no_panic_in_log(&server);
+    assert_no_panic_in_log(&server);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,8 +225,11 @@ async fn one_user_many_concurrent_attempts() {
     // the shard; it is off here so that all 300 race for the slot (the limit has its
     // own test in tests/hostile_clients.rs).
     const AMOUNT: i64 = 777;
-    let server =
-        TestServer::start_with(StartOptions::args(&["--redeem-rate-per-phone", "0"])).await;
+    let server = TestServer::start_with(
+        VOUCHERD,
+        StartOptions::args(&["--redeem-rate-per-phone", "0"]),
+    )
+    .await;
     server.create_voucher("ONCE", AMOUNT, 1_000).await;
     let (answers, _retries, _peak) = crowd(&server, "ONCE", vec![31_337; 300]).await;
     let won: Vec<&Resp> = answers

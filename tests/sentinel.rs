@@ -5,19 +5,21 @@
 //!
 //! Every server is private to the test (free ports, tempdirs) and killed on Drop.
 
-mod cluster;
-
 use std::time::{Duration, Instant};
 
-use cluster::http;
-use cluster::pg::PgServer;
-use cluster::scenario::{
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::cluster::http;
+use voucherd_test_support::cluster::pg::PgServer;
+use voucherd_test_support::cluster::scenario::{
     acknowledged_between, check, create_voucher, summary, verify_and_fill, RunningCrowd,
     DISTINCT_USERS, FAULT_AFTER, LIMIT, REPEATS, SERIAL,
 };
-use cluster::sentinel::SentinelGroup;
-use cluster::verify::wait_metric_everywhere;
-use cluster::voucherd::Cluster;
+use voucherd_test_support::cluster::sentinel::SentinelGroup;
+use voucherd_test_support::cluster::verify::wait_metric_everywhere;
+use voucherd_test_support::cluster::voucherd::Cluster;
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 const DEGRADED: &str = "voucherd_slot_source_degraded";
 /// Bound on the sentinels' failover (down-after 1 s, failover-timeout 5 s).
@@ -30,7 +32,7 @@ async fn master_sigkilled_during_crowd() {
     let started = Instant::now();
     let mut group = SentinelGroup::start().await;
     let pg = PgServer::start().await;
-    let mut cluster = Cluster::start(3, &pg.url(), &group.url()).await;
+    let mut cluster = Cluster::start(VOUCHERD, 3, &pg.url(), &group.url()).await;
     let client = http::client();
     let urls = cluster.urls();
     let code = "SENTINEL1";

@@ -1,12 +1,12 @@
 //! Split mode under faults: a voucher service and a wallet service (real binaries, each
 //! with its own store), the voucher service crediting the wallet service through a TCP
-//! proxy the test controls (see `tests/cluster/split.rs`). Each scenario drives redeem
-//! requests while a fault strikes (a SIGKILL of either service, a partition, a wallet
-//! slower than the credit deadline, a credit the wallet refuses for good), then asserts
-//! what a client was told and, once every redemption is settled, I1–I5 with the one
-//! checker: the report from the voucher service, the wallets from the wallet service,
-//! each winner credited exactly once (one wallet transaction whose id is the redemption
-//! id, reference `voucher:<code>`) and no voucher credit for anyone else.
+//! proxy the test controls (see `voucherd_test_support::cluster::split`). Each scenario
+//! drives redeem requests while a fault strikes (a SIGKILL of either service, a
+//! partition, a wallet slower than the credit deadline, a credit the wallet refuses for
+//! good), then asserts what a client was told and, once every redemption is settled,
+//! I1–I5 with the one checker: the report from the voucher service, the wallets from the
+//! wallet service, each winner credited exactly once (one wallet transaction whose id is
+//! the redemption id, reference `voucher:<code>`) and no voucher credit for anyone else.
 //!
 //! Status codes only, never timings: a redeem answers 200 (credited), 202 (pending: the
 //! credit did not land within the deadline), 409 already_redeemed or 410
@@ -17,20 +17,23 @@
 //! Every scenario runs on embedded stores and on PostgreSQL (a throwaway database per
 //! service).
 
-mod cluster;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cluster::crowd::{check_crowd, crowd_users, Attempt, Seen};
-use cluster::http::{create_voucher, send};
-use cluster::scenario::{summary, RunningCrowd, AMOUNT, SERIAL};
-use cluster::split::{Backend, Split, CREDIT_DEADLINE_MS, SETTLE_LIMIT};
-use cluster::support::http::{create_profile, encode_phone, phone, profile_all};
-use cluster::support::invariants::check_wallets;
-use cluster::support::newman::run_seed_collection;
-use cluster::support::proxy::Mode;
-use cluster::verify::final_wave;
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::cluster;
+use voucherd_test_support::cluster::crowd::{check_crowd, crowd_users, Attempt, Seen};
+use voucherd_test_support::cluster::http::{create_voucher, send};
+use voucherd_test_support::cluster::scenario::{summary, RunningCrowd, AMOUNT, SERIAL};
+use voucherd_test_support::cluster::split::{Backend, Split, CREDIT_DEADLINE_MS, SETTLE_LIMIT};
+use voucherd_test_support::cluster::verify::final_wave;
+use voucherd_test_support::http::{create_profile, encode_phone, phone, profile_all};
+use voucherd_test_support::invariants::check_wallets;
+use voucherd_test_support::newman::run_seed_collection;
+use voucherd_test_support::proxy::Mode;
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 /// The crowd of a kill scenario: distinct users and repeated requests from them, on a
 /// voucher of [`LIMIT`]; the fault strikes after [`FAULT_AFTER`] answers, while most
@@ -73,7 +76,7 @@ async fn wallet_killed_mid_crowd(backend: Backend) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let code = "WALLETKILL";
-    let mut split = Split::start(backend).await;
+    let mut split = Split::start(VOUCHERD, backend).await;
     create_voucher(&split.client, &split.voucher_url(), code, AMOUNT, LIMIT).await;
     let crowd = start_crowd(&split, code, 11);
     crowd.progress.reached(FAULT_AFTER).await;
@@ -96,7 +99,7 @@ async fn voucher_killed_mid_crowd(backend: Backend) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let (code, limit) = ("VOUCHERKILL", LARGE_LIMIT);
-    let mut split = Split::start(backend).await;
+    let mut split = Split::start(VOUCHERD, backend).await;
     create_voucher(&split.client, &split.voucher_url(), code, AMOUNT, limit).await;
     let crowd = start_crowd(&split, code, 12);
     crowd.progress.reached(FAULT_AFTER).await;
@@ -123,7 +126,7 @@ async fn partition_mid_crowd(backend: Backend) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let (code, limit) = ("PARTITION", 120);
-    let split = Split::start(backend).await;
+    let split = Split::start(VOUCHERD, backend).await;
     create_voucher(&split.client, &split.voucher_url(), code, AMOUNT, limit).await;
     let mut seen = wave(&split, code, crowd_users(0, 40, 10, 21)).await;
     split.proxy.set_mode(Mode::Blackhole);
@@ -154,7 +157,7 @@ async fn slow_wallet(backend: Backend) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let (code, limit) = ("SLOWWALLET", 30);
-    let split = Split::start_with(backend, EAGER_RECOVERY_MS).await;
+    let split = Split::start_with(VOUCHERD, backend, EAGER_RECOVERY_MS).await;
     create_voucher(&split.client, &split.voucher_url(), code, AMOUNT, limit).await;
     split.proxy.set_mode(Mode::Delay(SLOW_WALLET));
     let seen = wave(&split, code, crowd_users(0, 40, 10, 31)).await;
@@ -177,7 +180,7 @@ async fn slow_wallet(backend: Backend) {
 async fn concurrent_debits(backend: Backend) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let split = Split::start(backend).await;
+    let split = Split::start(VOUCHERD, backend).await;
     let user = phone(7);
     create_profile(&split.client, &split.wallet_url(), &user, OPENING).await;
     let answers = futures::future::join_all((0..DEBITS).map(|_| debit(&split, &user))).await;
@@ -227,7 +230,7 @@ async fn debit(split: &Split, user: &str) -> (u16, String) {
 async fn seed_collection(backend: Backend) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let split = Split::start(backend).await;
+    let split = Split::start(VOUCHERD, backend).await;
     let run = run_seed_collection(&split.voucher_url(), &split.wallet_url()).await;
     let expected = [201, 200, 200, 201, 200, 200, 200];
     for ((name, code), want) in run.statuses().into_iter().zip(expected) {
@@ -274,7 +277,7 @@ async fn refused_while_pending(backend: Backend) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let (code, limit) = ("REFUSED", 2);
-    let split = Split::start(backend).await;
+    let split = Split::start(VOUCHERD, backend).await;
     create_voucher(&split.client, &split.voucher_url(), code, AMOUNT, limit).await;
     let mut seen = Seen::default();
     for (user, partition) in [(phone(1), WALLET_DOWN), (phone(2), PARTITION)] {

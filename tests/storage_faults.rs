@@ -8,18 +8,21 @@
 //! Mounting needs root, which CI has; a failed mount fails the test (nothing is
 //! skipped).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use common::{binary, encode_phone, phone, profile_all, try_send, Resp};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::process::Child;
+use voucherd_test_support::binary::{self, Binary};
+use voucherd_test_support::http::{encode_phone, phone, profile_all, try_send, Resp};
+use voucherd_test_support::server::{check_voucher_invariants, client};
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 /// The disk the ledger fills: small, so that it fills within seconds.
 const SMALL_DISK: &str = "4m";
@@ -136,7 +139,7 @@ impl Server {
             .append(true)
             .open(self.log_path())
             .expect("open stderr log");
-        let mut command = binary::serve_command(&self.store, log);
+        let mut command = VOUCHERD.serve_command(&self.store, log);
         let (child, base) = binary::start(&mut command, "voucherd", || self.log()).await;
         self.child = Some(child);
         self.base = base;
@@ -378,15 +381,8 @@ async fn check_unwritable(client: &reqwest::Client, server: &Server) {
 /// After a restart on the same store: every acknowledged write is there (I4), no
 /// refused one is (a 503 means not applied), and I1, I2, I3, I5 hold.
 async fn check_durable(client: &reqwest::Client, server: &Server, writes: &Writes) {
-    let report = common::check_voucher_invariants(
-        client,
-        &server.base,
-        CODE,
-        LIMIT,
-        AMOUNT,
-        &writes.redeemed,
-    )
-    .await;
+    let report =
+        check_voucher_invariants(client, &server.base, CODE, LIMIT, AMOUNT, &writes.redeemed).await;
     let winners: std::collections::HashSet<&String> = report.iter().collect();
     for refused in &writes.refused_redemptions {
         assert!(
@@ -437,7 +433,7 @@ async fn check_durable(client: &reqwest::Client, server: &Server, writes: &Write
 async fn start_on_a_small_disk() -> (Tmpfs, Server, reqwest::Client) {
     let disk = Tmpfs::mount(SMALL_DISK);
     let server = Server::start(disk.path()).await;
-    let client = common::client();
+    let client = client();
     let created = try_send(
         client
             .post(server.url("/api/vouchers"))

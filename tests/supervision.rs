@@ -11,10 +11,7 @@ use serde_json::{json, Value};
 use voucherd::Settings;
 use voucherd_service::actors::voucher::VoucherShardMsg;
 use voucherd_service::actors::wallet::WalletMsg;
-
-#[path = "support/in_process.rs"]
-mod in_process;
-use in_process::InProcess;
+use voucherd_test_support::in_process::InProcess;
 
 /// The app on a fresh embedded store (the store lives as long as the returned guard).
 async fn start_app() -> (InProcess, tempfile::TempDir) {

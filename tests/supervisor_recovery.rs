@@ -6,20 +6,15 @@
 //! restarted). The app runs in-process, on a private PostgreSQL server the test
 //! stops and starts; the panic is injected through the library API.
 
-mod cluster;
-
 use std::time::{Duration, Instant};
 
-use cluster::pg::PgServer;
 use serde_json::{json, Value};
 use voucherd::config::StoreLocation;
 use voucherd::Settings;
 use voucherd_service::actors::voucher::VoucherShardMsg;
 use voucherd_service::readiness::NotReadyReason;
-
-#[path = "support/in_process.rs"]
-mod in_process;
-use in_process::InProcess;
+use voucherd_test_support::cluster::pg::PgServer;
+use voucherd_test_support::in_process::InProcess;
 
 /// Generous bound on every state change the test waits for.
 const WAIT: Duration = Duration::from_secs(60);

@@ -2,16 +2,19 @@
 //! references the service writes itself are reserved, and an Idempotency-Key binds
 //! the whole request (phone, amount and reference).
 
-mod common;
-
-use common::{phone, TestServer};
 use serde_json::{json, Value};
+use voucherd_test_support::binary::Binary;
+use voucherd_test_support::http::phone;
+use voucherd_test_support::server::TestServer;
+
+/// The binary under test.
+const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
 
 #[tokio::test(flavor = "multi_thread")]
 async fn references_the_service_writes_are_reserved() {
     // Goal: a client cannot forge a voucher credit or an opening balance (I3: no
     // credit without its redemption); the service's own references still appear.
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let user = phone(1);
     server.create_profile(&user, 500).await;
     server.create_voucher("V1", 1_000, 10).await;
@@ -71,7 +74,7 @@ async fn references_the_service_writes_are_reserved() {
 async fn an_idempotency_key_binds_phone_amount_and_reference() {
     // Goal: the same Idempotency-Key with another phone, amount or reference is
     // 409 and moves no money; the same request replays the first answer (I5).
-    let server = TestServer::start().await;
+    let server = TestServer::start(VOUCHERD).await;
     let (user, other) = (phone(10), phone(11));
     let body = json!({"phone_number": user, "amount": 250, "reference": "order-1"});
     let first = server.transaction(body.clone(), Some("key-1")).await;

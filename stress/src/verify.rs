@@ -3,7 +3,7 @@
 //! Fetching (reports, wallets) and checking are separate: `check` is a pure
 //! function over what was fetched plus the 200s the harness saw, so tests can
 //! plant any violation without a server. It is the one checker of I1–I5: the
-//! integration tests (`tests/common`, `tests/cluster`) fetch the same data with
+//! integration tests (`voucherd_test_support::invariants`) fetch the same data with
 //! their own client and call it too.
 
 use std::collections::{HashMap, HashSet};

@@ -11,7 +11,7 @@
 //!   half's part of the protocol ([`ledger::PendingLedger`]).
 //! - [`redemption`]: the split-mode protocol (claim → credit → settle,
 //!   recovery), independent of backends and transport, and simulated in
-//!   `tests/simulation.rs`.
+//!   `tests/simulation/`.
 //! - [`catalog`]: the in-memory view of vouchers the fast path rejects from.
 
 pub mod catalog;

@@ -27,7 +27,7 @@
 //!
 //! The logic here is independent of the backends: ledgers implement
 //! [`PendingLedger`], the wallet client implements [`CreditPort`], and the
-//! deterministic simulation in `tests/simulation.rs` runs these same functions
+//! deterministic simulation in `tests/simulation/` runs these same functions
 //! against in-memory models of both services and the network.
 
 use futures::future::BoxFuture;

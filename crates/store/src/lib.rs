@@ -1,5 +1,5 @@
 //! voucherd's ledger backends, each implementing the traits of
-//! `voucherd_core::ledger` and passing `tests/ledger_conformance.rs`:
+//! `voucherd_core::ledger` and passing `tests/ledger_conformance/`:
 //!
 //! - [`embedded`]: redb, the default, in one process;
 //! - [`postgres`]: PostgreSQL (and CockroachDB's dialect of it);

@@ -383,7 +383,7 @@ impl MemoryStore {
         let mut current = part.current(std::iter::once(&at.row));
         // CQL: a SELECT naming a clustering row that does not exist returns
         // no row at all, so the partition's statics do not come back either
-        // (Cassandra and ScyllaDB alike; `tests/ledger_conformance.rs` runs
+        // (Cassandra and ScyllaDB alike; `tests/ledger_conformance/` runs
         // the ledger on Cassandra). Only a read of the partition alone (an
         // empty clustering key) returns the statics without a row.
         if !at.row.is_empty() && current.rows.is_empty() {
@@ -632,5 +632,4 @@ impl Faults for SeededFaults {
 }
 
 #[cfg(test)]
-#[path = "memory_tests.rs"]
 mod tests;

@@ -32,7 +32,7 @@
 //!
 //! Writes are ordered as the ledger contract asks by [`order`]; the
 //! in-memory store of [`memory`] runs the conformance suites and the CAS
-//! simulation (`tests/cas_simulation.rs`).
+//! simulation (`tests/cas_simulation/`).
 
 pub mod memory;
 pub mod observed;
@@ -102,7 +102,7 @@ pub struct CasOptions {
     /// (contention; recovery finishes what it leaves).
     pub max_steps: u32,
     /// Test-only, always `None` outside the CAS simulation's planted bugs
-    /// (`tests/cas_sim/planted.rs`). Never set it.
+    /// (`tests/cas_simulation/planted.rs`). Never set it.
     #[doc(hidden)]
     pub planted: PlantedBug,
 }

@@ -269,5 +269,4 @@ fn release_write(key: &RowKey, state: &SlotState, holder: Holder) -> Result<Cas>
 }
 
 #[cfg(test)]
-#[path = "settle_tests.rs"]
 mod tests;
