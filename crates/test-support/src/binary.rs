@@ -49,9 +49,20 @@ impl Binary {
         store: impl AsRef<std::ffi::OsStr>,
         stderr: std::fs::File,
     ) -> Command {
+        self.serve_command_on("127.0.0.1:0", store, stderr)
+    }
+
+    /// [`Binary::serve_command`] listening on `listen` (a fixed address, for a test
+    /// whose load balancer names the instances by port).
+    pub fn serve_command_on(
+        &self,
+        listen: &str,
+        store: impl AsRef<std::ffi::OsStr>,
+        stderr: std::fs::File,
+    ) -> Command {
         let mut command = Command::new(self.path());
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .args(["serve", "--listen", listen, "--store"])
             .arg(store)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -62,6 +73,9 @@ impl Binary {
                 command.env_remove(name);
             }
         }
+        // No load balancer waits to take a test's instance out, so a stop does not
+        // wait the drain delay; a test with one passes `--drain-delay-ms`, which wins.
+        command.env("VOUCHERD_DRAIN_DELAY_MS", "0");
         command
     }
 }

@@ -20,7 +20,9 @@ pub struct InProcess {
 impl InProcess {
     /// Builds the app from `settings` on `127.0.0.1:0` and runs it until
     /// [`InProcess::shutdown`] or its own failure.
-    pub async fn start(settings: Settings) -> Self {
+    pub async fn start(mut settings: Settings) -> Self {
+        // No load balancer waits to take it out: a stop does not wait the drain delay.
+        settings.drain_delay = std::time::Duration::ZERO;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let app = App::build(settings, listener).await.expect("app builds");
         let base = format!("http://{}", app.local_addr().expect("bound address"));

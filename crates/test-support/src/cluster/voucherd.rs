@@ -16,7 +16,9 @@ pub struct Instance {
     child: Option<Child>,
     base_url: String,
     log: PathBuf,
-    /// What it was started with, to start it again: the store and the other arguments.
+    /// What it was started with, to start it again: the address, the store and the
+    /// other arguments.
+    listen: String,
     store: String,
     args: Vec<String>,
 }
@@ -44,12 +46,26 @@ impl Instance {
         args: Vec<String>,
         log_dir: &std::path::Path,
     ) -> Instance {
+        Instance::start_on(binary, name, "127.0.0.1:0", store, args, log_dir).await
+    }
+
+    /// As [`Instance::start_with`], listening on `listen`: the same address again on
+    /// every start (a load balancer in front names it).
+    pub async fn start_on(
+        binary: Binary,
+        name: &str,
+        listen: &str,
+        store: &str,
+        args: Vec<String>,
+        log_dir: &std::path::Path,
+    ) -> Instance {
         let mut instance = Instance {
             name: name.to_owned(),
             binary,
             child: None,
             base_url: String::new(),
             log: log_dir.join(format!("{name}.log")),
+            listen: listen.to_owned(),
             store: store.to_owned(),
             args,
         };
@@ -63,7 +79,9 @@ impl Instance {
             .append(true)
             .open(&self.log)
             .expect("open voucherd log");
-        let mut command = self.binary.serve_command(&self.store, file);
+        let mut command = self
+            .binary
+            .serve_command_on(&self.listen, &self.store, file);
         command.args(&self.args);
         let log = self.log.clone();
         let (child, url) = binary::start(&mut command, &format!("voucherd {}", self.name), || {
@@ -86,8 +104,9 @@ impl Instance {
         self.base_url = url;
     }
 
-    /// Starts it again with the same store and arguments after a kill or a stop; it
-    /// listens on another port: re-read [`Instance::base_url`].
+    /// Starts it again with the same address, store and arguments after a kill or a
+    /// stop; started on port 0, it listens on another port: re-read
+    /// [`Instance::base_url`].
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "voucherd {} is running", self.name);
         self.spawn().await;
