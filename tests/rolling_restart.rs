@@ -15,6 +15,10 @@
 //!   down; every acknowledged win is kept and credited once. The test prints how many
 //!   failed and the longest window from a kill to haproxy marking it down.
 //!
+//! - `a_stopping_instance_drains_before_it_stops`: one instance alone, what its drain
+//!   looks like from outside (`/readyz`, the metric, `Connection: close`, and a second
+//!   SIGTERM ending the delay).
+//!
 //! Status codes and counts only, never timings in assertions.
 
 use std::collections::BTreeMap;
@@ -316,6 +320,80 @@ async fn verify(topology: &Topology, code: &str, seen: &Seen) {
 }
 
 const SERVERS: [&str; 5] = ["wallet1", "voucher1", "voucher2", "wallet2", "voucher3"];
+
+/// One instance, no load balancer: after SIGTERM it answers `/readyz` 503 `draining`
+/// (and says so in `voucherd_not_ready`) while it still serves, every answer with
+/// `Connection: close`, then stops accepting and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_instance_drains_before_it_stops() {
+    let dir = tempfile::Builder::new()
+        .prefix("drain-")
+        .tempdir()
+        .expect("a temp dir");
+    let store = dir.path().join("store");
+    let args = vec!["--drain-delay-ms".to_owned(), "60000".to_owned()];
+    let mut instance = Instance::start_with(
+        VOUCHERD,
+        "drain",
+        store.to_str().expect("a UTF-8 path"),
+        args,
+        dir.path(),
+    )
+    .await;
+    let base = instance.base_url().to_owned();
+    let client = client();
+    let before = try_send(client.get(format!("{base}/healthz")))
+        .await
+        .expect("healthz");
+    assert_eq!(before.status, 200);
+    assert!(
+        before.headers.get("connection").is_none(),
+        "a ready instance keeps connections alive: {:?}",
+        before.headers
+    );
+    instance.begin_stop();
+    let ready = wait_until(
+        "/readyz answers 503 after SIGTERM",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let resp = try_send(client.get(format!("{base}/readyz"))).await.ok()?;
+            (resp.status == 503).then_some(resp)
+        },
+    )
+    .await;
+    assert_eq!(
+        ready.json["reasons"],
+        serde_json::json!(["draining"]),
+        "{}",
+        ready.text
+    );
+    let healthz = try_send(client.get(format!("{base}/healthz")))
+        .await
+        .expect("still serving while it drains");
+    assert_eq!(healthz.status, 200, "it keeps serving: {}", healthz.text);
+    assert_eq!(
+        healthz.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "every answer while draining closes its connection"
+    );
+    let metrics = try_send(client.get(format!("{base}/metrics")))
+        .await
+        .expect("metrics")
+        .text;
+    assert!(
+        metrics.contains("voucherd_not_ready{reason=\"draining\"} 1"),
+        "the metric names the reason: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("not_ready"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A second SIGTERM ends the (here one-minute) drain delay at once.
+    instance.begin_stop();
+    instance.stopped().await;
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_one_instance_at_a_time() {

@@ -143,6 +143,42 @@ impl Instance {
         binary::terminate(child, &name, || self.log_tail(60)).await
     }
 
+    /// Sends SIGTERM and returns at once: the instance drains while the test looks
+    /// at it; [`Instance::stopped`] then waits for its exit.
+    pub fn begin_stop(&self) {
+        let child = self.child.as_ref().expect("voucherd is not running");
+        let pid = child.id().expect("a running child has a pid") as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("send SIGTERM");
+    }
+
+    /// Waits (bounded by [`binary::SHUTDOWN_TIMEOUT`]) for the exit a
+    /// [`Instance::begin_stop`] asked for; it must be exit code 0.
+    pub async fn stopped(&mut self) {
+        let mut child = self.child.take().expect("voucherd is not running");
+        let status = tokio::time::timeout(binary::SHUTDOWN_TIMEOUT, child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "voucherd {} did not exit within {:?} of SIGTERM; stderr:\n{}",
+                    self.name,
+                    binary::SHUTDOWN_TIMEOUT,
+                    self.log_tail(60)
+                )
+            })
+            .expect("wait for voucherd");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM must end voucherd {} with exit code 0, got {status:?}; stderr:\n{}",
+            self.name,
+            self.log_tail(60)
+        );
+    }
+
     /// Graceful stop: SIGTERM, and the process must exit with code 0.
     pub async fn stop(&mut self) {
         let status = self.terminate().await;
