@@ -146,6 +146,7 @@ pub struct Metrics {
     lease_duration: Family<SourceLabels, Histogram>,
     slots_returned: Counter,
     slots_reclaimed: Counter,
+    slots_found_taken: Counter,
     slot_source_degraded: Gauge,
     ready: Gauge,
     not_ready: Family<ReasonLabels, Gauge>,
@@ -256,6 +257,12 @@ impl Metrics {
             "Slots put back in the Redis pool by reconciliation with the ledger (expired leases, lost writes)",
             slots_reclaimed.clone(),
         );
+        let slots_found_taken = Counter::default();
+        registry.register(
+            "slots_found_taken",
+            "Claims whose leased slot the ledger already held (a slot source behind the ledger, e.g. after a Redis failover to a lagging replica; each costs the request a retry)",
+            slots_found_taken.clone(),
+        );
         let slot_source_degraded = Gauge::default();
         registry.register(
             "slot_source_degraded",
@@ -296,6 +303,7 @@ impl Metrics {
             lease_duration,
             slots_returned,
             slots_reclaimed,
+            slots_found_taken,
             slot_source_degraded,
             ready,
             not_ready,
@@ -385,6 +393,10 @@ impl Metrics {
 
     pub fn count_slots_reclaimed(&self, slots: usize) {
         self.slots_reclaimed.inc_by(slots as u64);
+    }
+
+    pub fn count_slot_found_taken(&self) {
+        self.slots_found_taken.inc();
     }
 
     pub fn set_slot_source_degraded(&self, degraded: bool) {

@@ -344,17 +344,13 @@ impl VoucherShardState {
                 }
             }
             SlotFate::SlotLost(mut contender) => {
+                self.args.metrics.count_slot_found_taken();
                 // The source handed out a slot the ledger has taken, so the rest of
-                // this batch may be taken too: give it back and let the source
-                // realign with the ledger before the retry leases again.
-                let stale = std::mem::take(&mut pool.free);
+                // this batch may be taken too: it goes back to the source, which
+                // realigns with the ledger before the retry leases again.
+                let rest = std::mem::take(&mut pool.free);
                 let limit = view.voucher.limit;
-                if !stale.is_empty() {
-                    if let Err(error) = self.args.slots.give_back(code, stale).await {
-                        tracing::warn!(%code, %error, "giving back a stale slot batch failed");
-                    }
-                }
-                if let Err(error) = self.args.slots.taken_elsewhere(code, limit).await {
+                if let Err(error) = self.args.slots.taken_elsewhere(code, limit, rest).await {
                     tracing::warn!(%code, %error, "realigning the slot pool with the ledger failed");
                 }
                 contender.attempts += 1;

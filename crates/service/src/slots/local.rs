@@ -71,6 +71,22 @@ impl Pool {
         }
     }
 
+    /// Slots it can still hand out.
+    fn left(&self) -> u32 {
+        self.returned.len() as u32 + (self.fresh_count - self.fresh_handed)
+    }
+
+    /// What one lease may take: everything for a single instance; for one of several
+    /// instances an eighth of what is left (at least one), as Redis leases, so no
+    /// shard hoards the range the others then sweep through.
+    fn lease_size(&self, max: u32, shared: bool) -> u32 {
+        if shared {
+            max.min((self.left() / 8).max(1))
+        } else {
+            max
+        }
+    }
+
     fn is_dry(&self) -> bool {
         self.returned.is_empty() && self.fresh_handed == self.fresh_count
     }
@@ -166,7 +182,8 @@ impl SlotSource for LocalSlots {
             let rebuild = match pools.lock().get_mut(&code) {
                 // A single instance's pool is the ledger's whole truth: never reread.
                 Some(pool) if !(shared && pool.rebuild_due(Instant::now())) => {
-                    return Ok(pool.take(max));
+                    let size = pool.lease_size(max, shared);
+                    return Ok(pool.take(size));
                 }
                 Some(_) => true,
                 None => false,
@@ -182,7 +199,8 @@ impl SlotSource for LocalSlots {
                     .entry(code)
                     .or_insert_with(|| Pool::from_ledger(usage, limit, shared))
             };
-            Ok(pool.take(max))
+            let size = pool.lease_size(max, shared);
+            Ok(pool.take(size))
         })
     }
 
@@ -205,16 +223,22 @@ impl SlotSource for LocalSlots {
         Box::pin(async { Ok(()) })
     }
 
-    fn taken_elsewhere(&self, code: &VoucherCode, _limit: u32) -> BoxFuture<'static, Result<()>> {
-        // Alone on its ledger, a taken slot means a predecessor's claim landed
-        // late (a restarted shard): nothing to realign. Shared, the next lease
-        // rebuilds the pool once allowed.
+    fn taken_elsewhere(
+        &self,
+        code: &VoucherCode,
+        _limit: u32,
+        rest: SlotBatch,
+    ) -> BoxFuture<'static, Result<()>> {
+        // Alone on its ledger, a taken slot means a predecessor's claim landed late
+        // (a restarted shard): nothing to realign, and the rest is free. Shared, the
+        // next lease rebuilds the pool from the ledger once allowed (the rest with it,
+        // where free); until then the rest waits in the pool.
         if self.shared {
             if let Some(pool) = self.pools.lock().get_mut(code) {
                 pool.stale = true;
             }
         }
-        Box::pin(async { Ok(()) })
+        self.give_back(code, rest)
     }
 }
 
@@ -318,16 +342,33 @@ mod tests {
                 Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
             let code = voucher(&ledger, 6).await;
             let source = LocalSlots::shared(ledger.clone());
-            let first = source.lease(&code, 6, 6).await.expect("leased");
-            assert_eq!(first.len(), 6, "the whole range, from a random point");
+            let mut first = SlotBatch::new();
+            while first.len() < 6 {
+                let batch = source.lease(&code, 6, 6).await.expect("leased");
+                assert_eq!(
+                    batch.len(),
+                    1,
+                    "shared: an eighth of what is left, at least one"
+                );
+                first.append(batch);
+            }
             // Another instance sharing the ledger takes slots 2 and 5 meanwhile.
             claim(&ledger, &code, 2).await;
             claim(&ledger, &code, 5).await;
             source.give_back(&code, first).await.expect("given back");
-            source.taken_elsewhere(&code, 6).await.expect("noted");
+            source
+                .taken_elsewhere(&code, 6, SlotBatch::new())
+                .await
+                .expect("noted");
             tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS + 50)).await;
-            let again = source.lease(&code, 6, 6).await.expect("leased");
-            let mut slots: Vec<u32> = again.iter().collect();
+            let mut slots: Vec<u32> = Vec::new();
+            loop {
+                let batch = source.lease(&code, 6, 6).await.expect("leased");
+                if batch.is_empty() {
+                    break;
+                }
+                slots.extend(batch.iter());
+            }
             slots.sort_unstable();
             assert_eq!(
                 slots,
@@ -342,8 +383,9 @@ mod tests {
                 Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
             let code = voucher(&ledger, 3).await;
             let source = LocalSlots::shared(ledger.clone());
-            let all = source.lease(&code, 3, 3).await.expect("leased");
-            assert_eq!(all.len(), 3);
+            for _ in 0..3 {
+                assert_eq!(source.lease(&code, 3, 3).await.expect("leased").len(), 1);
+            }
             // This instance's claims of them were lost (the slots stay free in the
             // ledger) and their batch is gone: the pool is dry.
             assert!(source.lease(&code, 3, 3).await.expect("leased").is_empty());
@@ -351,8 +393,8 @@ mod tests {
             let found = source.lease(&code, 3, 3).await.expect("leased");
             assert_eq!(
                 found.len(),
-                3,
-                "the ledger shows them free, so they come back"
+                1,
+                "the ledger shows them free, so they come back (an eighth at a time)"
             );
         }
 
@@ -363,7 +405,10 @@ mod tests {
             let code = voucher(&ledger, 2).await;
             let source = LocalSlots::new(ledger.clone());
             assert_eq!(source.lease(&code, 2, 2).await.expect("leased").len(), 2);
-            source.taken_elsewhere(&code, 2).await.expect("noted");
+            source
+                .taken_elsewhere(&code, 2, SlotBatch::new())
+                .await
+                .expect("noted");
             tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS + 50)).await;
             assert!(
                 source.lease(&code, 2, 2).await.expect("leased").is_empty(),

@@ -38,9 +38,17 @@ pub trait SlotSource: Send + Sync + 'static {
 
     /// A claim found a slot this source handed out already taken in the ledger: the
     /// pool is behind the ledger (a Redis that failed over to a replica missing the
-    /// last writes, or another instance sharing the ledger took it). The source
-    /// realigns the pool with what the ledger shows taken, at most once per
+    /// last writes, or another instance sharing the ledger took it). `rest` is what
+    /// the shard still held of the leases that slot came from: likely taken too, so it
+    /// comes back here rather than through [`SlotSource::give_back`]. The source
+    /// realigns the pool with what the ledger shows taken (at most once per
     /// [`RECONCILE_INTERVAL_MS`](voucherd_core::limits::RECONCILE_INTERVAL_MS) per
-    /// voucher, so the next lease hands out free slots only.
-    fn taken_elsewhere(&self, code: &VoucherCode, limit: u32) -> BoxFuture<'static, Result<()>>;
+    /// voucher) and keeps of `rest` only what the ledger shows free, so the next lease
+    /// hands out free slots.
+    fn taken_elsewhere(
+        &self,
+        code: &VoucherCode,
+        limit: u32,
+        rest: SlotBatch,
+    ) -> BoxFuture<'static, Result<()>>;
 }

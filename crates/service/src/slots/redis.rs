@@ -357,46 +357,29 @@ impl SlotSource for RedisSlots {
     fn give_back(&self, code: &VoucherCode, slots: SlotBatch) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         let code = code.clone();
-        Box::pin(async move {
-            inner.metrics.count_slots_returned(slots.len());
-            if inner.degraded.load(Ordering::Acquire) {
-                return inner.fallback.give_back(&code, slots).await;
-            }
-            let keys = &Keys::new(&code, &inner.instance);
-            let script = &inner.give_back;
-            // Redis keeps single slots: they go in calls of a bounded size.
-            let slots: Vec<u32> = slots.iter().collect();
-            for chunk in slots.chunks(REDIS_SLOTS_PER_CALL) {
-                let outcome = inner
-                    .link
-                    .run(|mut connection| async move {
-                        let mut call = script.key(&keys.meta);
-                        call.key(&keys.free).key(&keys.held).arg(chunk);
-                        call.invoke_async::<i64>(&mut connection).await
-                    })
-                    .await;
-                if let Err(error) = outcome {
-                    // The slots are in no pool now; reconciliation finds them later.
-                    inner.enter_degraded(&error);
-                    break;
-                }
-            }
-            Ok(())
-        })
+        Box::pin(async move { inner.give_back(&code, slots).await })
     }
 
-    fn taken_elsewhere(&self, code: &VoucherCode, limit: u32) -> BoxFuture<'static, Result<()>> {
+    fn taken_elsewhere(
+        &self,
+        code: &VoucherCode,
+        limit: u32,
+        rest: SlotBatch,
+    ) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         let code = code.clone();
         Box::pin(async move {
             if inner.degraded.load(Ordering::Acquire) {
-                return inner.fallback.taken_elsewhere(&code, limit).await;
-            }
-            if !due(&inner.last_realign, &code) {
-                return Ok(());
+                return inner.fallback.taken_elsewhere(&code, limit, rest).await;
             }
             let keys = &Keys::new(&code, &inner.instance);
-            match inner.realign(&code, keys).await {
+            if !due(&inner.last_realign, &code) {
+                // Realigned a moment ago: the rest goes back as any unused lease does
+                // (a taken slot among it costs one more retry until the next realign
+                // drops it; dropping them all now would strand the free ones).
+                return inner.give_back(&code, rest).await;
+            }
+            match inner.realign(&code, keys, &rest).await {
                 Ok((0, 0)) => {}
                 Ok((moved, dropped)) => {
                     tracing::warn!(%code, moved, dropped, "the slot pool in redis was behind the ledger (a failover to a replica that missed writes?): moved its cursor past every taken slot and dropped taken slots from its free set");
@@ -436,9 +419,44 @@ impl SlotSource for RedisSlots {
 }
 
 impl Inner {
-    /// Clamps the pool to the ledger: the cursor above every taken slot, and no
-    /// taken slot left in the free set. Returns (cursor moved by, slots dropped).
-    async fn realign(&self, code: &VoucherCode, keys: &Keys) -> Result<(u32, usize)> {
+    /// Puts leased, unclaimed slots back in the pool (see [`SlotSource::give_back`]).
+    async fn give_back(&self, code: &VoucherCode, slots: SlotBatch) -> Result<()> {
+        self.metrics.count_slots_returned(slots.len());
+        if self.degraded.load(Ordering::Acquire) {
+            return self.fallback.give_back(code, slots).await;
+        }
+        let keys = &Keys::new(code, &self.instance);
+        let script = &self.give_back;
+        // Redis keeps single slots: they go in calls of a bounded size.
+        let slots: Vec<u32> = slots.iter().collect();
+        for chunk in slots.chunks(REDIS_SLOTS_PER_CALL) {
+            let outcome = self
+                .link
+                .run(|mut connection| async move {
+                    let mut call = script.key(&keys.meta);
+                    call.key(&keys.free).key(&keys.held).arg(chunk);
+                    call.invoke_async::<i64>(&mut connection).await
+                })
+                .await;
+            if let Err(error) = outcome {
+                // The slots are in no pool now; reconciliation finds them later.
+                self.enter_degraded(&error);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clamps the pool to the ledger: the cursor above every taken slot, no taken
+    /// slot left in the free set, and every free slot below the cursor that no live
+    /// instance holds in it. Returns (cursor moved by, taken slots dropped).
+    async fn realign(
+        &self,
+        code: &VoucherCode,
+        keys: &Keys,
+        rest: &SlotBatch,
+    ) -> Result<(u32, usize)> {
+        self.release(keys, rest).await?;
         let usage = self.ledger.slot_usage(code.clone()).await?;
         let floor = usage.highest_taken + 1;
         let script = &self.clamp;
@@ -483,7 +501,37 @@ impl Inner {
                 })
                 .await?;
         }
+        // Free slots below the cursor that no live instance holds (the ledger's gaps,
+        // and what the shard held that the ledger shows free) go back to the pool:
+        // with the cursor moved up, they may be all that is left.
+        let mut free_again: Vec<u32> = rest.iter().filter(|slot| gaps.contains(slot)).collect();
+        free_again.extend(usage.gaps.iter().copied());
+        let mut added = 0;
+        for chunk in free_again.chunks(REDIS_SLOTS_PER_CALL) {
+            added += self.add_free(keys, chunk).await?;
+        }
+        if added > 0 {
+            self.metrics.count_slots_reclaimed(added);
+        }
         Ok((moved, taken.len()))
+    }
+
+    /// Takes `slots` out of this instance's held set without putting them in the
+    /// free set.
+    async fn release(&self, keys: &Keys, slots: &SlotBatch) -> Result<()> {
+        let slots: Vec<u32> = slots.iter().collect();
+        for chunk in slots.chunks(REDIS_SLOTS_PER_CALL) {
+            self.link
+                .run(|mut connection| async move {
+                    redis::cmd("SREM")
+                        .arg(&keys.held)
+                        .arg(chunk)
+                        .query_async::<i64>(&mut connection)
+                        .await
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     fn enter_degraded(&self, error: &Error) {

@@ -185,15 +185,6 @@ impl RedisServer {
         self.spawn().await;
     }
 
-    /// Sends `signal` to the server (SIGSTOP freezes it: a replica then misses what
-    /// its master writes meanwhile; SIGCONT thaws it).
-    pub fn signal(&self, signal: Signal) {
-        self.proc
-            .as_ref()
-            .expect("redis is not running")
-            .signal(signal);
-    }
-
     pub fn is_running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(Proc::is_running)
     }
