@@ -15,9 +15,14 @@ impl Drop for Server {
 }
 
 fn start_voucherd(store: &std::path::Path) -> (Server, String) {
+    start_voucherd_with(store, &[])
+}
+
+fn start_voucherd_with(store: &std::path::Path, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_voucherd"))
         .args(["serve", "--listen", "127.0.0.1:0", "--store"])
         .arg(store)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -88,4 +93,47 @@ fn a_short_flash_crowd_verifies_clean() {
     assert!(baseline > 0.0, "the baseline phase measured a rate");
     let html = std::fs::read_to_string(&page).expect("HTML report written");
     assert!(html.contains("<svg"), "the HTML report holds its charts");
+}
+
+#[test]
+fn the_harness_drives_a_deployment_with_access_control() {
+    // Goal: with the admin token the harness creates vouchers and profiles, moves money
+    // and verifies through the admin routes; without it, it stops at setup.
+    let store = tempfile::tempdir().expect("temporary store");
+    let secrets = tempfile::tempdir().expect("temporary secrets");
+    let token_file = secrets.path().join("admin-token");
+    std::fs::write(&token_file, "stress-e2e-admin-token-0123456789\n").expect("token file");
+    let token = token_file.to_str().expect("utf-8 path");
+    let (_server, url) = start_voucherd_with(store.path(), &["--admin-token-file", token]);
+    let mixed = |with_token: bool| {
+        let mut args = vec![
+            "stress",
+            "mixed",
+            "--url",
+            &url,
+            "--rate",
+            "300",
+            "--duration",
+            "1s",
+            "--users",
+            "2000",
+            "--limit",
+            "50",
+            "--quiet",
+        ];
+        if with_token {
+            args.extend(["--admin-token-file", token]);
+        }
+        stress::main_from_args(args)
+    };
+    assert_ne!(
+        mixed(false),
+        0,
+        "without the admin token the harness cannot create its voucher (401) and says so"
+    );
+    assert_eq!(
+        mixed(true),
+        0,
+        "with the admin token: vouchers, profiles, transactions and verification all pass"
+    );
 }
