@@ -283,7 +283,7 @@ mod tests {
     mod with_a_ledger {
         use super::super::*;
         use voucherd_core::domain::{PhoneNumber, Timestamp, Voucher};
-        use voucherd_core::ledger::{Claim, Half};
+        use voucherd_core::ledger::Claim;
         use voucherd_store::cas::memory::MemoryStore;
         use voucherd_store::cas::CasLedger;
 
@@ -314,8 +314,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_shared_pool_that_lost_a_slot_is_rebuilt_without_the_taken_ones() {
-            let ledger: Arc<dyn VoucherLedger> =
-                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let ledger: Arc<dyn VoucherLedger> = Arc::new(CasLedger::open(MemoryStore::new()));
             let code = voucher(&ledger, 6).await;
             let source = LocalSlots::shared(ledger.clone());
             let first = source.lease(&code, 6, 6).await.expect("leased");
@@ -338,8 +337,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_dry_shared_pool_finds_slots_freed_elsewhere() {
-            let ledger: Arc<dyn VoucherLedger> =
-                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let ledger: Arc<dyn VoucherLedger> = Arc::new(CasLedger::open(MemoryStore::new()));
             let code = voucher(&ledger, 3).await;
             let source = LocalSlots::shared(ledger.clone());
             let all = source.lease(&code, 3, 3).await.expect("leased");
@@ -358,8 +356,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_single_instance_pool_is_never_reread() {
-            let ledger: Arc<dyn VoucherLedger> =
-                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let ledger: Arc<dyn VoucherLedger> = Arc::new(CasLedger::open(MemoryStore::new()));
             let code = voucher(&ledger, 2).await;
             let source = LocalSlots::new(ledger.clone());
             assert_eq!(source.lease(&code, 2, 2).await.expect("leased").len(), 2);
