@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crate::config::{Settings, StoreLocation};
 use crate::wallet_client::HttpWalletClient;
-use voucherd_core::ledger::{Durable, Half, Ledger, VoucherLedger};
+use voucherd_core::ledger::{
+    AllInOne, Durable, HalfKind, Ledger, VoucherHalf, VoucherLedger, WalletHalf, WalletLedger,
+};
 use voucherd_metrics::Metrics;
 use voucherd_service::role::Role;
 use voucherd_service::service::Parts;
@@ -29,35 +31,74 @@ pub async fn open_ledger(
     store: &StoreLocation,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn Ledger>> {
-    open_store(store, Half::Both, metrics).await
+    Ok(open_store::<AllInOne>(store, metrics).await?.into_ledger())
 }
 
-/// Opens the store a `--store` value names, holding `half`.
-async fn open_store(
+/// The store a `--store` value names, opened for half `H`: a concrete type,
+/// so that it can be handed out as exactly the ledger traits `H` has.
+enum Store<H: HalfKind> {
+    Embedded(EmbeddedLedger<H>),
+    Postgres(PostgresLedger<H>),
+    Scylla(CasLedger<Observed<ScyllaStore>, H>),
+}
+
+/// Opens the store a `--store` value names, holding half `H`.
+async fn open_store<H: HalfKind>(
     store: &StoreLocation,
-    half: Half,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<dyn Ledger>> {
+) -> anyhow::Result<Store<H>> {
+    tracing::debug!(half = H::NAME, "opening the ledger");
     match store {
         StoreLocation::Embedded(path) => {
-            let ledger = EmbeddedLedger::open_half(path, half, metrics)
+            let ledger = EmbeddedLedger::open_half(path, metrics)
                 .map_err(|error| explain_embedded_open_error(path, error))?;
-            Ok(Arc::new(ledger))
+            Ok(Store::Embedded(ledger))
         }
-        StoreLocation::Postgres(url) => {
-            let ledger = PostgresLedger::open_half(url, half, metrics).await?;
-            Ok(Arc::new(ledger))
-        }
+        StoreLocation::Postgres(url) => Ok(Store::Postgres(
+            PostgresLedger::open_half(url, metrics).await?,
+        )),
         StoreLocation::Scylla {
             hosts,
             keyspace,
             options,
         } => {
             let store = ScyllaStore::open(hosts, keyspace, options).await?;
-            Ok(Arc::new(CasLedger::open(
-                Observed::new(store, metrics),
-                half,
-            )))
+            Ok(Store::Scylla(CasLedger::open_half(Observed::new(
+                store, metrics,
+            ))))
+        }
+    }
+}
+
+impl Store<AllInOne> {
+    /// Both halves in one ledger (role `all`).
+    fn into_ledger(self) -> Arc<dyn Ledger> {
+        match self {
+            Store::Embedded(ledger) => Arc::new(ledger),
+            Store::Postgres(ledger) => Arc::new(ledger),
+            Store::Scylla(ledger) => Arc::new(ledger),
+        }
+    }
+}
+
+impl Store<VoucherHalf> {
+    /// The voucher half (role `voucher`): no wallet to hand out.
+    fn into_vouchers(self) -> Arc<dyn VoucherLedger> {
+        match self {
+            Store::Embedded(ledger) => Arc::new(ledger),
+            Store::Postgres(ledger) => Arc::new(ledger),
+            Store::Scylla(ledger) => Arc::new(ledger),
+        }
+    }
+}
+
+impl Store<WalletHalf> {
+    /// The wallet half (role `wallet`): no voucher to hand out.
+    fn into_wallets(self) -> Arc<dyn WalletLedger> {
+        match self {
+            Store::Embedded(ledger) => Arc::new(ledger),
+            Store::Postgres(ledger) => Arc::new(ledger),
+            Store::Scylla(ledger) => Arc::new(ledger),
         }
     }
 }
@@ -68,25 +109,34 @@ pub async fn open_parts(
     settings: &Settings,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<(Parts, Arc<dyn Durable>)> {
-    let ledger = open_store(&settings.store, settings.role.half(), metrics.clone()).await?;
-    let parts = match settings.role {
-        Role::All => Parts::all(ledger.clone()),
+    match settings.role {
+        Role::All => {
+            let ledger = open_ledger(&settings.store, metrics).await?;
+            Ok((Parts::all(ledger.clone()), ledger))
+        }
         Role::Voucher => {
+            let store = open_store::<VoucherHalf>(&settings.store, metrics.clone()).await?;
+            let vouchers = store.into_vouchers();
             let token = settings.service_token.as_ref().map(|t| t.0.clone());
             let client = HttpWalletClient::start(settings.wallet_urls.clone(), token, metrics)?;
-            Parts {
-                vouchers: Some(ledger.clone()),
+            let parts = Parts {
+                vouchers: Some(vouchers.clone()),
                 wallets: None,
                 credits: Some(Arc::new(client)),
-            }
+            };
+            Ok((parts, vouchers))
         }
-        Role::Wallet => Parts {
-            vouchers: None,
-            wallets: Some(ledger.clone()),
-            credits: None,
-        },
-    };
-    Ok((parts, ledger))
+        Role::Wallet => {
+            let store = open_store::<WalletHalf>(&settings.store, metrics).await?;
+            let wallets = store.into_wallets();
+            let parts = Parts {
+                vouchers: None,
+                wallets: Some(wallets.clone()),
+                credits: None,
+            };
+            Ok((parts, wallets))
+        }
+    }
 }
 
 /// Names the directory and the likely cause when the embedded store cannot be

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use voucherd_core::domain::{PhoneNumber, RedemptionStatus, Timestamp, Voucher, VoucherCode};
 use voucherd_core::error::Error;
-use voucherd_core::ledger::{Claim, Half, VoucherLedger};
+use voucherd_core::ledger::{Claim, VoucherHalf, VoucherLedger};
 use voucherd_core::ledger::{PendingLedger, Resolution};
 use voucherd_store::cas::memory::MemoryStore;
 use voucherd_store::cas::store::{
@@ -99,7 +99,7 @@ fn claim(n: u64, slot: u32) -> Claim {
 /// A store holding voucher GOAL (limit 2).
 async fn store() -> MemoryStore {
     let store = MemoryStore::new();
-    let ledger = CasLedger::open(store.clone(), Half::Voucher);
+    let ledger = CasLedger::<_, VoucherHalf>::open_half(store.clone());
     let voucher = Voucher::new(code(), 100, 2, None, None, Timestamp(0)).expect("valid");
     ledger.create_voucher(voucher).await.expect("create");
     store
@@ -114,11 +114,11 @@ async fn run_dying<F, T>(
     write: F,
 ) -> (bool, usize)
 where
-    F: FnOnce(Arc<CasLedger<Dying>>) -> BoxFuture<'static, T>,
+    F: FnOnce(Arc<CasLedger<Dying, VoucherHalf>>) -> BoxFuture<'static, T>,
 {
     let dying = Dying::new(store, budget, applied);
     let used = dying.used.clone();
-    let ledger = Arc::new(CasLedger::open(dying, Half::Voucher));
+    let ledger = Arc::new(CasLedger::<_, VoucherHalf>::open_half(dying));
     let finished = tokio::time::timeout(Duration::from_millis(50), write(ledger.clone()))
         .await
         .is_ok();
@@ -127,8 +127,13 @@ where
 }
 
 /// Recovery on a fresh ledger, then what user 1's redemption is.
-async fn recover(store: &MemoryStore) -> (CasLedger<MemoryStore>, Option<RedemptionStatus>) {
-    let ledger = CasLedger::open(store.clone(), Half::Voucher);
+async fn recover(
+    store: &MemoryStore,
+) -> (
+    CasLedger<MemoryStore, VoucherHalf>,
+    Option<RedemptionStatus>,
+) {
+    let ledger = CasLedger::<_, VoucherHalf>::open_half(store.clone());
     let everything = Timestamp(i64::MAX / 2);
     for _ in 0..3 {
         ledger
@@ -142,7 +147,7 @@ async fn recover(store: &MemoryStore) -> (CasLedger<MemoryStore>, Option<Redempt
 
 /// The slot and the count agree with user 1's redemption, and a claim of
 /// slot 1 by user 2 is refused exactly when user 1 holds it.
-async fn assert_whole(ledger: &CasLedger<MemoryStore>, holds: bool, case: &str) {
+async fn assert_whole(ledger: &CasLedger<MemoryStore, VoucherHalf>, holds: bool, case: &str) {
     let usage = ledger.slot_usage(code()).await.expect("usage");
     let redeemed = ledger
         .voucher(code())
@@ -201,14 +206,14 @@ async fn a_claim_interrupted_anywhere_ends_whole_or_not_at_all() {
 
 #[tokio::test]
 async fn a_void_interrupted_anywhere_releases_the_slot_after_recovery() {
-    let void = |l: Arc<CasLedger<Dying>>| {
+    let void = |l: Arc<CasLedger<Dying, VoucherHalf>>| {
         let id = voucherd_core::domain::redemption_id(&code(), phone(1));
         let reason = "refused".to_owned();
         async move { l.settle(id, Resolution::Void { reason }).await }.boxed()
     };
     let claimed = || async {
         let store = store().await;
-        let ledger = CasLedger::open(store.clone(), Half::Voucher);
+        let ledger = CasLedger::<_, VoucherHalf>::open_half(store.clone());
         ledger.claim(claim(1, 1)).await.expect("claim");
         store
     };

@@ -17,11 +17,11 @@ use voucherd_core::domain::{
     transaction_id, PhoneNumber, Redemption, RedemptionStatus, WalletTransaction,
 };
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::{Claim, NewTransaction, VoucherLedger, WalletLedger};
+use voucherd_core::ledger::{Claim, NewTransaction};
 use voucherd_core::redemption::complete_and_tell;
 use voucherd_test_support::sim::world::user;
 
-use super::cluster::{Cluster, SimLedger};
+use super::cluster::{Cluster, Kind, SimLedger};
 use super::setup::User;
 
 /// What a client was told about one redemption attempt.
@@ -121,7 +121,7 @@ async fn handle(
         return;
     }
     let port = cluster.port();
-    let _ = complete_and_tell(ledger.as_ref(), &port, redemption, done).await;
+    let _ = complete_and_tell(ledger.vouchers(), &port, redemption, done).await;
 }
 
 async fn claim_some_slot(
@@ -139,7 +139,7 @@ async fn claim_some_slot(
             slot,
             at: cluster.world.now(),
         };
-        let answer = ledger.claim(claim).await;
+        let answer = ledger.vouchers().claim(claim).await;
         let kind = match &answer {
             Ok(_) => "claim.won",
             Err(Error::SlotTaken) => "claim.slot_taken",
@@ -242,7 +242,7 @@ async fn send(cluster: &Arc<Cluster>, request: NewTransaction) -> Result<WalletT
     };
     let (tell, told) = oneshot::channel();
     let sent = node.spawn(async move {
-        let _ = tell.send(ledger.transact(request).await);
+        let _ = tell.send(ledger.wallets().transact(request).await);
     });
     if !sent {
         return Err(Error::unavailable("wallet instance down"));
@@ -263,7 +263,7 @@ async fn send(cluster: &Arc<Cluster>, request: NewTransaction) -> Result<WalletT
 
 /// Voucher and wallets as a schedule starts: written without faults.
 pub async fn prepare(cluster: &Arc<Cluster>) {
-    let ledger = cluster.open(voucherd_core::ledger::Half::Both, false, false);
+    let ledger = cluster.open(Kind::All, false, false);
     let voucher = voucherd_core::domain::Voucher::new(
         cluster.code.clone(),
         cluster.setup.amount,
@@ -274,6 +274,7 @@ pub async fn prepare(cluster: &Arc<Cluster>) {
     )
     .expect("a valid voucher");
     ledger
+        .vouchers()
         .create_voucher(voucher)
         .await
         .expect("create the voucher");
@@ -290,6 +291,10 @@ pub async fn prepare(cluster: &Arc<Cluster>) {
             opening_balance: opening,
             at: cluster.world.now(),
         };
-        ledger.create_profile(profile).await.expect("open a wallet");
+        ledger
+            .wallets()
+            .create_profile(profile)
+            .await
+            .expect("open a wallet");
     }
 }

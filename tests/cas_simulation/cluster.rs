@@ -16,7 +16,10 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 use voucherd_core::domain::{Timestamp, VoucherCode};
-use voucherd_core::ledger::{Half, NewTransaction, WalletLedger};
+use voucherd_core::ledger::{
+    AllInOne, ClaimsRecovered, LedgerFuture, NewTransaction, VoucherHalf, VoucherLedger,
+    WalletHalf, WalletLedger,
+};
 use voucherd_core::redemption::{answer_of, recover_once, Credit, CreditAnswer, CreditPort};
 use voucherd_store::cas::memory::{Fate, Faults, MemoryStore, Op, Plan, SeededFaults};
 use voucherd_store::cas::{CasLedger, CasOptions, Nonces, PlantedBug};
@@ -26,7 +29,71 @@ use super::planted::{DiesAfterVoid, SimStore};
 use super::setup::Setup;
 use super::Planted;
 
-pub type SimLedger = CasLedger<SimStore>;
+/// What an instance runs: role `all`, a voucher service or a wallet service.
+/// The ledger it opens is typed by it ([`SimLedger`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    All,
+    Voucher,
+    Wallet,
+}
+
+/// An instance's ledger, holding the half its kind runs.
+pub enum SimLedger {
+    All(CasLedger<SimStore, AllInOne>),
+    Voucher(CasLedger<SimStore, VoucherHalf>),
+    Wallet(CasLedger<SimStore, WalletHalf>),
+}
+
+impl SimLedger {
+    fn open(kind: Kind, store: SimStore, options: CasOptions, nonces: Arc<dyn Nonces>) -> Self {
+        match kind {
+            Kind::All => SimLedger::All(CasLedger::open_with(store, options, nonces)),
+            Kind::Voucher => SimLedger::Voucher(CasLedger::open_with(store, options, nonces)),
+            Kind::Wallet => SimLedger::Wallet(CasLedger::open_with(store, options, nonces)),
+        }
+    }
+
+    /// Stops every write in flight where it stands (a crash).
+    pub fn halt(&self) {
+        match self {
+            SimLedger::All(ledger) => ledger.halt(),
+            SimLedger::Voucher(ledger) => ledger.halt(),
+            SimLedger::Wallet(ledger) => ledger.halt(),
+        }
+    }
+
+    /// The voucher half; a wallet instance has none (a bug of the schedule).
+    pub fn vouchers(&self) -> &dyn VoucherLedger {
+        match self {
+            SimLedger::All(ledger) => ledger,
+            SimLedger::Voucher(ledger) => ledger,
+            SimLedger::Wallet(_) => panic!("a wallet instance holds no voucher half"),
+        }
+    }
+
+    /// The wallet half; a voucher instance has none (a bug of the schedule).
+    pub fn wallets(&self) -> &dyn WalletLedger {
+        match self {
+            SimLedger::All(ledger) => ledger,
+            SimLedger::Wallet(ledger) => ledger,
+            SimLedger::Voucher(_) => panic!("a voucher instance holds no wallet half"),
+        }
+    }
+
+    /// See `CasLedger::recover_claims`; only where the voucher half is.
+    pub fn recover_claims(
+        &self,
+        claimed_before: Timestamp,
+        limit: usize,
+    ) -> LedgerFuture<ClaimsRecovered> {
+        match self {
+            SimLedger::All(ledger) => ledger.recover_claims(claimed_before, limit),
+            SimLedger::Voucher(ledger) => ledger.recover_claims(claimed_before, limit),
+            SimLedger::Wallet(_) => panic!("a wallet instance recovers no claims"),
+        }
+    }
+}
 
 /// Few partitions, so that a small voucher still spans several buckets and
 /// listings merge several log shards.
@@ -92,7 +159,7 @@ struct NodeState {
 
 /// One service instance.
 pub struct Node {
-    pub half: Half,
+    pub kind: Kind,
     /// Its number among the instances of its kind.
     index: usize,
     state: Mutex<NodeState>,
@@ -130,25 +197,25 @@ impl Cluster {
             setup,
             world,
         };
-        let claims = cluster.claims_half();
+        let claims = cluster.claims_kind();
         cluster.vouchers = (0..cluster.setup.voucher_nodes)
             .map(|i| cluster.node(claims, i))
             .collect();
         cluster.wallets = (0..cluster.setup.wallet_nodes)
-            .map(|i| cluster.node(Half::Wallet, i))
+            .map(|i| cluster.node(Kind::Wallet, i))
             .collect();
         Arc::new(cluster)
     }
 
     /// A ledger over the faulty store (or over the same data without faults).
-    pub fn open(&self, half: Half, recovery: bool, faulty: bool) -> Arc<SimLedger> {
-        self.open_instance(half, recovery, faulty, None)
+    pub fn open(&self, kind: Kind, recovery: bool, faulty: bool) -> Arc<SimLedger> {
+        self.open_instance(kind, recovery, faulty, None)
     }
 
     /// [`Self::open`] for voucher instance `instance`, if it is one.
     fn open_instance(
         &self,
-        half: Half,
+        kind: Kind,
         recovery: bool,
         faulty: bool,
         instance: Option<usize>,
@@ -161,18 +228,18 @@ impl Cluster {
         let slow = self
             .setup
             .slow_vouchers_ms
-            .filter(|_| half != Half::Wallet && faulty);
+            .filter(|_| kind != Kind::Wallet && faulty);
         let store = SimStore {
             inner,
             bug: self.planted,
-            half,
+            kind,
             recovery,
             slow: slow.map(|ms| (self.world.clone(), ms)),
             paused: (self.setup.paused_recovery_ms)
                 .filter(|_| recovery && faulty)
                 .map(|ms| (self.world.clone(), ms)),
             dies_after_void: instance
-                .filter(|_| self.setup.crash_after_void && faulty && half != Half::Wallet)
+                .filter(|_| self.setup.crash_after_void && faulty && kind != Kind::Wallet)
                 .map(|instance| DiesAfterVoid {
                     world: self.world.clone(),
                     instance,
@@ -188,19 +255,19 @@ impl Cluster {
             },
             ..OPTIONS
         };
-        Arc::new(CasLedger::open_with(store, half, options, nonces))
+        Arc::new(SimLedger::open(kind, store, options, nonces))
     }
 
-    fn node(&self, half: Half, index: usize) -> Node {
+    fn node(&self, kind: Kind, index: usize) -> Node {
         let state = NodeState {
             up: true,
-            ledger: self.open_instance(half, false, true, Some(index)),
-            recovery: self.open_instance(half, true, true, Some(index)),
+            ledger: self.open_instance(kind, false, true, Some(index)),
+            recovery: self.open_instance(kind, true, true, Some(index)),
             tasks: Vec::new(),
             recovery_loop: None,
         };
         Node {
-            half,
+            kind,
             index,
             state: Mutex::new(state),
         }
@@ -229,12 +296,12 @@ impl Cluster {
         }
     }
 
-    /// The half the instances serving redemptions hold.
-    pub fn claims_half(&self) -> Half {
+    /// What the instances serving redemptions run.
+    pub fn claims_kind(&self) -> Kind {
         if self.setup.role_all {
-            Half::Both
+            Kind::All
         } else {
-            Half::Voucher
+            Kind::Voucher
         }
     }
 
@@ -315,10 +382,10 @@ impl Node {
                 return;
             }
             state.up = true;
-            state.ledger = cluster.open_instance(self.half, false, true, Some(self.index));
-            state.recovery = cluster.open_instance(self.half, true, true, Some(self.index));
+            state.ledger = cluster.open_instance(self.kind, false, true, Some(self.index));
+            state.recovery = cluster.open_instance(self.kind, true, true, Some(self.index));
         }
-        if self.half != Half::Wallet {
+        if self.kind != Kind::Wallet {
             self.start_recovery(cluster, 9);
         }
     }
@@ -383,7 +450,7 @@ pub async fn recovery_pass(
     if cluster.setup.role_all {
         return;
     }
-    match recover_once(ledger, &cluster.port(), before, limit).await {
+    match recover_once(ledger.vouchers(), &cluster.port(), before, limit).await {
         Ok(pass) => world.event(
             "recovery.pass",
             instance,
@@ -411,7 +478,7 @@ impl CreditPort for SimPort {
                 return credits.iter().map(|_| CreditAnswer::Unknown).collect();
             };
             let applied = credits.iter().map(|credit| {
-                ledger.transact(NewTransaction {
+                ledger.wallets().transact(NewTransaction {
                     id: credit.id,
                     replayable: true,
                     phone: credit.phone,

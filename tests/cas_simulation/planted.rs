@@ -12,7 +12,6 @@ use std::sync::Arc;
 use futures::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use uuid::Uuid;
-use voucherd_core::ledger::Half;
 use voucherd_store::cas::memory::MemoryStore;
 use voucherd_store::cas::store::{
     Cas, CasOutcome, CasStore, Current, Partition, Row, RowKey, Scan, Slice, StoreFuture, Table,
@@ -21,6 +20,7 @@ use voucherd_store::cas::store::{
 
 use voucherd_test_support::sim::world::World;
 
+use super::cluster::Kind;
 use super::Planted;
 
 /// The store as one ledger instance sees it.
@@ -28,8 +28,8 @@ use super::Planted;
 pub struct SimStore {
     pub inner: MemoryStore,
     pub bug: Planted,
-    /// The half the instance holds.
-    pub half: Half,
+    /// What the instance runs (which half of the ledger it holds).
+    pub kind: Kind,
     /// This instance runs the recovery passes.
     pub recovery: bool,
     /// Its conditional writes leave this long after it decided them, at most
@@ -92,7 +92,7 @@ impl SimStore {
             Planted::UnconditionalUndo if self.recovery && is_undo(&cas) => {
                 self.inner.cas(unconditional(cas))
             }
-            Planted::NonFinalRefusal if self.half == Half::Both && is_refusal(&cas) => {
+            Planted::NonFinalRefusal if self.kind == Kind::All && is_refusal(&cas) => {
                 self.inner.cas(unrecorded(cas))
             }
             Planted::UnknownAsLost if cas.partition.table == Table::Slots => {

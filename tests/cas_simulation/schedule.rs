@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 use voucherd_core::domain::Timestamp;
-use voucherd_core::ledger::{NewTransaction, WalletLedger};
+use voucherd_core::ledger::NewTransaction;
 use voucherd_store::cas::store::{Table, Value};
 use voucherd_test_support::sim::runner::{violation, Violation};
 use voucherd_test_support::sim::world::World;
@@ -73,7 +73,7 @@ pub async fn run(
 /// Recovery passes (the real drivers, on an instance of their own) until no
 /// claim is in flight, nothing is pending and the claim log is empty.
 async fn quiesce(cluster: &Arc<Cluster>) -> Result<(), Violation> {
-    let ledger = cluster.open(cluster.claims_half(), true, false);
+    let ledger = cluster.open(cluster.claims_kind(), true, false);
     let everything = Timestamp(i64::MAX / 2);
     for _ in 0..HEAL_PASSES {
         cluster.store.decide_all();
@@ -92,8 +92,8 @@ async fn quiesce(cluster: &Arc<Cluster>) -> Result<(), Violation> {
 /// faults, alone: it must apply, at the wallet's next version, leaving one
 /// unit less. A ledger that misreads a wallet (its statics, say) refuses it.
 async fn funded_debits(cluster: &Arc<Cluster>) -> Result<(), Violation> {
-    let half = cluster.wallet_nodes()[0].half;
-    let ledger = cluster.open(half, false, false);
+    let kind = cluster.wallet_nodes()[0].kind;
+    let ledger = cluster.open(kind, false, false);
     for wallet in cluster.store.dump(Table::Wallets) {
         let (Some(Value::Int(phone)), Some(Value::Int(balance))) =
             (wallet.partition.key.first(), wallet.statics.get("balance"))
@@ -116,7 +116,7 @@ async fn funded_debits(cluster: &Arc<Cluster>) -> Result<(), Violation> {
             at: cluster.world.now(),
             refusal_is_final: false,
         };
-        match ledger.transact(debit).await {
+        match ledger.wallets().transact(debit).await {
             Ok(applied) if applied.balance_after == balance - 1 => {}
             answer => {
                 let detail = format!("{phone} holds {balance}; a debit of 1 answered {answer:?}");

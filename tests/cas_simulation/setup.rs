@@ -56,7 +56,7 @@ pub struct Setup {
     /// they draw from (small, so keys come again, for other phones too).
     pub transactions: usize,
     pub keys: u64,
-    /// The instances run role `all` (`Half::Both`: a claim carries its
+    /// The instances run role `all` (`Kind::All`: a claim carries its
     /// credit, applied in the same store, and recovery only finishes
     /// claims, crediting pending ones locally) instead of split voucher and
     /// wallet services.

@@ -27,14 +27,14 @@ fn is_storage<T: std::fmt::Debug>(answer: &Result<T, Error>) -> bool {
     matches!(answer, Err(Error::Storage { .. }))
 }
 
-async fn read(ledger: &dyn Ledger, code_text: &str, phone_n: u64) -> Option<Redemption> {
+async fn read(ledger: &dyn VoucherLedger, code_text: &str, phone_n: u64) -> Option<Redemption> {
     ledger
         .redemption(code(code_text), phone(phone_n))
         .await
         .expect("read the redemption")
 }
 
-async fn report(ledger: &dyn Ledger, code_text: &str) -> Vec<ReportEntry> {
+async fn report(ledger: &dyn VoucherLedger, code_text: &str) -> Vec<ReportEntry> {
     let page = ledger
         .report(code(code_text), page(100, 0, None))
         .await
@@ -42,7 +42,7 @@ async fn report(ledger: &dyn Ledger, code_text: &str) -> Vec<ReportEntry> {
     page.items
 }
 
-async fn pending_ids(ledger: &dyn Ledger, before: Timestamp, limit: usize) -> Vec<Uuid> {
+async fn pending_ids(ledger: &dyn VoucherLedger, before: Timestamp, limit: usize) -> Vec<Uuid> {
     let pending = ledger.pending(before, limit).await.expect("pending");
     for redemption in &pending {
         assert_eq!(redemption.status, RedemptionStatus::Pending);
@@ -51,11 +51,20 @@ async fn pending_ids(ledger: &dyn Ledger, before: Timestamp, limit: usize) -> Ve
     pending.iter().map(|r| r.id).collect()
 }
 
+/// The balance of user `phone_n` as the wallet half of `store` sees it (it
+/// opens it, reads, and shuts it down).
+async fn wallet_balance(store: &Store, phone_n: u64) -> Option<i64> {
+    let wallets = store.open_wallets().await;
+    let found = balance(wallets.as_ref(), phone_n).await;
+    wallets.shutdown().await.expect("shut down");
+    found
+}
+
 /// A claim of a voucher half holds its slot and user key but credits nobody:
 /// it is pending, with no balance, until settled. Settling is idempotent and
 /// one-way.
 pub async fn a_voucher_half_claim_is_pending_until_settled(store: &Store) {
-    let ledger = store.open_half(Half::Voucher).await;
+    let ledger = store.open_vouchers().await;
     create_voucher(ledger.as_ref(), "GOAL", 500, 10).await;
     let claimed = ledger.claim(claim("GOAL", 1, 1)).await.expect("claim");
     let expected = Redemption {
@@ -77,7 +86,13 @@ pub async fn a_voucher_half_claim_is_pending_until_settled(store: &Store) {
         report(ledger.as_ref(), "GOAL").await[0].status,
         RedemptionStatus::Pending
     );
-    assert_eq!(balance(ledger.as_ref(), 1).await, None, "no local credit");
+    // A voucher half has no wallet to read: the wallet half of the same
+    // store tells, with the voucher half shut down meanwhile (an embedded
+    // store is open once at a time).
+    ledger.shutdown().await.expect("shut down");
+    drop(ledger);
+    assert_eq!(wallet_balance(store, 1).await, None, "no local credit");
+    let ledger = store.open_vouchers().await;
     assert_eq!(redeemed(ledger.as_ref(), "GOAL").await, 1);
     assert_eq!(
         ledger.claim(claim("GOAL", 1, 2)).await,
@@ -110,18 +125,19 @@ pub async fn a_voucher_half_claim_is_pending_until_settled(store: &Store) {
     assert!(is_storage(&ledger.settle(expected.id, void("late")).await));
     assert_eq!(read(ledger.as_ref(), "GOAL", 1).await, Some(credited_one));
     assert_eq!(redeemed(ledger.as_ref(), "GOAL").await, 1);
+    ledger.shutdown().await.expect("shut down");
+    drop(ledger);
     assert_eq!(
-        balance(ledger.as_ref(), 1).await,
+        wallet_balance(store, 1).await,
         None,
         "still no local credit"
     );
-    ledger.shutdown().await.expect("shut down");
 }
 
 /// Voiding releases the slot and the user key in the same write: the slot is a
 /// gap, the count goes down, and the user may claim again (pending again).
 pub async fn a_void_releases_the_slot_and_the_user_key(store: &Store) {
-    let ledger = store.open_half(Half::Voucher).await;
+    let ledger = store.open_vouchers().await;
     create_voucher(ledger.as_ref(), "GOAL", 100, 5).await;
     for n in 1..=3 {
         ledger
@@ -195,7 +211,7 @@ pub async fn a_void_releases_the_slot_and_the_user_key(store: &Store) {
 /// pending() lists only pending redemptions claimed before the given time,
 /// oldest first, at most `limit`.
 pub async fn pending_lists_the_oldest_pending_first(store: &Store) {
-    let ledger = store.open_half(Half::Voucher).await;
+    let ledger = store.open_vouchers().await;
     create_voucher(ledger.as_ref(), "GOAL", 100, 10).await;
     // (user, claimed at): users 4 and 3 are settled below.
     let times = [(1, 50), (2, 10), (3, 40), (4, 20), (5, 60), (6, 30)];
@@ -240,7 +256,7 @@ pub async fn pending_lists_the_oldest_pending_first(store: &Store) {
 
 /// Settling an id no claim made is `RedemptionNotFound`, whatever the resolution.
 pub async fn settling_an_unknown_redemption_is_not_found(store: &Store) {
-    let ledger = store.open_half(Half::Voucher).await;
+    let ledger = store.open_vouchers().await;
     create_voucher(ledger.as_ref(), "GOAL", 100, 10).await;
     ledger.claim(claim("GOAL", 1, 1)).await.expect("claim");
     for id in [Uuid::new_v4(), id_of("GOAL", 2), id_of("NOPE", 1)] {
@@ -261,7 +277,7 @@ pub async fn settling_an_unknown_redemption_is_not_found(store: &Store) {
 /// frees the slot and key for the claims after it, and a settle sees the
 /// claims before it.
 pub async fn settles_apply_in_submission_order(store: &Store) {
-    let ledger = store.open_half(Half::Voucher).await;
+    let ledger = store.open_vouchers().await;
     create_voucher(ledger.as_ref(), "GOAL", 100, 2).await;
     let (id1, id2) = (id_of("GOAL", 1), id_of("GOAL", 2));
     let a = ledger.claim(claim("GOAL", 1, 1));
@@ -304,7 +320,7 @@ pub async fn settles_apply_in_submission_order(store: &Store) {
 /// credit of a void redemption is a storage error, asked alone: the embedded
 /// ledger fails the other writes of a batch that meets one.
 pub async fn credits_together_answer_each_as_alone(store: &Store) {
-    let ledger = store.open_half(Half::Voucher).await;
+    let ledger = store.open_vouchers().await;
     create_voucher(ledger.as_ref(), "GOAL", 100, 10).await;
     for user in 1..=4 {
         ledger
@@ -357,7 +373,7 @@ pub async fn credits_together_answer_each_as_alone(store: &Store) {
 }
 
 /// Everything a voucher half holds in one string, to compare across a reopen.
-async fn voucher_half_state(ledger: &dyn Ledger) -> String {
+async fn voucher_half_state(ledger: &dyn VoucherLedger) -> String {
     let voucher = ledger.voucher(code("GOAL")).await.expect("voucher");
     let report = report(ledger, "GOAL").await;
     let usage = ledger.slot_usage(code("GOAL")).await.expect("usage");
@@ -376,7 +392,7 @@ async fn voucher_half_state(ledger: &dyn Ledger) -> String {
 /// I4: after shutdown, a reopened voucher half holds the same redemptions in
 /// the same states, and settles and claims as before.
 pub async fn a_reopened_voucher_half_holds_the_same_state(store: &Store) {
-    let ledger = store.open_half(Half::Voucher).await;
+    let ledger = store.open_vouchers().await;
     create_voucher(ledger.as_ref(), "GOAL", 100, 5).await;
     for n in 1..=4 {
         ledger
@@ -396,7 +412,7 @@ pub async fn a_reopened_voucher_half_holds_the_same_state(store: &Store) {
     ledger.shutdown().await.expect("shut down");
     drop(ledger);
 
-    let reopened = store.open_half(Half::Voucher).await;
+    let reopened = store.open_vouchers().await;
     assert_eq!(
         voucher_half_state(reopened.as_ref()).await,
         before,
@@ -451,7 +467,7 @@ fn final_credit(phone_n: u64, amount: i64) -> NewTransaction {
 /// refused again with `CreditRefused` even once the wallet could take it,
 /// also when submitted together with the first, and after a reopen.
 pub async fn a_final_refusal_is_remembered(store: &Store) {
-    let ledger = store.open_half(Half::Wallet).await;
+    let ledger = store.open_wallets().await;
     let near_max = i64::MAX - 10;
     let profile = NewProfile {
         phone: phone(1),
@@ -505,7 +521,7 @@ pub async fn a_final_refusal_is_remembered(store: &Store) {
     ledger.shutdown().await.expect("shut down");
     drop(ledger);
 
-    let reopened = store.open_half(Half::Wallet).await;
+    let reopened = store.open_wallets().await;
     let after = reopened.transact(final_credit(1, 100)).await;
     assert!(
         matches!(after, Err(Error::CreditRefused { .. })),
@@ -518,7 +534,7 @@ pub async fn a_final_refusal_is_remembered(store: &Store) {
 /// A client's replayable transaction (its refusal is not final) leaves no
 /// trace when refused: the same id may succeed later, then replays.
 pub async fn a_refusal_that_is_not_final_leaves_no_trace(store: &Store) {
-    let ledger = store.open_half(Half::Wallet).await;
+    let ledger = store.open_wallets().await;
     let keyed = NewTransaction {
         id: transaction_id(Some("order-1")),
         replayable: true,
@@ -540,7 +556,7 @@ pub async fn a_refusal_that_is_not_final_leaves_no_trace(store: &Store) {
 /// An applied credit sent again answers its first transaction (the balance
 /// it made, not today's), also when submitted together with it.
 pub async fn a_final_credit_replays_its_first_answer(store: &Store) {
-    let ledger = store.open_half(Half::Wallet).await;
+    let ledger = store.open_wallets().await;
     let first = ledger.transact(final_credit(1, 500)).await.expect("credit");
     assert_eq!(first.balance_after, 500);
     ledger.transact(credit(1, -200, 2)).await.expect("debit");

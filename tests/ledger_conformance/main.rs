@@ -31,7 +31,10 @@ use voucherd_core::domain::{
     VoucherCode, WalletTransaction, OPENING_BALANCE_REFERENCE,
 };
 use voucherd_core::error::Error;
-use voucherd_core::ledger::{Claim, Half, Ledger, NewProfile, NewTransaction, SlotUsage};
+use voucherd_core::ledger::{
+    AllInOne, Claim, HalfKind, Ledger, NewProfile, NewTransaction, SlotUsage, VoucherHalf,
+    VoucherLedger, WalletHalf, WalletLedger,
+};
 use voucherd_metrics::Metrics;
 use voucherd_store::cas::memory::MemoryStore;
 use voucherd_store::cas::{CasLedger, Observed};
@@ -103,13 +106,23 @@ impl Store {
         Store::Cql { cluster, keyspace }
     }
 
+    /// Opens the store holding both halves.
     async fn open(&self) -> Arc<dyn Ledger> {
-        self.open_half(Half::Both).await
+        self.open_half::<AllInOne>().await.into_ledger()
     }
 
-    /// Opens the store holding `half` (one type serves every half, so the
-    /// answer is a `Ledger` whatever half it holds).
-    async fn open_half(&self, half: Half) -> Arc<dyn Ledger> {
+    /// Opens the store holding the voucher half: no wallet methods.
+    async fn open_vouchers(&self) -> Arc<dyn VoucherLedger> {
+        self.open_half::<VoucherHalf>().await.into_vouchers()
+    }
+
+    /// Opens the store holding the wallet half: no voucher methods.
+    async fn open_wallets(&self) -> Arc<dyn WalletLedger> {
+        self.open_half::<WalletHalf>().await.into_wallets()
+    }
+
+    /// Opens the store holding half `H`, as its backend's concrete type.
+    async fn open_half<H: HalfKind>(&self) -> Opened<H> {
         let metrics = Arc::new(Metrics::new());
         match self {
             Store::Embedded(directory) => {
@@ -118,8 +131,8 @@ impl Store {
                 // moment.
                 let mut attempts = 0;
                 loop {
-                    match EmbeddedLedger::open_half(directory.path(), half, metrics.clone()) {
-                        Ok(ledger) => break Arc::new(ledger),
+                    match EmbeddedLedger::open_half(directory.path(), metrics.clone()) {
+                        Ok(ledger) => break Opened::Embedded(ledger),
                         Err(error) if attempts < 100 => {
                             attempts += 1;
                             eprintln!("reopening the embedded ledger: {error}; retrying");
@@ -129,22 +142,51 @@ impl Store {
                     }
                 }
             }
-            Store::Postgres(database) => Arc::new(
-                PostgresLedger::open_half(&database.url, half, metrics)
+            Store::Postgres(database) => Opened::Postgres(
+                PostgresLedger::open_half(&database.url, metrics)
                     .await
                     .expect("open the PostgreSQL ledger"),
             ),
-            Store::Cas(store) => Arc::new(CasLedger::open(store.clone(), half)),
+            Store::Cas(store) => Opened::Cas(CasLedger::open_half(store.clone())),
             Store::Cql { cluster, keyspace } => {
                 let store = ScyllaStore::open(&cluster.hosts, &keyspace.name, &cluster.options())
                     .await
                     .unwrap_or_else(|error| panic!("open the Scylla ledger: {error:#}"));
-                Arc::new(CasLedger::open(Observed::new(store, metrics), half))
+                Opened::Cql(CasLedger::open_half(Observed::new(store, metrics)))
             }
             Store::Skipped => unreachable!("a skipped backend is never opened"),
         }
     }
 }
+
+/// A store opened for half `H`, as its backend's type; handed out as the
+/// ledger traits `H` has.
+enum Opened<H: HalfKind> {
+    Embedded(EmbeddedLedger<H>),
+    Postgres(PostgresLedger<H>),
+    Cas(CasLedger<MemoryStore, H>),
+    Cql(CasLedger<Observed<ScyllaStore>, H>),
+}
+
+/// `impl Opened<$half> { fn $into(self) -> Arc<dyn $ledger> }`.
+macro_rules! hand_out {
+    ($half:ty, $into:ident, $ledger:path) => {
+        impl Opened<$half> {
+            fn $into(self) -> Arc<dyn $ledger> {
+                match self {
+                    Opened::Embedded(ledger) => Arc::new(ledger),
+                    Opened::Postgres(ledger) => Arc::new(ledger),
+                    Opened::Cas(ledger) => Arc::new(ledger),
+                    Opened::Cql(ledger) => Arc::new(ledger),
+                }
+            }
+        }
+    };
+}
+
+hand_out!(AllInOne, into_ledger, Ledger);
+hand_out!(VoucherHalf, into_vouchers, VoucherLedger);
+hand_out!(WalletHalf, into_wallets, WalletLedger);
 
 /// Instantiates every case for one backend, as `backend::case`.
 macro_rules! conformance {
@@ -227,7 +269,12 @@ mod fixtures {
         Voucher::new(code(code_text), amount, limit, None, None, at(0)).expect("a valid voucher")
     }
 
-    pub async fn create_voucher(ledger: &dyn Ledger, code_text: &str, amount: i64, limit: u32) {
+    pub async fn create_voucher(
+        ledger: &dyn VoucherLedger,
+        code_text: &str,
+        amount: i64,
+        limit: u32,
+    ) {
         ledger
             .create_voucher(voucher(code_text, amount, limit))
             .await
@@ -264,11 +311,14 @@ mod fixtures {
     }
 
     /// Every transaction of the wallet, newest first (one large page).
-    pub async fn history(ledger: &dyn Ledger, phone_n: u64) -> Vec<WalletTransaction> {
+    pub async fn history(ledger: &dyn WalletLedger, phone_n: u64) -> Vec<WalletTransaction> {
         history_of(ledger, phone(phone_n)).await
     }
 
-    pub async fn history_of(ledger: &dyn Ledger, phone: PhoneNumber) -> Vec<WalletTransaction> {
+    pub async fn history_of(
+        ledger: &dyn WalletLedger,
+        phone: PhoneNumber,
+    ) -> Vec<WalletTransaction> {
         let (_, transactions) = ledger
             .wallet(phone, page(1_000, 0, None))
             .await
@@ -278,7 +328,7 @@ mod fixtures {
         transactions.items
     }
 
-    pub async fn balance(ledger: &dyn Ledger, phone_n: u64) -> Option<i64> {
+    pub async fn balance(ledger: &dyn WalletLedger, phone_n: u64) -> Option<i64> {
         ledger
             .wallet(phone(phone_n), page(1, 0, None))
             .await
@@ -286,7 +336,7 @@ mod fixtures {
             .map(|(wallet, _)| wallet.balance)
     }
 
-    pub async fn redeemed(ledger: &dyn Ledger, code_text: &str) -> u32 {
+    pub async fn redeemed(ledger: &dyn VoucherLedger, code_text: &str) -> u32 {
         ledger
             .voucher(code(code_text))
             .await
@@ -297,7 +347,7 @@ mod fixtures {
 
     /// I5: the balance equals the sum of the wallet's transactions, every
     /// balance_after is the running sum, and none is negative.
-    pub async fn assert_balance_is_the_sum(ledger: &dyn Ledger, phone_n: u64) {
+    pub async fn assert_balance_is_the_sum(ledger: &dyn WalletLedger, phone_n: u64) {
         let mut oldest_first = history(ledger, phone_n).await;
         oldest_first.reverse();
         let mut running = 0;

@@ -71,16 +71,86 @@ pub struct SlotUsage {
     pub taken: u32,
 }
 
-/// Which halves of the ledger a store holds (see `--role`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Half {
-    /// Role `all`: both, and a claim carries its credit (one write).
-    Both,
-    /// Role `voucher`: claims are born pending and settled later.
-    Voucher,
-    /// Role `wallet`: wallets only.
-    Wallet,
+/// Which halves of the ledger a store holds (see `--role`), as a type: a
+/// backend is generic over it (`EmbeddedLedger<H>` and the like), reads what
+/// it needs from these consts (monomorphised, no runtime check), and
+/// implements a ledger trait only for the halves that have it, so that asking
+/// a wallet half to claim does not compile. Sealed: the three halves below
+/// are all there are.
+///
+/// - [`AllInOne`] (role `all`): [`VoucherLedger`] and [`WalletLedger`], hence
+///   [`Ledger`]; a claim carries its credit (one write).
+/// - [`VoucherHalf`] (role `voucher`): [`VoucherLedger`] (with
+///   [`PendingLedger`]); claims are born pending and settled later.
+/// - [`WalletHalf`] (role `wallet`): [`WalletLedger`] only.
+pub trait HalfKind: sealed::Sealed + Send + Sync + 'static {
+    /// The role that opens this half, for logs.
+    const NAME: &'static str;
+    /// A claim credits its winner in the same write (role `all`).
+    const CLAIM_CARRIES_CREDIT: bool;
+    /// A claim is born pending and tracked until settled (role `voucher`).
+    const CLAIMS_PENDING: bool;
+    /// The store holds vouchers, slots and redemptions.
+    const HOLDS_VOUCHERS: bool;
+    /// The store holds wallets and their transactions.
+    const HOLDS_WALLETS: bool;
 }
+
+/// A half holding the voucher tables: a backend opened for it implements
+/// [`VoucherLedger`] and [`PendingLedger`].
+pub trait HoldsVouchers: HalfKind {}
+
+/// A half holding the wallet tables: a backend opened for it implements
+/// [`WalletLedger`].
+pub trait HoldsWallets: HalfKind {}
+
+/// Both halves in one store (role `all`): a claim and its credit are one write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllInOne;
+
+/// The voucher half alone (role `voucher`): claims are born pending.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VoucherHalf;
+
+/// The wallet half alone (role `wallet`): wallets only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalletHalf;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::AllInOne {}
+    impl Sealed for super::VoucherHalf {}
+    impl Sealed for super::WalletHalf {}
+}
+
+impl HalfKind for AllInOne {
+    const NAME: &'static str = "all";
+    const CLAIM_CARRIES_CREDIT: bool = true;
+    const CLAIMS_PENDING: bool = false;
+    const HOLDS_VOUCHERS: bool = true;
+    const HOLDS_WALLETS: bool = true;
+}
+
+impl HalfKind for VoucherHalf {
+    const NAME: &'static str = "voucher";
+    const CLAIM_CARRIES_CREDIT: bool = false;
+    const CLAIMS_PENDING: bool = true;
+    const HOLDS_VOUCHERS: bool = true;
+    const HOLDS_WALLETS: bool = false;
+}
+
+impl HalfKind for WalletHalf {
+    const NAME: &'static str = "wallet";
+    const CLAIM_CARRIES_CREDIT: bool = false;
+    const CLAIMS_PENDING: bool = false;
+    const HOLDS_VOUCHERS: bool = false;
+    const HOLDS_WALLETS: bool = true;
+}
+
+impl HoldsVouchers for AllInOne {}
+impl HoldsVouchers for VoucherHalf {}
+impl HoldsWallets for AllInOne {}
+impl HoldsWallets for WalletHalf {}
 
 /// Whether a ledger can take writes now, as its backend last found out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +229,8 @@ pub trait WalletLedger: Durable {
     ) -> LedgerFuture<Option<(Wallet, Page<WalletTransaction>)>>;
 }
 
-/// Both halves in one store (role `all`), where a claim and its credit are one write.
+/// Both halves in one store (role `all`), where a claim and its credit are one
+/// write. Of the backends, only those opened for [`AllInOne`] are one.
 pub trait Ledger: VoucherLedger + WalletLedger {}
 
 impl<T: VoucherLedger + WalletLedger> Ledger for T {}

@@ -6,10 +6,11 @@
 //!   the wallet service over HTTP (see [`voucherd_core::redemption`]).
 //! - `wallet`: profiles and transactions over the wallet half of a store, and
 //!   the credit endpoint the voucher service calls.
+//!
+//! Which store a role opens is a type ([`voucherd_core::ledger::HalfKind`],
+//! chosen in the binary's wiring), not a value of this enum.
 
 use clap::ValueEnum;
-
-use voucherd_core::ledger::Half;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Role {
@@ -28,15 +29,6 @@ pub enum Serves {
 }
 
 impl Role {
-    /// The halves of the ledger this role opens.
-    pub fn half(self) -> Half {
-        match self {
-            Role::All => Half::Both,
-            Role::Voucher => Half::Voucher,
-            Role::Wallet => Half::Wallet,
-        }
-    }
-
     pub fn serves(self, part: Serves) -> bool {
         match (self, part) {
             (Role::All, _) | (_, Serves::Any) => true,

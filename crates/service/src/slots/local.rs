@@ -307,7 +307,7 @@ mod tests {
     mod with_a_ledger {
         use super::super::*;
         use voucherd_core::domain::{PhoneNumber, Timestamp, Voucher};
-        use voucherd_core::ledger::{Claim, Half};
+        use voucherd_core::ledger::Claim;
         use voucherd_store::cas::memory::MemoryStore;
         use voucherd_store::cas::CasLedger;
 
@@ -338,8 +338,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_shared_pool_that_lost_a_slot_is_rebuilt_without_the_taken_ones() {
-            let ledger: Arc<dyn VoucherLedger> =
-                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let ledger: Arc<dyn VoucherLedger> = Arc::new(CasLedger::open(MemoryStore::new()));
             let code = voucher(&ledger, 6).await;
             let source = LocalSlots::shared(ledger.clone());
             let mut first = SlotBatch::new();
@@ -379,8 +378,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_dry_shared_pool_finds_slots_freed_elsewhere() {
-            let ledger: Arc<dyn VoucherLedger> =
-                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let ledger: Arc<dyn VoucherLedger> = Arc::new(CasLedger::open(MemoryStore::new()));
             let code = voucher(&ledger, 3).await;
             let source = LocalSlots::shared(ledger.clone());
             for _ in 0..3 {
@@ -400,8 +398,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_single_instance_pool_is_never_reread() {
-            let ledger: Arc<dyn VoucherLedger> =
-                Arc::new(CasLedger::open(MemoryStore::new(), Half::Both));
+            let ledger: Arc<dyn VoucherLedger> = Arc::new(CasLedger::open(MemoryStore::new()));
             let code = voucher(&ledger, 2).await;
             let source = LocalSlots::new(ledger.clone());
             assert_eq!(source.lease(&code, 2, 2).await.expect("leased").len(), 2);

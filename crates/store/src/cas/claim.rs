@@ -15,7 +15,7 @@ use super::store::{Assignment, Cas, CasOutcome, CasStore, Row, RowKey, Value, Wr
 use super::Inner;
 use voucherd_core::domain::{Redemption, RedemptionStatus};
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::Claim;
+use voucherd_core::ledger::{Claim, HalfKind};
 
 /// Times a claim starts over when the user's key changed under its start.
 const START_TRIES: usize = 3;
@@ -177,7 +177,7 @@ fn refuse(key: &KeyState) -> Result<()> {
     Ok(())
 }
 
-impl<S: CasStore> Inner<S> {
+impl<S: CasStore, H: HalfKind> Inner<S, H> {
     /// The key row of redemption `id` (a serial read settles a write in doubt).
     pub(super) async fn key_row(&self, id: Uuid, serial: bool) -> Result<Option<Row>> {
         let key = key_of(id);

@@ -47,6 +47,7 @@ mod settle;
 mod wallet;
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -64,8 +65,8 @@ use voucherd_core::domain::{
 };
 use voucherd_core::error::{Error, Result};
 use voucherd_core::ledger::{
-    Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
-    SlotUsage, VoucherLedger, WalletLedger,
+    AllInOne, Claim, Durable, HalfKind, HoldsVouchers, HoldsWallets, LedgerFuture, LedgerHealth,
+    NewProfile, NewTransaction, PendingLedger, SlotUsage, VoucherLedger, WalletLedger,
 };
 use voucherd_core::ledger::{ClaimsRecovered, Resolution};
 
@@ -135,15 +136,44 @@ impl Default for CasOptions {
     }
 }
 
-/// The ledger over a [`CasStore`], opened for a [`Half`].
-pub struct CasLedger<S: CasStore> {
-    inner: Arc<Inner<S>>,
+/// The ledger over a [`CasStore`], holding half `H` (see [`HalfKind`]; the
+/// default is both halves, role `all`). It implements the ledger traits of
+/// its half only, so a wallet half has no `claim`:
+///
+/// ```compile_fail
+/// use voucherd_core::ledger::{Claim, VoucherLedger, WalletHalf};
+/// use voucherd_store::cas::memory::MemoryStore;
+/// use voucherd_store::cas::CasLedger;
+///
+/// fn claim(ledger: &CasLedger<MemoryStore, WalletHalf>, claim: Claim) {
+///     let _ = ledger.claim(claim); // error: `VoucherLedger` is not implemented
+/// }
+/// ```
+///
+/// while a voucher half has, and an all-in-one ledger is a whole [`Ledger`]:
+///
+/// ```
+/// use voucherd_core::ledger::{Claim, Ledger, VoucherHalf, VoucherLedger};
+/// use voucherd_store::cas::memory::MemoryStore;
+/// use voucherd_store::cas::CasLedger;
+///
+/// fn claim(ledger: &CasLedger<MemoryStore, VoucherHalf>, claim: Claim) {
+///     let _ = ledger.claim(claim);
+/// }
+/// fn whole(ledger: CasLedger<MemoryStore>) -> Box<dyn Ledger> {
+///     Box::new(ledger)
+/// }
+/// ```
+///
+/// [`Ledger`]: voucherd_core::ledger::Ledger
+pub struct CasLedger<S: CasStore, H: HalfKind = AllInOne> {
+    inner: Arc<Inner<S, H>>,
 }
 
 /// What every protocol step reads: the store, the layout, and caches.
-pub(super) struct Inner<S> {
+pub(super) struct Inner<S, H> {
     store: S,
-    half: Half,
+    half: PhantomData<H>,
     options: CasOptions,
     order: Arc<Order>,
     nonces: Arc<dyn Nonces>,
@@ -159,15 +189,24 @@ pub(super) struct Inner<S> {
 const MAX_REMEMBERED_CLAIMS: usize = 65_536;
 
 impl<S: CasStore> CasLedger<S> {
-    /// Opens the ledger holding `half` over `store`.
-    pub fn open(store: S, half: Half) -> Self {
-        Self::open_with(store, half, CasOptions::default(), Arc::new(RandomNonces))
+    /// Opens the all-in-one ledger over `store`.
+    pub fn open(store: S) -> Self {
+        Self::open_half(store)
+    }
+}
+
+impl<S: CasStore, H: HalfKind> CasLedger<S, H> {
+    /// Opens the ledger holding half `H` over `store`
+    /// (`CasLedger::<_, VoucherHalf>::open_half(store)`).
+    pub fn open_half(store: S) -> Self {
+        Self::open_with(store, CasOptions::default(), Arc::new(RandomNonces))
     }
 
-    pub fn open_with(store: S, half: Half, options: CasOptions, nonces: Arc<dyn Nonces>) -> Self {
+    /// [`CasLedger::open_half`] with its options and attempt nonces.
+    pub fn open_with(store: S, options: CasOptions, nonces: Arc<dyn Nonces>) -> Self {
         let inner = Inner {
             store,
-            half,
+            half: PhantomData,
             options,
             order: Arc::default(),
             nonces,
@@ -185,6 +224,20 @@ impl<S: CasStore> CasLedger<S> {
         self.inner.order.halt();
     }
 
+    fn write<T, F>(
+        &self,
+        lanes: Vec<(Lane, Use)>,
+        work: impl FnOnce(Arc<Inner<S, H>>) -> F,
+    ) -> LedgerFuture<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        self.inner.order.submit(lanes, work(self.inner.clone()))
+    }
+}
+
+impl<S: CasStore, H: HoldsVouchers> CasLedger<S, H> {
     /// Finishes or undoes claim attempts logged before `claimed_before`
     /// (oldest first, up to `limit`), releases the slots of void redemptions
     /// whose release was interrupted, and drops log entries nothing needs.
@@ -198,28 +251,16 @@ impl<S: CasStore> CasLedger<S> {
         let inner = self.inner.clone();
         Box::pin(async move { inner.recover_claims(claimed_before, limit).await })
     }
-
-    fn write<T, F>(
-        &self,
-        lanes: Vec<(Lane, Use)>,
-        work: impl FnOnce(Arc<Inner<S>>) -> F,
-    ) -> LedgerFuture<T>
-    where
-        T: Send + 'static,
-        F: std::future::Future<Output = Result<T>> + Send + 'static,
-    {
-        self.inner.order.submit(lanes, work(self.inner.clone()))
-    }
 }
 
-impl<S: CasStore> Inner<S> {
+impl<S: CasStore, H: HalfKind> Inner<S, H> {
     fn nonce(&self) -> Uuid {
         self.nonces.next()
     }
 
     /// Whether claims carry their credit (role `all`) or are born pending.
     fn claims_credit(&self) -> bool {
-        self.half != Half::Voucher
+        !H::CLAIMS_PENDING
     }
 
     /// A row and its partition's statics. CQL returns no statics with a
@@ -323,7 +364,7 @@ impl<S: CasStore> Inner<S> {
     }
 }
 
-impl<S: CasStore> Durable for CasLedger<S> {
+impl<S: CasStore, H: HalfKind> Durable for CasLedger<S, H> {
     fn shutdown(&self) -> LedgerFuture<()> {
         let order = self.inner.order.clone();
         Box::pin(async move {
@@ -343,7 +384,7 @@ impl<S: CasStore> Durable for CasLedger<S> {
     }
 }
 
-impl<S: CasStore> PendingLedger for CasLedger<S> {
+impl<S: CasStore, H: HoldsVouchers> PendingLedger for CasLedger<S, H> {
     /// Split mode's settle knows the id only: it settles the redemption the
     /// key holds ([`Settling::ById`] says why that is safe).
     fn settle(&self, id: Uuid, resolution: Resolution) -> LedgerFuture<Redemption> {
@@ -370,7 +411,7 @@ impl<S: CasStore> PendingLedger for CasLedger<S> {
     }
 }
 
-impl<S: CasStore> VoucherLedger for CasLedger<S> {
+impl<S: CasStore, H: HoldsVouchers> VoucherLedger for CasLedger<S, H> {
     fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
         let lanes = vec![(
             Lane::Voucher(voucher.code.as_str().to_owned()),
@@ -432,7 +473,7 @@ impl<S: CasStore> VoucherLedger for CasLedger<S> {
     }
 }
 
-impl<S: CasStore> WalletLedger for CasLedger<S> {
+impl<S: CasStore, H: HoldsWallets> WalletLedger for CasLedger<S, H> {
     fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet> {
         let lanes = vec![(Lane::Wallet(profile.phone.stored()), Use::Exclusive)];
         self.write(

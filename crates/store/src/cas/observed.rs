@@ -269,13 +269,10 @@ pub(super) mod tests {
     #[tokio::test]
     async fn the_ledger_is_unreachable_while_the_store_probe_fails() {
         use crate::cas::CasLedger;
-        use voucherd_core::ledger::{Durable, Half, LedgerHealth};
+        use voucherd_core::ledger::{Durable, LedgerHealth};
 
         let store = MemoryStore::new();
-        let ledger = CasLedger::open(
-            Observed::new(store.clone(), Arc::new(Metrics::new())),
-            Half::Both,
-        );
+        let ledger = CasLedger::open(Observed::new(store.clone(), Arc::new(Metrics::new())));
         assert_eq!(ledger.health(), LedgerHealth::Healthy);
         store.set_down(true);
         assert_eq!(ledger.health(), LedgerHealth::Unreachable);

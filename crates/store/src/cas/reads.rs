@@ -20,7 +20,7 @@ use voucherd_core::domain::{
     VoucherCode, VoucherStatus,
 };
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::{Half, SlotUsage};
+use voucherd_core::ledger::{HalfKind, SlotUsage};
 
 /// Rows a merged listing reads from one partition at a time.
 const PAGE: usize = 128;
@@ -116,7 +116,7 @@ fn slot_number(key: &Clustering) -> Result<u32> {
     }
 }
 
-impl<S: CasStore> Inner<S> {
+impl<S: CasStore, H: HalfKind> Inner<S, H> {
     fn buckets(voucher: &VoucherRow) -> Vec<Partition> {
         (0..voucher.buckets).map(|b| voucher.bucket(b)).collect()
     }
@@ -187,7 +187,7 @@ impl<S: CasStore> Inner<S> {
         let found = redemption_of(id, &KeyState::read(row.as_ref())?)?;
         // An all-in-one ledger voids a claim only when its credit is refused:
         // to its readers, that claim never happened.
-        let hidden = |r: &Redemption| self.half == Half::Both && r.status == RedemptionStatus::Void;
+        let hidden = |r: &Redemption| H::CLAIM_CARRIES_CREDIT && r.status == RedemptionStatus::Void;
         Ok(found.filter(|r| !hidden(r)))
     }
 

@@ -32,7 +32,7 @@ use super::store::{CasStore, Row};
 use super::Inner;
 use voucherd_core::domain::{RedemptionStatus, Timestamp};
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::{ClaimsRecovered, Resolution};
+use voucherd_core::ledger::{ClaimsRecovered, HalfKind, Resolution};
 
 /// Log entries recovered at once.
 const CONCURRENT_ENTRIES: usize = 8;
@@ -54,7 +54,7 @@ enum Recovered {
     Cleaned,
 }
 
-impl<S: CasStore> Inner<S> {
+impl<S: CasStore, H: HalfKind> Inner<S, H> {
     /// See [`super::CasLedger::recover_claims`]. Entries of redemptions
     /// that are simply pending (their credit's recovery finishes them) are
     /// passed over on a plain read, so that a backlog of them (a wallet away

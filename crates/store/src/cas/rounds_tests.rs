@@ -11,7 +11,10 @@ use super::observed::tests::count;
 use super::{CasLedger, Observed};
 use voucherd_core::domain::{PhoneNumber, Timestamp, Voucher, VoucherCode};
 use voucherd_core::ledger::PendingLedger;
-use voucherd_core::ledger::{Claim, Half, NewProfile, NewTransaction, VoucherLedger, WalletLedger};
+use voucherd_core::ledger::{
+    Claim, HalfKind, NewProfile, NewTransaction, VoucherHalf, VoucherLedger, WalletHalf,
+    WalletLedger,
+};
 use voucherd_metrics::Metrics;
 
 struct Rounds {
@@ -38,15 +41,16 @@ fn at(micros: i64) -> Timestamp {
     Timestamp(1_780_000_000_000_000 + micros)
 }
 
-fn ledger(half: Half) -> (CasLedger<Observed<MemoryStore>>, Arc<Metrics>) {
+/// A ledger of half `H` over an observed model.
+fn ledger<H: HalfKind>() -> (CasLedger<Observed<MemoryStore>, H>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let store = Observed::new(MemoryStore::new(), metrics.clone());
-    (CasLedger::open(store, half), metrics)
+    (CasLedger::open_half(store), metrics)
 }
 
 #[tokio::test]
 async fn a_claim_of_a_fresh_slot_takes_three_rounds_each_applied_at_once() {
-    let (ledger, metrics) = ledger(Half::Voucher);
+    let (ledger, metrics) = ledger::<VoucherHalf>();
     let code = VoucherCode::parse("FRESH").unwrap();
     // 64 buckets: slots 1, 65 and 129 share one, so each take after the
     // first meets the bucket's count of held slots (a static column).
@@ -74,7 +78,7 @@ async fn a_claim_of_a_fresh_slot_takes_three_rounds_each_applied_at_once() {
 
 #[tokio::test]
 async fn a_debit_of_a_funded_wallet_applies_at_its_first_round() {
-    let (ledger, metrics) = ledger(Half::Wallet);
+    let (ledger, metrics) = ledger::<WalletHalf>();
     let owner = phone(7);
     let profile = NewProfile {
         phone: owner,

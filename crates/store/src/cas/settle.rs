@@ -21,8 +21,8 @@ use super::store::{Cas, CasOutcome, CasStore, RowKey, Value, Write};
 use super::{Inner, PlantedBug};
 use voucherd_core::domain::{voucher_reference, Redemption, RedemptionStatus};
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::NewTransaction;
 use voucherd_core::ledger::Resolution;
+use voucherd_core::ledger::{HalfKind, NewTransaction};
 use voucherd_core::redemption::is_final_refusal;
 
 /// Which redemption of a user's key a settle settles.
@@ -56,7 +56,7 @@ pub(super) enum Settled {
     Superseded,
 }
 
-impl<S: CasStore> Inner<S> {
+impl<S: CasStore, H: HalfKind> Inner<S, H> {
     /// See [`voucherd_core::ledger::PendingLedger::settle`]: the redemption
     /// `which` names, `Pending` → the resolution's status. An attempt's
     /// settle decides `Superseded` only on a view at least as new as the

@@ -30,7 +30,7 @@ use super::Inner;
 use voucherd_core::domain::wallet::{balance_after, replay};
 use voucherd_core::domain::{Page, PageRequest, PhoneNumber, Timestamp, Wallet, WalletTransaction};
 use voucherd_core::error::{Error, ErrorCode, Result};
-use voucherd_core::ledger::{NewProfile, NewTransaction};
+use voucherd_core::ledger::{HalfKind, NewProfile, NewTransaction};
 
 /// Clustering kinds of a wallet partition.
 const TRANSACTION: i64 = 0;
@@ -178,7 +178,7 @@ fn refuse(transaction: &NewTransaction, head: &Head, refusal: &Error) -> Cas {
     }
 }
 
-impl<S: CasStore> Inner<S> {
+impl<S: CasStore, H: HalfKind> Inner<S, H> {
     /// A wallet's statics and the marker of transaction `id`.
     async fn wallet_state(&self, phone: PhoneNumber, id: Uuid, serial: bool) -> Result<Current> {
         let at = RowKey {

@@ -12,6 +12,7 @@
 //! One file per concern: `tables` (the layout and how each write is applied),
 //! `writer` (the group commit), `reopen` (a fresh handle after an I/O error) and `reads`.
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,8 +29,8 @@ use voucherd_core::domain::{
 use voucherd_core::error::{Error, Result};
 use voucherd_core::ledger::Resolution;
 use voucherd_core::ledger::{
-    Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
-    SlotUsage, VoucherLedger, WalletLedger,
+    AllInOne, Claim, Durable, HalfKind, HoldsVouchers, HoldsWallets, LedgerFuture, LedgerHealth,
+    NewProfile, NewTransaction, PendingLedger, SlotUsage, VoucherLedger, WalletLedger,
 };
 use voucherd_metrics::Metrics;
 
@@ -45,10 +46,13 @@ use writer::Writer;
 
 const DATABASE_FILE: &str = "voucherd.redb";
 
-/// The redb-backed ledger. Cheap to share: it is a queue sender and a database handle.
-pub struct EmbeddedLedger {
+/// The redb-backed ledger holding half `H` (see [`HalfKind`]; the default is
+/// both halves, role `all`). Cheap to share: it is a queue sender and a
+/// database handle.
+pub struct EmbeddedLedger<H: HalfKind = AllInOne> {
     database: Arc<SharedDatabase>,
     writes: WriteQueue,
+    half: PhantomData<H>,
 }
 
 /// The database handle readers share with the writer, which replaces it after
@@ -80,11 +84,14 @@ impl EmbeddedLedger {
     /// Opens (or creates) the all-in-one store in directory `path` and starts
     /// its writer thread.
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        Self::open_half(path, Half::Both, metrics)
+        Self::open_half(path, metrics)
     }
+}
 
-    /// Opens (or creates) the store in directory `path` holding `half`.
-    pub fn open_half(path: &Path, half: Half, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+impl<H: HalfKind> EmbeddedLedger<H> {
+    /// Opens (or creates) the store in directory `path` holding half `H`
+    /// (`EmbeddedLedger::<VoucherHalf>::open_half(..)`).
+    pub fn open_half(path: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(path)?;
         let db = Arc::new(Database::create(path.join(DATABASE_FILE))?);
         let last_sequence = create_tables(&db)?;
@@ -94,11 +101,11 @@ impl EmbeddedLedger {
             writable: AtomicBool::new(true),
         });
         let (writes, queue) = WriteQueue::bounded();
-        let writer = Writer {
+        let writer = Writer::<H> {
             database: database.clone(),
             db: Some(db),
             last_sequence,
-            half,
+            half: PhantomData,
             metrics,
             errors: ErrorLog::default(),
         };
@@ -110,7 +117,11 @@ impl EmbeddedLedger {
                     stop_process_after_writer_panic();
                 }
             })?;
-        Ok(Self { database, writes })
+        Ok(Self {
+            database,
+            writes,
+            half: PhantomData,
+        })
     }
 
     fn submit<T: Send + 'static>(
@@ -166,7 +177,7 @@ fn is_io_failure(error: &Error) -> bool {
     matches!(error, Error::Unavailable { .. })
 }
 
-impl Durable for EmbeddedLedger {
+impl<H: HalfKind> Durable for EmbeddedLedger<H> {
     fn shutdown(&self) -> LedgerFuture<()> {
         self.writes.shutdown()
     }
@@ -180,7 +191,7 @@ impl Durable for EmbeddedLedger {
     }
 }
 
-impl PendingLedger for EmbeddedLedger {
+impl<H: HoldsVouchers> PendingLedger for EmbeddedLedger<H> {
     fn settle(&self, id: Uuid, resolution: Resolution) -> LedgerFuture<Redemption> {
         self.submit(Request::Settle(id, resolution), Waiter::Redemption)
     }
@@ -190,7 +201,7 @@ impl PendingLedger for EmbeddedLedger {
     }
 }
 
-impl WalletLedger for EmbeddedLedger {
+impl<H: HoldsWallets> WalletLedger for EmbeddedLedger<H> {
     fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet> {
         self.submit(Request::CreateProfile(profile), Waiter::Wallet)
     }
@@ -208,7 +219,7 @@ impl WalletLedger for EmbeddedLedger {
     }
 }
 
-impl VoucherLedger for EmbeddedLedger {
+impl<H: HoldsVouchers> VoucherLedger for EmbeddedLedger<H> {
     fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
         self.submit(Request::CreateVoucher(voucher), Waiter::Voucher)
     }

@@ -27,6 +27,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use voucherd_core::domain::Timestamp;
 use voucherd_core::error::{Error, Result};
+use voucherd_core::ledger::HalfKind;
 use voucherd_core::limits::{
     LEDGER_ERROR_LOG_INTERVAL_MS, LEDGER_RECOVERY_MAX_DELAY_MS, LEDGER_RECOVERY_MIN_DELAY_MS,
     LEDGER_RECOVERY_POLL_MS, LEDGER_SPACE_PROBE_BYTES,
@@ -128,7 +129,7 @@ pub(super) enum Reopen {
     Failed(Error),
 }
 
-impl Writer {
+impl<H: HalfKind> Writer<H> {
     /// Runs while the ledger cannot write: refuses every write at once, swaps
     /// the poisoned handle for a fresh one (reads work again on it), answers
     /// the batch whose commit failed as soon as that can be told, and probes

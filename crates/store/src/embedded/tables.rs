@@ -17,7 +17,7 @@ use voucherd_core::domain::{
     Voucher, VoucherCode, VoucherStatus, Wallet, WalletTransaction, OPENING_BALANCE_REFERENCE,
 };
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::{Claim, Half, NewProfile, NewTransaction, Resolution};
+use voucherd_core::ledger::{Claim, HalfKind, NewProfile, NewTransaction, Resolution};
 
 use super::db_error;
 use super::reads::read_transaction;
@@ -106,17 +106,19 @@ pub(super) struct SplitTables<'txn> {
 }
 
 impl<'txn> Tables<'txn> {
-    pub(super) fn open(
+    /// Opens the tables of half `H`: the redemption states only where claims
+    /// are born pending.
+    pub(super) fn open<H: HalfKind>(
         txn: &'txn redb::WriteTransaction,
         last_sequence: u64,
-        half: Half,
     ) -> Result<Self> {
-        let split = match half {
-            Half::Both | Half::Wallet => None,
-            Half::Voucher => Some(SplitTables {
+        let split = if H::CLAIMS_PENDING {
+            Some(SplitTables {
                 states: txn.open_table(STATES).map_err(db_error)?,
                 pending: txn.open_table(PENDING).map_err(db_error)?,
-            }),
+            })
+        } else {
+            None
         };
         Ok(Self {
             vouchers: txn.open_table(VOUCHERS).map_err(db_error)?,

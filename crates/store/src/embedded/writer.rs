@@ -7,13 +7,14 @@
 //! leaves no trace; a storage failure aborts the whole batch and every operation in
 //! it is answered as failed (nothing of it was acknowledged, nothing is kept).
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::Half;
+use voucherd_core::ledger::HalfKind;
 use voucherd_core::limits::MAX_COMMIT_BATCH_OPS;
 use voucherd_metrics::Metrics;
 
@@ -64,17 +65,18 @@ pub(super) enum BatchEnd {
 }
 
 /// The one thread that writes: it owns the group commit and the recovery.
-pub(super) struct Writer {
+pub(super) struct Writer<H: HalfKind> {
     pub(super) database: Arc<SharedDatabase>,
     /// The handle writes go through; None only while it is being replaced.
     pub(super) db: Option<Arc<Database>>,
     pub(super) last_sequence: u64,
-    pub(super) half: Half,
+    /// The half the store holds: in a voucher half, claims are born pending.
+    pub(super) half: PhantomData<H>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) errors: ErrorLog,
 }
 
-impl Writer {
+impl<H: HalfKind> Writer<H> {
     pub(super) fn run(mut self, mut queue: mpsc::Receiver<Queued<QueuedWrite>>) {
         let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut shutdown = None;
@@ -200,7 +202,7 @@ impl Writer {
         txn.set_durability(Durability::Immediate);
         let batch_sequence = {
             let mut tables =
-                Tables::open(&txn, self.last_sequence, self.half).map_err(Failed::BeforeCommit)?;
+                Tables::open::<H>(&txn, self.last_sequence).map_err(Failed::BeforeCommit)?;
             let mut ops = batch.drain(..);
             while let Some(op) = ops.next() {
                 let (request, waiter) = match op {

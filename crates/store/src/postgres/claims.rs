@@ -11,7 +11,7 @@ use voucherd_core::domain::{
     redemption_id, voucher_reference, Redemption, RedemptionStatus, Voucher, VoucherStatus,
 };
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::{Claim, Half};
+use voucherd_core::ledger::{Claim, HalfKind};
 
 use super::errors::Failure;
 use super::outcome::{Probe, Progress};
@@ -115,10 +115,9 @@ pub(super) async fn create_vouchers(
 /// The claim path: claims the wave's slots, classifies the refused claims,
 /// and credits the winners' wallets and records their transactions, or in a
 /// voucher half answers the winners' redemptions as pending.
-pub(super) async fn claim_slots(
+pub(super) async fn claim_slots<H: HalfKind>(
     transaction: &Transaction<'_>,
     claims: &[(usize, &Claim)],
-    half: Half,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     if claims.is_empty() {
@@ -132,9 +131,10 @@ pub(super) async fn claim_slots(
         .map(|(_, c)| redemption_id(&c.code, c.phone))
         .collect();
     let ats: Vec<i64> = claims.iter().map(|(_, c)| c.at.0).collect();
-    let sql = match half {
-        Half::Voucher => CLAIM_PENDING_SLOTS,
-        Half::Both | Half::Wallet => CLAIM_SLOTS,
+    let sql = if H::CLAIMS_PENDING {
+        CLAIM_PENDING_SLOTS
+    } else {
+        CLAIM_SLOTS
     };
     let statement = transaction.prepare_cached(sql).await?;
     let inserted = transaction
@@ -166,12 +166,11 @@ pub(super) async fn claim_slots(
         }
     }
     classify_refused(transaction, &refused, progress).await?;
-    match half {
-        Half::Voucher => {
-            answer_pending(&winners, progress);
-            Ok(())
-        }
-        Half::Both | Half::Wallet => credit_winners(transaction, &winners, progress).await,
+    if H::CLAIMS_PENDING {
+        answer_pending(&winners, progress);
+        Ok(())
+    } else {
+        credit_winners(transaction, &winners, progress).await
     }
 }
 

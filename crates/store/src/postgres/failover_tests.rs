@@ -17,7 +17,7 @@ use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::NoTls;
 use voucherd_core::domain::{Timestamp, Voucher};
 use voucherd_core::error::Error;
-use voucherd_core::ledger::Half;
+use voucherd_core::ledger::AllInOne;
 
 use super::errors::{Failure, Retry};
 use super::fixtures::code;
@@ -63,7 +63,7 @@ async fn a_write_a_read_only_server_refuses_is_unavailable_and_drops_its_connect
         "{failure:?}"
     );
 
-    let refused = writer(read_only(config.clone()), Half::Both);
+    let refused = writer::<AllInOne>(read_only(config.clone()));
     let answers = refused.commit(&[create_voucher()]).await;
     assert!(
         matches!(
@@ -77,7 +77,7 @@ async fn a_write_a_read_only_server_refuses_is_unavailable_and_drops_its_connect
     assert_eq!(refused.pool.status().size, 0, "{:?}", refused.pool.status());
 
     // The same write on a writable server succeeds.
-    let writer = writer(config, Half::Both);
+    let writer = writer::<AllInOne>(config);
     let answers = writer.commit(&[create_voucher()]).await;
     assert!(
         matches!(&answers[0], WriteAnswer::Voucher(Ok(_))),

@@ -21,7 +21,8 @@
 //! insert. Profiles and client transactions read the wallets they touch with
 //! `FOR UPDATE`, decide in Rust in submission order, then write the same way.
 //!
-//! A store may hold one half of the ledger ([`Half`], see `--role`). In a
+//! A store may hold one half of the ledger (its type parameter, a
+//! [`HalfKind`]; see `--role`). In a
 //! voucher half a claim inserts its redemption as pending (status 0) and
 //! credits nobody; a settle credits it (status 1 and the wallet's balance) or
 //! voids it, moving the row to `void_redemptions`, which frees its slot and
@@ -45,6 +46,7 @@
 //! (whether a lost commit landed), `reads`, `health` (the probe behind
 //! readiness) and `errors` (failure classification).
 
+use std::marker::PhantomData;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -65,8 +67,8 @@ use voucherd_core::domain::{
 use voucherd_core::error::{Error, Result};
 use voucherd_core::ledger::Resolution;
 use voucherd_core::ledger::{
-    Claim, Durable, Half, LedgerFuture, LedgerHealth, NewProfile, NewTransaction, PendingLedger,
-    SlotUsage, VoucherLedger, WalletLedger,
+    AllInOne, Claim, Durable, HalfKind, HoldsVouchers, HoldsWallets, LedgerFuture, LedgerHealth,
+    NewProfile, NewTransaction, PendingLedger, SlotUsage, VoucherLedger, WalletLedger,
 };
 use voucherd_metrics::Metrics;
 
@@ -115,14 +117,16 @@ const POOL_WAIT_TIMEOUT_MS: u64 = 5_000;
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 const _: () = assert!(CONNECT_TIMEOUT_MS <= POOL_WAIT_TIMEOUT_MS);
 
-/// The PostgreSQL/CockroachDB ledger. Cheap to share: a queue sender and a pool.
-pub struct PostgresLedger {
+/// The PostgreSQL/CockroachDB ledger holding half `H` (see [`HalfKind`]; the
+/// default is both halves, role `all`). Cheap to share: a queue sender and a pool.
+pub struct PostgresLedger<H: HalfKind = AllInOne> {
     reads: Pool,
     writes: WriteQueue,
     /// Whether the database answered its last probe (see [`watch_database`]).
     reachable: Arc<AtomicBool>,
     /// Dropped with the ledger, which ends the probe task.
     _stop_watching: oneshot::Sender<()>,
+    half: PhantomData<H>,
 }
 
 impl PostgresLedger {
@@ -130,21 +134,24 @@ impl PostgresLedger {
     /// applies the schema, and starts the writer task of an all-in-one ledger.
     /// Needs a Tokio runtime.
     pub async fn open(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        Self::open_half(url, Half::Both, metrics).await
+        Self::open_half(url, metrics).await
     }
+}
 
-    /// Like [`PostgresLedger::open`], for a store holding `half`: in a voucher
-    /// half claims are born pending and settled later.
-    pub async fn open_half(url: &str, half: Half, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+impl<H: HalfKind> PostgresLedger<H> {
+    /// Like [`PostgresLedger::open`], for a store holding half `H`
+    /// (`PostgresLedger::<VoucherHalf>::open_half(..)`): in a voucher half
+    /// claims are born pending and settled later.
+    pub async fn open_half(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let config = parse_url(url)?;
         migrate_database(&config).await?;
         let reachable = Arc::new(AtomicBool::new(true));
         let (stop_watching, stopped) = oneshot::channel();
         tokio::spawn(watch_database(config.clone(), reachable.clone(), stopped));
         let reads = build_pool(config.clone(), READ_POOL_CONNECTIONS)?;
-        let writer = Writer {
+        let writer = Writer::<H> {
             pool: build_pool(config, WRITE_POOL_CONNECTIONS)?,
-            half,
+            half: PhantomData,
             metrics,
         };
         let (writes, queue) = WriteQueue::bounded();
@@ -159,6 +166,7 @@ impl PostgresLedger {
             writes,
             reachable,
             _stop_watching: stop_watching,
+            half: PhantomData,
         })
     }
 
@@ -266,7 +274,7 @@ fn build_pool(config: tokio_postgres::Config, connections: usize) -> anyhow::Res
         .build()?)
 }
 
-impl Durable for PostgresLedger {
+impl<H: HalfKind> Durable for PostgresLedger<H> {
     fn shutdown(&self) -> LedgerFuture<()> {
         self.writes.shutdown()
     }
@@ -280,7 +288,7 @@ impl Durable for PostgresLedger {
     }
 }
 
-impl WalletLedger for PostgresLedger {
+impl<H: HoldsWallets> WalletLedger for PostgresLedger<H> {
     fn create_profile(&self, profile: NewProfile) -> LedgerFuture<Wallet> {
         self.writes
             .submit(Request::CreateProfile(profile), Waiter::Wallet)
@@ -300,7 +308,7 @@ impl WalletLedger for PostgresLedger {
     }
 }
 
-impl PendingLedger for PostgresLedger {
+impl<H: HoldsVouchers> PendingLedger for PostgresLedger<H> {
     fn settle(&self, id: Uuid, resolution: Resolution) -> LedgerFuture<Redemption> {
         self.writes
             .submit(Request::Settle(id, resolution), Waiter::Redemption)
@@ -311,7 +319,7 @@ impl PendingLedger for PostgresLedger {
     }
 }
 
-impl VoucherLedger for PostgresLedger {
+impl<H: HoldsVouchers> VoucherLedger for PostgresLedger<H> {
     fn create_voucher(&self, voucher: Voucher) -> LedgerFuture<VoucherStatus> {
         self.writes
             .submit(Request::CreateVoucher(voucher), Waiter::Voucher)

@@ -12,6 +12,7 @@ use backon::ExponentialBuilder;
 use backon::Retryable;
 use uuid::Uuid;
 use voucherd_core::error::Result;
+use voucherd_core::ledger::HalfKind;
 
 use super::errors::Failure;
 use super::writer::{Writer, RETRY_MAX_DELAY_MS, RETRY_MIN_DELAY_MS};
@@ -36,7 +37,7 @@ const PROBE_VOID: &str =
     "SELECT 1 FROM void_redemptions WHERE id = $1 AND slot = $2 AND redeemed_at = $3";
 const PROBE_REFUSED: &str = "SELECT 1 FROM refused_transactions WHERE id = $1";
 
-impl Writer {
+impl<H: HalfKind> Writer<H> {
     /// After COMMIT's reply was lost: answers the batch if it committed, asks
     /// for a retry if it did not, and gives up if that cannot be told.
     pub(super) async fn resolve(

@@ -8,6 +8,7 @@
 
 use super::fixtures::{claim, code, phone};
 use super::writer::{apply_batch, apply_waves};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use tokio_postgres::NoTls;
@@ -16,7 +17,9 @@ use voucherd_core::domain::{
     redemption_id, voucher_reference, RedemptionStatus, Timestamp, Voucher,
 };
 use voucherd_core::error::Error;
-use voucherd_core::ledger::{Half, NewProfile, NewTransaction, Resolution};
+use voucherd_core::ledger::{
+    HalfKind, NewProfile, NewTransaction, Resolution, VoucherHalf, WalletHalf,
+};
 use voucherd_metrics::Metrics;
 
 use super::outcome::{Probe, Progress};
@@ -83,29 +86,30 @@ async fn execute(config: &tokio_postgres::Config, sql: &str) {
     client.batch_execute(sql).await.expect(sql);
 }
 
-pub(super) fn writer(config: tokio_postgres::Config, half: Half) -> Writer {
+/// A writer of half `H` (`writer::<VoucherHalf>(config)`).
+pub(super) fn writer<H: HalfKind>(config: tokio_postgres::Config) -> Writer<H> {
     Writer {
         pool: build_pool(config, WRITE_POOL_CONNECTIONS).expect("a pool"),
-        half,
+        half: PhantomData,
         metrics: Arc::new(Metrics::new()),
     }
 }
 
 /// Applies `requests` as one batch and commits it or rolls it back; answers
 /// the batch's probe and outcomes.
-async fn run(
-    writer: &Writer,
+async fn run<H: HalfKind>(
+    writer: &Writer<H>,
     requests: &[Request],
     commit: bool,
 ) -> (Option<Probe>, Vec<WriteAnswer>) {
     let mut client = writer.pool.get().await.expect("a connection");
     let mut progress = Progress::new(requests.len());
     if commit {
-        let applied = apply_batch(&mut client, requests, writer.half, &mut progress).await;
+        let applied = apply_batch::<H>(&mut client, requests, &mut progress).await;
         applied.expect("apply and commit");
     } else {
         let transaction = client.transaction().await.expect("begin");
-        let applied = apply_waves(&transaction, requests, writer.half, &mut progress).await;
+        let applied = apply_waves::<H>(&transaction, requests, &mut progress).await;
         applied.expect("apply");
         transaction.rollback().await.expect("roll back");
     }
@@ -117,7 +121,11 @@ async fn run(
 }
 
 /// Runs the batch rolled back, then committed, probing after each.
-async fn assert_probe_tells(writer: &Writer, requests: &[Request], what: &str) -> Vec<WriteAnswer> {
+async fn assert_probe_tells<H: HalfKind>(
+    writer: &Writer<H>,
+    requests: &[Request],
+    what: &str,
+) -> Vec<WriteAnswer> {
     let (probe, _) = run(writer, requests, false).await;
     let probe = probe.unwrap_or_else(|| panic!("{what}: the batch writes, so it has a probe"));
     let found = writer.probe(&probe).await.expect("probe");
@@ -149,7 +157,7 @@ fn status_of(outcome: &WriteAnswer) -> Option<RedemptionStatus> {
 #[tokio::test]
 async fn probes_tell_whether_a_voucher_half_batch_committed() {
     let (_database, config) = TestDatabase::create().await;
-    let writer = writer(config, Half::Voucher);
+    let writer = writer::<VoucherHalf>(config);
     let voucher = Voucher::new(code(), 100, 10, None, None, Timestamp(1)).expect("valid");
     run(&writer, &[Request::CreateVoucher(voucher)], true).await;
 
@@ -173,7 +181,7 @@ async fn probes_tell_whether_a_voucher_half_batch_committed() {
 #[tokio::test]
 async fn a_probe_tells_whether_a_final_refusal_committed() {
     let (_database, config) = TestDatabase::create().await;
-    let writer = writer(config, Half::Wallet);
+    let writer = writer::<WalletHalf>(config);
     let profile = NewProfile {
         phone: phone(1),
         opening_balance: i64::MAX,

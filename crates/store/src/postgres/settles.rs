@@ -19,7 +19,7 @@ use deadpool_postgres::Transaction;
 use uuid::Uuid;
 use voucherd_core::domain::{Redemption, RedemptionStatus};
 use voucherd_core::error::{Error, Result};
-use voucherd_core::ledger::{Half, Resolution};
+use voucherd_core::ledger::{HalfKind, Resolution};
 
 use super::errors::{storage_failure, Failure};
 use super::outcome::{Probe, Progress};
@@ -77,16 +77,15 @@ struct Changes {
 }
 
 /// Settles a wave's pending redemptions; only a voucher half holds any.
-pub(super) async fn settle_redemptions(
+pub(super) async fn settle_redemptions<H: HalfKind>(
     transaction: &Transaction<'_>,
     settles: &[(usize, Uuid, &Resolution)],
-    half: Half,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     if settles.is_empty() {
         return Ok(());
     }
-    if half != Half::Voucher {
+    if !H::CLAIMS_PENDING {
         for &(index, ..) in settles {
             let error = Error::storage("no redemption states in this ledger");
             progress.decide(index, WriteAnswer::Redemption(Err(error)));

@@ -8,6 +8,7 @@
 //! whole with backoff; nothing of it was acknowledged, so a retry never answers
 //! anyone twice.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use backon::Retryable;
 use deadpool_postgres::{Object, Pool, Transaction};
 use tokio::sync::mpsc;
 use voucherd_core::error::Result;
-use voucherd_core::ledger::Half;
+use voucherd_core::ledger::HalfKind;
 use voucherd_core::limits::{ACTOR_CALL_TIMEOUT_MS, MAX_COMMIT_BATCH_OPS};
 use voucherd_metrics::Metrics;
 
@@ -49,14 +50,14 @@ const _: () = assert!(
 const _: () = assert!(RETRY_MIN_DELAY_MS <= RETRY_MAX_DELAY_MS);
 
 /// The single task that writes: it owns the group commit.
-pub(super) struct Writer {
+pub(super) struct Writer<H: HalfKind> {
     pub(super) pool: Pool,
     /// Which halves the store holds: in a voucher half, claims are born pending.
-    pub(super) half: Half,
+    pub(super) half: PhantomData<H>,
     pub(super) metrics: Arc<Metrics>,
 }
 
-impl Writer {
+impl<H: HalfKind> Writer<H> {
     pub(super) async fn run(self, mut queue: mpsc::Receiver<Queued<QueuedWrite>>) {
         let mut requests = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
         let mut waiters = Vec::with_capacity(MAX_COMMIT_BATCH_OPS);
@@ -137,7 +138,7 @@ impl Writer {
         let mut client = self.pool.get().await?;
         let mut progress = Progress::new(requests.len());
         let limit = Duration::from_millis(BATCH_ATTEMPT_TIMEOUT_MS);
-        let run = apply_batch(&mut client, requests, self.half, &mut progress);
+        let run = apply_batch::<H>(&mut client, requests, &mut progress);
         let failure = match tokio::time::timeout(limit, run).await {
             Ok(Ok(())) => return progress.into_outcomes(),
             Ok(Err(failure)) => {
@@ -168,40 +169,37 @@ impl Writer {
 }
 
 /// Applies every request in one transaction, wave by wave, and commits.
-pub(super) async fn apply_batch(
+pub(super) async fn apply_batch<H: HalfKind>(
     client: &mut Object,
     requests: &[Request],
-    half: Half,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     let transaction = client.transaction().await?;
-    apply_waves(&transaction, requests, half, progress).await?;
+    apply_waves::<H>(&transaction, requests, progress).await?;
     progress.committing = true;
     transaction.commit().await?;
     Ok(())
 }
 
 /// Applies every request inside `transaction`, wave by wave.
-pub(super) async fn apply_waves(
+pub(super) async fn apply_waves<H: HalfKind>(
     transaction: &Transaction<'_>,
     requests: &[Request],
-    half: Half,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     let mut pending: Vec<usize> = (0..requests.len()).collect();
     while !pending.is_empty() {
         let (wave, deferred) = plan_wave(requests, &pending);
-        apply_wave(transaction, requests, &wave, half, progress).await?;
+        apply_wave::<H>(transaction, requests, &wave, progress).await?;
         pending = deferred;
     }
     Ok(())
 }
 
-async fn apply_wave(
+async fn apply_wave<H: HalfKind>(
     transaction: &Transaction<'_>,
     requests: &[Request],
     wave: &[usize],
-    half: Half,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     let mut vouchers = Vec::new();
@@ -217,7 +215,7 @@ async fn apply_wave(
         }
     }
     create_vouchers(transaction, &vouchers, progress).await?;
-    claim_slots(transaction, &claims, half, progress).await?;
+    claim_slots::<H>(transaction, &claims, progress).await?;
     apply_wallet_ops(transaction, requests, &wallet_ops, progress).await?;
-    settle_redemptions(transaction, &settles, half, progress).await
+    settle_redemptions::<H>(transaction, &settles, progress).await
 }

@@ -34,7 +34,9 @@ use voucherd_core::domain::{
     Timestamp, Voucher, VoucherCode,
 };
 use voucherd_core::error::Error;
-use voucherd_core::ledger::{Claim, Half, NewProfile, NewTransaction, VoucherLedger, WalletLedger};
+use voucherd_core::ledger::{
+    AllInOne, Claim, HalfKind, NewProfile, NewTransaction, VoucherHalf, VoucherLedger, WalletLedger,
+};
 use voucherd_core::ledger::{PendingLedger, Resolution};
 
 const AMOUNT: i64 = 100;
@@ -51,13 +53,9 @@ fn at(micros: i64) -> Timestamp {
     Timestamp(micros)
 }
 
-fn open(store: &MemoryStore, half: Half) -> CasLedger<MemoryStore> {
-    CasLedger::open_with(
-        store.clone(),
-        half,
-        CasOptions::default(),
-        Arc::new(RandomNonces),
-    )
+/// The ledger of half `H` over `store`.
+fn open<H: HalfKind>(store: &MemoryStore) -> CasLedger<MemoryStore, H> {
+    CasLedger::open_with(store.clone(), CasOptions::default(), Arc::new(RandomNonces))
 }
 
 fn claim(slot: u32, micros: i64) -> Claim {
@@ -82,14 +80,14 @@ async fn prepare(ledger: &CasLedger<MemoryStore>, opening: i64) {
 }
 
 /// The user's key as stored, read serially.
-async fn key(ledger: &CasLedger<MemoryStore>) -> KeyState {
+async fn key<H: HalfKind>(ledger: &CasLedger<MemoryStore, H>) -> KeyState {
     let id = redemption_id(&code(), phone());
     let row = ledger.inner.key_row(id, true).await.expect("the key");
     KeyState::read(row.as_ref()).expect("a readable key")
 }
 
 /// The attempt that made the redemption the key holds.
-async fn committed_attempt(ledger: &CasLedger<MemoryStore>) -> Uuid {
+async fn committed_attempt<H: HalfKind>(ledger: &CasLedger<MemoryStore, H>) -> Uuid {
     let key = key(ledger).await;
     key.committed.expect("a redemption").attempt
 }
@@ -160,8 +158,8 @@ fn spend(id: u128) -> NewTransaction {
 #[tokio::test]
 async fn role_all_a_void_claim_is_never_credited_by_another_instance_later() {
     let store = MemoryStore::new();
-    let first = open(&store, Half::Both);
-    let other = open(&store, Half::Both);
+    let first = open::<AllInOne>(&store);
+    let other = open::<AllInOne>(&store);
     prepare(&first, i64::MAX - AMOUNT / 2).await;
 
     let refused = first.claim(claim(1, 10)).await;
@@ -211,8 +209,8 @@ async fn role_all_a_void_claim_is_never_credited_by_another_instance_later() {
 #[tokio::test]
 async fn a_stale_settle_of_an_old_attempt_leaves_the_newer_redemption_alone() {
     let store = MemoryStore::new();
-    let ledger = open(&store, Half::Voucher);
-    prepare(&open(&store, Half::Both), 0).await;
+    let ledger = open::<VoucherHalf>(&store);
+    prepare(&open::<AllInOne>(&store), 0).await;
     let id = redemption_id(&code(), phone());
 
     ledger.claim(claim(1, 10)).await.expect("the first claim");
@@ -341,8 +339,8 @@ impl CasStore for Meanwhile {
 #[tokio::test]
 async fn recovery_re_settling_an_interrupted_void_frees_only_the_old_attempts_slot() {
     let store = MemoryStore::new();
-    let ledger = open(&store, Half::Voucher);
-    prepare(&open(&store, Half::Both), 0).await;
+    let ledger = open::<VoucherHalf>(&store);
+    prepare(&open::<AllInOne>(&store), 0).await;
     let id = redemption_id(&code(), phone());
 
     ledger.claim(claim(1, 10)).await.expect("the first claim");
@@ -358,10 +356,8 @@ async fn recovery_re_settling_an_interrupted_void_frees_only_the_old_attempts_sl
     let meanwhile = async move {
         again.await.expect("the claim again");
     };
-    let recovering = CasLedger::open(
-        Meanwhile::new(&store, After::KeyRead, meanwhile),
-        Half::Voucher,
-    );
+    let recovering =
+        CasLedger::<_, VoucherHalf>::open_half(Meanwhile::new(&store, After::KeyRead, meanwhile));
     let recovered = recovering.recover_claims(at(i64::MAX / 2), 100).await;
     assert!(recovered.is_ok(), "{recovered:?}");
 
@@ -379,13 +375,13 @@ async fn recovery_re_settling_an_interrupted_void_frees_only_the_old_attempts_sl
 #[tokio::test]
 async fn a_contender_whose_redemption_was_voided_and_claimed_again_frees_its_slot() {
     let store = MemoryStore::new();
-    prepare(&open(&store, Half::Both), 0).await;
+    prepare(&open::<AllInOne>(&store), 0).await;
     let id = redemption_id(&code(), phone());
 
     // While the contender's take of slot 1 is on its way back: recovery
     // commits its attempt, a void is decided and its instance crashes, and
     // the user claims slot 2.
-    let other = open(&store, Half::Voucher);
+    let other = open::<VoucherHalf>(&store);
     let meanwhile = async move {
         let recovered = other.recover_claims(at(i64::MAX / 2), 100).await;
         assert_eq!(recovered.map(|r| r.finished), Ok(1));
@@ -394,14 +390,12 @@ async fn a_contender_whose_redemption_was_voided_and_claimed_again_frees_its_slo
         (other.inner.write_key(id, &row, void).await).expect("the void");
         other.claim(claim(2, 20)).await.expect("the claim again");
     };
-    let contender = CasLedger::open(
-        Meanwhile::new(&store, After::SlotWrite, meanwhile),
-        Half::Voucher,
-    );
+    let contender =
+        CasLedger::<_, VoucherHalf>::open_half(Meanwhile::new(&store, After::SlotWrite, meanwhile));
     let answer = contender.claim(claim(1, 10)).await;
     assert_eq!(answer, Err(Error::SlotTaken));
 
-    let committed = key(&open(&store, Half::Voucher))
+    let committed = key(&open::<VoucherHalf>(&store))
         .await
         .committed
         .expect("a redemption");
