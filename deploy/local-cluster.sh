@@ -5,10 +5,25 @@
 #   - three voucherd instances (8001-8003) sharing that Redis (through Sentinel)
 #     and one PostgreSQL (or CockroachDB) database.
 #
-#   deploy/local-cluster.sh start [postgres://postgres@127.0.0.1:5432/voucherd]
-#   deploy/local-cluster.sh start-split [VOUCHER_DB_URL WALLET_DB_URL]
-#   deploy/local-cluster.sh start-full [VOUCHER_DB_URL WALLET_DB_URL]
+#   deploy/local-cluster.sh start [--postgres patroni] [postgres://postgres@127.0.0.1:5432/voucherd]
+#   deploy/local-cluster.sh start-split [--postgres patroni] [VOUCHER_DB_URL WALLET_DB_URL]
+#   deploy/local-cluster.sh start-full [--postgres patroni] [VOUCHER_DB_URL WALLET_DB_URL]
 #   deploy/local-cluster.sh stop
+#
+# --postgres patroni (or LOCAL_CLUSTER_POSTGRES=patroni) runs the ledger on a PostgreSQL
+# that survives losing its primary instead of the single server on 127.0.0.1:5432:
+# scripts/patroni.sh start --dir $CLUSTER_DIR/patroni (etcd on 23790, a primary and its
+# synchronous standby on 5441/5442; that script's header says more, its VOUCHERD_PATRONI_*
+# variables move the ports), and every instance gets its multi-host URL
+# (postgres://postgres@127.0.0.1:5441,127.0.0.1:5442/DB?target_session_attrs=read-write)
+# with DB voucherd (start) or voucherd_vouchers and voucherd_wallets (start-split,
+# start-full), created on it. `scripts/patroni.sh kill-primary --dir $CLUSTER_DIR/patroni`
+# then loses the primary under load (the instances follow the new primary by themselves,
+# writes answered 503 meanwhile); `scripts/patroni.sh start --dir $CLUSTER_DIR/patroni`
+# brings the lost node back as the synchronous standby. A URL given on the command line
+# is refused with it. `stop` also stops the Patroni cluster; its data stays in
+# $CLUSTER_DIR/patroni (`scripts/patroni.sh stop --wipe --dir $CLUSTER_DIR/patroni`
+# deletes it).
 #
 # start-split runs the two-service topology instead: two wallet services
 # (8101-8102, role wallet) sharing the wallet database, and three voucher
@@ -36,7 +51,49 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLUSTER_DIR=${CLUSTER_DIR:-/tmp/voucherd-cluster}
-STORE=${2:-${VOUCHERD_STORE:-postgres://postgres@127.0.0.1:5432/voucherd}}
+PATRONI_DIR="$CLUSTER_DIR/patroni"
+
+usage() {
+    echo "usage: $0 start [--postgres single|patroni] [postgres://...] |" \
+        "start-split [--postgres single|patroni] [VOUCHER_DB_URL WALLET_DB_URL] |" \
+        "start-full [--postgres single|patroni] [VOUCHER_DB_URL WALLET_DB_URL] | stop" >&2
+    exit 2
+}
+
+# The command, then --postgres anywhere among the database URLs.
+command=${1:-}
+[ "$#" -gt 0 ] && shift
+POSTGRES=${LOCAL_CLUSTER_POSTGRES:-single}
+urls=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+    --postgres)
+        [ "$#" -ge 2 ] || usage
+        POSTGRES=$2
+        shift 2
+        ;;
+    --postgres=*)
+        POSTGRES=${1#--postgres=}
+        shift
+        ;;
+    *)
+        urls+=("$1")
+        shift
+        ;;
+    esac
+done
+case "$POSTGRES" in
+single | patroni) ;;
+*)
+    echo "--postgres (LOCAL_CLUSTER_POSTGRES) is single or patroni, not '$POSTGRES'" >&2
+    exit 2
+    ;;
+esac
+if [ "$POSTGRES" = patroni ] && [ "${#urls[@]}" -gt 0 ]; then
+    echo "--postgres patroni names the databases itself; give no URL with it" >&2
+    exit 2
+fi
+STORE=${urls[0]:-${VOUCHERD_STORE:-postgres://postgres@127.0.0.1:5432/voucherd}}
 REDIS_PORTS=(6380 6381)
 SENTINEL_PORTS=(26380 26381 26382)
 HTTP_PORTS=(8001 8002 8003)
@@ -108,6 +165,9 @@ wait_ready() {
 }
 
 start() {
+    if [ "$POSTGRES" = patroni ]; then
+        STORE="$(patroni_store voucherd)"
+    fi
     prepare
     # The schema once, before the instances (each would also apply it on start).
     "$voucherd" migrate --store "$STORE"
@@ -117,20 +177,45 @@ start() {
         i=$((i + 1))
     done
     wait_ready "${HTTP_PORTS[@]}"
-    echo "voucherd cluster up: http://127.0.0.1:{8001,8002,8003}; logs in $CLUSTER_DIR"
+    echo "voucherd cluster up: http://127.0.0.1:{8001,8002,8003} on $STORE; logs in $CLUSTER_DIR"
+}
+
+# `url` (postgres://…/DB[?query]) naming the database `name` instead, query kept.
+with_database() {
+    local url=$1 name=$2 query=""
+    case "$url" in *\?*) query="?${url#*\?}" url=${url%%\?*} ;; esac
+    echo "${url%/*}/$name$query"
 }
 
 # Creates the database a postgres:// URL names, if psql can reach its server.
 create_database() {
-    local url=$1 name=${1##*/}
+    local url=$1 name=${1%%\?*}
+    name=${name##*/}
     command -v psql >/dev/null || return 0
-    psql "${url%/*}/postgres" -Atc "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1 ||
-        psql "${url%/*}/postgres" -c "CREATE DATABASE \"$name\"" >/dev/null
+    local admin
+    admin="$(with_database "$url" postgres)"
+    psql "$admin" -Atc "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1 ||
+        psql "$admin" -c "CREATE DATABASE \"$name\"" >/dev/null
+}
+
+# --postgres patroni: starts (or resumes) the Patroni cluster and prints its URL with
+# the database `name`, which it creates.
+patroni_store() {
+    local url
+    url="$(scripts/patroni.sh start --dir "$PATRONI_DIR")" ||
+        { echo "scripts/patroni.sh start failed (logs in $PATRONI_DIR)" >&2; exit 1; }
+    url="$(with_database "$url" "$1")"
+    create_database "$url"
+    echo "$url"
 }
 
 start_split() {
     local vouchers=${1:-postgres://postgres@127.0.0.1:5432/voucherd_vouchers}
     local wallets=${2:-postgres://postgres@127.0.0.1:5432/voucherd_wallets}
+    if [ "$POSTGRES" = patroni ]; then
+        vouchers="$(patroni_store voucherd_vouchers)"
+        wallets="$(patroni_store voucherd_wallets)"
+    fi
     prepare
     create_database "$vouchers"
     create_database "$wallets"
@@ -216,17 +301,17 @@ stop() {
         [ -f "$pidfile" ] && kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
     done
     rm -f "$CLUSTER_DIR"/*.pid
+    # The Patroni cluster of --postgres patroni, whichever way it was started.
+    if [ -d "$PATRONI_DIR" ]; then
+        scripts/patroni.sh stop --dir "$PATRONI_DIR"
+    fi
     echo "voucherd cluster stopped"
 }
 
-case "${1:-}" in
+case "$command" in
 start) start ;;
-start-split) start_split "${2:-}" "${3:-}" ;;
-start-full) start_full "${2:-}" "${3:-}" ;;
+start-split) start_split "${urls[0]:-}" "${urls[1]:-}" ;;
+start-full) start_full "${urls[0]:-}" "${urls[1]:-}" ;;
 stop) stop ;;
-*)
-    echo "usage: $0 start [postgres://...] | start-split [VOUCHER_DB_URL WALLET_DB_URL] |" \
-        "start-full [VOUCHER_DB_URL WALLET_DB_URL] | stop" >&2
-    exit 2
-    ;;
+*) usage ;;
 esac

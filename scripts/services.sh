@@ -12,7 +12,9 @@
 #     package would start at install are kept from starting): postgresql (psql, and the
 #     initdb/postgres that voucherd_test_support::cluster runs privately), redis-server, redis-tools,
 #     redis-sentinel, haproxy, prometheus (with promtool), docker-compose, nodejs and npm,
-#     python3-venv and python3-pip. When everything is there it runs no apt-get at all.
+#     python3-venv and python3-pip, and patroni, etcd-server and curl (tests/pg_failover.rs
+#     runs a Patroni cluster with scripts/patroni.sh; installed here so that the test
+#     run installs nothing). When everything is there it runs no apt-get at all.
 #   - PostgreSQL on 127.0.0.1:5432, user `postgres`, trust authentication, so
 #     `psql -h 127.0.0.1 -U postgres` works without a password: a private cluster of this
 #     script (initdb into the state directory, run as the `postgres` user when we are root).
@@ -89,6 +91,11 @@ missing_packages() {
     have docker-compose || echo docker-compose
     have node || echo nodejs
     have npm || echo npm
+    # scripts/patroni.sh (tests/pg_failover.rs, deploy/local-cluster.sh --postgres patroni):
+    # the same checks as its own, so that it never installs anything itself.
+    { have patroni && have patronictl; } || echo patroni
+    have etcd || echo etcd-server
+    have curl || echo curl
     if ! have python3; then
         echo python3
         echo python3-venv
@@ -104,7 +111,7 @@ missing_packages() {
 }
 
 # Installs `packages` with apt-get. Debian starts a daemon when its package is installed
-# (PostgreSQL's main cluster, redis-server, redis-sentinel, haproxy, prometheus) unless
+# (PostgreSQL's main cluster, redis-server, redis-sentinel, haproxy, prometheus, etcd) unless
 # policy-rc.d forbids it: a machine without one gets a forbidding one for the install,
 # so that only what this script starts runs, on the ports and settings it chose.
 install_packages() {
@@ -427,7 +434,7 @@ binaries_status() {
         echo "  initdb, postgres: MISSING (Debian package postgresql)"
     fi
     for name in psql pg_isready redis-server redis-cli redis-sentinel haproxy prometheus promtool \
-        docker-compose node npm python3; do
+        docker-compose node npm python3 patroni patronictl etcd curl; do
         if path="$(command -v "$name" 2>/dev/null)"; then
             echo "  $name: $path"
         else

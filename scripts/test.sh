@@ -5,7 +5,8 @@
 #   scripts/test.sh [ARGS...]
 #
 # In order (each part timed; the table is printed at the end, and on failure):
-#   services      scripts/services.sh up: installs what is missing, starts PostgreSQL
+#   services      scripts/services.sh up: installs what is missing (also patroni and
+#                 etcd-server, for tests/pg_failover.rs), starts PostgreSQL
 #                 (127.0.0.1:5432) and Redis (127.0.0.1:6379)
 #   cassandra     in the background from here on (log: $LOG_DIR/cassandra.log):
 #                 scripts/cassandra.sh start 1 (127.0.0.1:9042), then
@@ -18,7 +19,8 @@
 #   cargo test    waits for Cassandra (a failed start fails the run, with its log's tail),
 #                 exports VOUCHERD_TEST_CASSANDRA=127.0.0.1:9042 and
 #                 VOUCHERD_TEST_CASSANDRA_CLUSTER=127.0.0.11:9042,127.0.0.12:9042,127.0.0.13:9042,
-#                 then cargo test --workspace ARGS
+#                 then cargo test --workspace ARGS (tests/pg_failover.rs starts and stops
+#                 its own Patroni cluster with scripts/patroni.sh, on free ports)
 #
 # ARGS go to `cargo test`: `scripts/test.sh --test api`, `scripts/test.sh -- --nocapture`.
 #
