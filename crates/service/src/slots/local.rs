@@ -76,15 +76,16 @@ impl Pool {
         self.returned.len() as u32 + (self.fresh_count - self.fresh_handed)
     }
 
-    /// What one lease may take: everything for a single instance; for one of several
-    /// instances an eighth of what is left (at least one), as Redis leases, so no
-    /// shard hoards the range the others then sweep through.
-    fn lease_size(&self, max: u32, shared: bool) -> u32 {
-        if shared {
+    /// One lease of up to `max` slots: for a single instance that many; for one of
+    /// several instances at most an eighth of what is left (at least one), as Redis
+    /// leases, so no shard hoards the range the others then sweep through.
+    fn lease(&mut self, max: u32, shared: bool) -> SlotBatch {
+        let size = if shared {
             max.min((self.left() / 8).max(1))
         } else {
             max
-        }
+        };
+        self.take(size)
     }
 
     fn is_dry(&self) -> bool {
@@ -182,8 +183,7 @@ impl SlotSource for LocalSlots {
             let rebuild = match pools.lock().get_mut(&code) {
                 // A single instance's pool is the ledger's whole truth: never reread.
                 Some(pool) if !(shared && pool.rebuild_due(Instant::now())) => {
-                    let size = pool.lease_size(max, shared);
-                    return Ok(pool.take(size));
+                    return Ok(pool.lease(max, shared));
                 }
                 Some(_) => true,
                 None => false,
@@ -199,8 +199,7 @@ impl SlotSource for LocalSlots {
                     .entry(code)
                     .or_insert_with(|| Pool::from_ledger(usage, limit, shared))
             };
-            let size = pool.lease_size(max, shared);
-            Ok(pool.take(size))
+            Ok(pool.lease(max, shared))
         })
     }
 

@@ -490,24 +490,13 @@ impl Inner {
                     .is_ok_and(|slot| slot <= usage.highest_taken && !gaps.contains(&slot))
             })
             .collect();
-        for chunk in taken.chunks(REDIS_SLOTS_PER_CALL) {
-            self.link
-                .run(|mut connection| async move {
-                    redis::cmd("SREM")
-                        .arg(&keys.free)
-                        .arg(chunk)
-                        .query_async::<i64>(&mut connection)
-                        .await
-                })
-                .await?;
-        }
+        self.remove_members(&keys.free, &taken).await?;
         // Free slots below the cursor that no live instance holds (the ledger's gaps,
-        // and what the shard held that the ledger shows free) go back to the pool:
-        // with the cursor moved up, they may be all that is left.
-        let mut free_again: Vec<u32> = rest.iter().filter(|slot| gaps.contains(slot)).collect();
-        free_again.extend(usage.gaps.iter().copied());
+        // among them whatever of `rest` the ledger shows free) go back to the pool: with
+        // the cursor moved up, they may be all that is left. The rest above every taken
+        // slot is at or past the cursor, fresh again.
         let mut added = 0;
-        for chunk in free_again.chunks(REDIS_SLOTS_PER_CALL) {
+        for chunk in usage.gaps.chunks(REDIS_SLOTS_PER_CALL) {
             added += self.add_free(keys, chunk).await?;
         }
         if added > 0 {
@@ -520,11 +509,19 @@ impl Inner {
     /// free set.
     async fn release(&self, keys: &Keys, slots: &SlotBatch) -> Result<()> {
         let slots: Vec<u32> = slots.iter().collect();
-        for chunk in slots.chunks(REDIS_SLOTS_PER_CALL) {
+        self.remove_members(&keys.held, &slots).await
+    }
+
+    /// `SREM key members…`, in calls of a bounded size.
+    async fn remove_members<T>(&self, key: &str, members: &[T]) -> Result<()>
+    where
+        T: redis::ToRedisArgs + Sync,
+    {
+        for chunk in members.chunks(REDIS_SLOTS_PER_CALL) {
             self.link
                 .run(|mut connection| async move {
                     redis::cmd("SREM")
-                        .arg(&keys.held)
+                        .arg(key)
                         .arg(chunk)
                         .query_async::<i64>(&mut connection)
                         .await
