@@ -301,6 +301,7 @@ impl VoucherShardState {
                 let _ = contender.reply.send(Err(Error::VoucherExhausted));
             }
             Ok(_) => {
+                tracing::debug!(%code, "no slot free here and none in flight: refused as leased elsewhere");
                 let _ = contender.reply.send(Err(Error::unavailable(
                     "every free slot is leased elsewhere right now",
                 )));
@@ -357,6 +358,7 @@ impl VoucherShardState {
                 if contender.attempts < MAX_CLAIM_ATTEMPTS {
                     retry = Some(contender);
                 } else {
+                    tracing::debug!(%code, attempts = contender.attempts, "every slot tried was taken: refused");
                     let _ = contender
                         .reply
                         .send(Err(Error::unavailable("no slot could be claimed")));

@@ -78,14 +78,15 @@ impl Pool {
 
     /// One lease of up to `max` slots: for a single instance that many; for one of
     /// several instances at most an eighth of what is left (at least one), as Redis
-    /// leases, so no shard hoards the range the others then sweep through.
+    /// leases, so no shard hoards the range the others then sweep through. Shared, fresh
+    /// slots go first: the ledger's gaps are where other instances' leases are (their
+    /// claims in flight, their Redis leases before an outage), so they are tried last.
     fn lease(&mut self, max: u32, shared: bool) -> SlotBatch {
-        let size = if shared {
-            max.min((self.left() / 8).max(1))
+        if shared {
+            self.take_fresh_first(max.min((self.left() / 8).max(1)))
         } else {
-            max
-        };
-        self.take(size)
+            self.take(max)
+        }
     }
 
     fn is_dry(&self) -> bool {
@@ -98,9 +99,23 @@ impl Pool {
             && now.duration_since(self.built) >= Duration::from_millis(RECONCILE_INTERVAL_MS)
     }
 
+    /// Up to `max` slots: returned ones first, then fresh ones.
     fn take(&mut self, max: u32) -> SlotBatch {
         let mut batch = self.returned.take_lowest(max as usize);
-        let wanted = max - batch.len() as u32;
+        self.take_fresh(max - batch.len() as u32, &mut batch);
+        self.hand_out(batch, max)
+    }
+
+    /// Up to `max` slots: fresh ones first, then returned ones.
+    fn take_fresh_first(&mut self, max: u32) -> SlotBatch {
+        let mut batch = SlotBatch::new();
+        self.take_fresh(max, &mut batch);
+        batch.append(self.returned.take_lowest((max as usize) - batch.len()));
+        self.hand_out(batch, max)
+    }
+
+    /// Adds up to `wanted` fresh slots to `batch`.
+    fn take_fresh(&mut self, wanted: u32, batch: &mut SlotBatch) {
         let fresh = wanted.min(self.fresh_count - self.fresh_handed);
         if fresh > 0 {
             // Up to the end of the fresh range, then from its start (random start).
@@ -114,6 +129,10 @@ impl Pool {
             }
             self.fresh_handed += fresh;
         }
+    }
+
+    /// Counts `batch` out of the pool.
+    fn hand_out(&mut self, batch: SlotBatch, max: u32) -> SlotBatch {
         let count = batch.len() as u32;
         // Slot accounting: a lease never exceeds what was asked, and every slot
         // out is counted until it comes back.
@@ -230,8 +249,11 @@ impl SlotSource for LocalSlots {
     ) -> BoxFuture<'static, Result<()>> {
         // Alone on its ledger, a taken slot means a predecessor's claim landed late
         // (a restarted shard): nothing to realign, and the rest is free. Shared, the
-        // next lease rebuilds the pool from the ledger once allowed (the rest with it,
-        // where free); until then the rest waits in the pool.
+        // rest is likely taken too (other instances lease there): it goes back among
+        // the returned slots, which a shared pool hands out after its fresh ones, and
+        // the next lease rebuilds the pool from the ledger once allowed. (Dropping it
+        // instead drains a pool that collides often within one interval, and a dry
+        // pool answers "leased elsewhere" until it may be rebuilt.)
         if self.shared {
             if let Some(pool) = self.pools.lock().get_mut(code) {
                 pool.stale = true;
@@ -268,6 +290,15 @@ mod tests {
         assert_eq!(slots(&p.take(3)), vec![1, 3, 5]);
         assert_eq!(slots(&p.take(10)), vec![6, 7, 8]);
         assert!(p.take(1).is_empty());
+        assert_eq!(p.outstanding, 6);
+    }
+
+    #[test]
+    fn shared_fresh_slots_go_first_then_the_gaps() {
+        let mut p = pool(5, 4, 0, vec![3, 1]);
+        assert_eq!(slots(&p.take_fresh_first(5)), vec![1, 5, 6, 7, 8]);
+        assert_eq!(slots(&p.take_fresh_first(5)), vec![3]);
+        assert!(p.take_fresh_first(1).is_empty());
         assert_eq!(p.outstanding, 6);
     }
 
@@ -372,6 +403,61 @@ mod tests {
                 slots,
                 vec![1, 3, 4, 6],
                 "the rebuilt pool leaves the taken slots out"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_shared_pool_leases_the_rest_of_a_lost_batch_last() {
+            // Goal: after a claim finds a slot taken, the rest of its batch (likely taken
+            // too) is handed out only after every fresh slot, not again at once; after
+            // the rebuild, the free slots come back and the taken ones do not.
+            let ledger: Arc<dyn VoucherLedger> = Arc::new(CasLedger::open(MemoryStore::new()));
+            let code = voucher(&ledger, 64).await;
+            let source = LocalSlots::shared(ledger.clone());
+            let batch = source.lease(&code, 64, 64).await.expect("leased");
+            assert_eq!(batch.len(), 8, "shared: an eighth of 64");
+            // Another instance took the first slot of the batch, and the next two.
+            let mut rest = batch.clone();
+            for _ in 0..3 {
+                let slot = rest.pop_lowest().expect("a slot");
+                claim(&ledger, &code, slot).await;
+            }
+            source
+                .taken_elsewhere(&code, 64, rest.clone())
+                .await
+                .expect("noted");
+            // Everything the pool hands out before it may be rebuilt (within the interval).
+            let mut order = Vec::new();
+            loop {
+                let leased = source.lease(&code, 64, 64).await.expect("leased");
+                if leased.is_empty() {
+                    break;
+                }
+                order.extend(leased.iter());
+            }
+            let first_of_rest = order.iter().position(|slot| rest.contains(*slot));
+            assert_eq!(
+                first_of_rest,
+                Some(64 - 8),
+                "the 56 fresh slots go out before the rest of the lost batch ({order:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS + 50)).await;
+            let mut after = SlotBatch::new();
+            loop {
+                let leased = source.lease(&code, 64, 64).await.expect("leased");
+                if leased.is_empty() {
+                    break;
+                }
+                after.append(leased);
+            }
+            assert!(
+                rest.iter().all(|slot| after.contains(slot)),
+                "the free slots of the dropped rest come back with the rebuild"
+            );
+            assert_eq!(
+                after.len() + 3,
+                64,
+                "the rebuilt pool holds every slot but the three taken"
             );
         }
 

@@ -208,26 +208,40 @@ impl Link {
         client.get_multiplexed_async_connection().await
     }
 
+    /// The cached connection, or a new one; true when it was cached.
+    async fn connection(&self) -> redis::RedisResult<(MultiplexedConnection, bool)> {
+        let mut cached = self.cached.lock().await;
+        if let Some(connection) = cached.as_ref() {
+            return Ok((connection.clone(), true));
+        }
+        let fresh = self.connect().await?;
+        *cached = Some(fresh.clone());
+        Ok((fresh, false))
+    }
+
     /// Runs one Redis operation with a bounded wait; any failure drops the
     /// connection so the next call resolves the master again.
+    ///
+    /// A cached connection whose server went away (killed, failed over) answers
+    /// "broken pipe", mostly without having sent anything (see [`is_broken_pipe`]):
+    /// then the operation runs once more on a new connection (through Sentinel, to the
+    /// new master) within the same bound, instead of turning the instance degraded
+    /// for the health interval.
     async fn run<T, F, Fut>(&self, operation: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let bounded = async {
-            let connection = {
-                let mut cached = self.cached.lock().await;
-                match cached.as_ref() {
-                    Some(connection) => connection.clone(),
-                    None => {
-                        let fresh = self.connect().await?;
-                        *cached = Some(fresh.clone());
-                        fresh
-                    }
+            let (connection, cached) = self.connection().await?;
+            match operation(connection).await {
+                Err(error) if cached && is_broken_pipe(&error) => {
+                    *self.cached.lock().await = None;
+                    let (connection, _) = self.connection().await?;
+                    operation(connection).await
                 }
-            };
-            operation(connection).await
+                outcome => outcome,
+            }
         };
         let outcome =
             tokio::time::timeout(Duration::from_millis(REDIS_OP_TIMEOUT_MS), bounded).await;
@@ -239,6 +253,19 @@ impl Link {
         *self.cached.lock().await = None;
         Err(Error::unavailable(format!("redis: {error}")))
     }
+}
+
+/// The error of a multiplexed connection whose driver already stopped: the command
+/// was not written anywhere.
+/// A stream that ended answers the requests in flight the same way, so a command may
+/// have reached a server that died; its effect then survives only where that server's
+/// writes did (a replica that had them), and a lease run twice there leaves slots in
+/// this instance's held set that no shard holds: never an over-redemption, at worst
+/// slots that wait for this instance's restart.
+fn is_broken_pipe(error: &redis::RedisError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 struct Keys {
@@ -271,6 +298,10 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Vouchers this instance holds slots of: their held sets are renewed.
     held: Mutex<HashSet<VoucherCode>>,
+    /// Slots leased from the ledger while degraded, per voucher: Redis has them in no
+    /// held set, so when it is reachable again they go into this instance's (else its
+    /// reconciliation would hand them to other instances while this one claims them).
+    leased_while_degraded: Mutex<HashMap<VoucherCode, SlotBatch>>,
     last_reconcile: Mutex<HashMap<VoucherCode, Instant>>,
     last_realign: Mutex<HashMap<VoucherCode, Instant>>,
     lease: Script,
@@ -309,6 +340,7 @@ impl RedisSlots {
             degraded: AtomicBool::new(false),
             metrics,
             held: Mutex::default(),
+            leased_while_degraded: Mutex::default(),
             last_reconcile: Mutex::default(),
             last_realign: Mutex::default(),
             lease: Script::new(LEASE_SCRIPT),
@@ -347,6 +379,12 @@ impl SlotSource for RedisSlots {
                 }
             }
             let slots = inner.fallback.lease(&code, limit, max).await?;
+            inner
+                .leased_while_degraded
+                .lock()
+                .entry(code.clone())
+                .or_default()
+                .append(slots.clone());
             inner
                 .metrics
                 .observe_lease(SlotSourceKind::ledger, slots.len(), started.elapsed());
@@ -398,14 +436,14 @@ impl SlotSource for RedisSlots {
             // What this instance held changes now, so reconciliation is due at
             // once rather than after the usual interval.
             inner.last_reconcile.lock().remove(&code);
-            let held = Keys::new(&code, &inner.instance).held;
+            let held = &Keys::new(&code, &inner.instance).held;
             // What this instance held is free again unless the ledger has it;
             // dropping the held set lets reconciliation return it.
             let outcome = inner
                 .link
                 .run(|mut connection| async move {
                     redis::cmd("DEL")
-                        .arg(&held)
+                        .arg(held)
                         .query_async::<i64>(&mut connection)
                         .await
                 })
@@ -569,9 +607,12 @@ impl Inner {
                     return Ok(slots_in_range(code, limit, slots));
                 }
                 _ => {
-                    if !self.reconcile_due(code)
-                        || self.reconcile_pool(code, limit, keys).await? == 0
-                    {
+                    if !self.reconcile_due(code) {
+                        tracing::debug!(%code, "the redis pool is empty; reconciled a moment ago");
+                        return Ok(SlotBatch::new());
+                    }
+                    if self.reconcile_pool(code, limit, keys).await? == 0 {
+                        tracing::debug!(%code, "the redis pool is empty and the ledger shows no slot free outside live leases");
                         return Ok(SlotBatch::new());
                     }
                 }
@@ -676,6 +717,10 @@ impl Inner {
                 })
                 .await;
             if ping.is_ok() {
+                if let Err(error) = self.hold_what_was_leased_while_degraded().await {
+                    tracing::warn!(%error, "redis answers again but did not take this instance's held slots; still degraded");
+                    return;
+                }
                 tracing::info!("redis reachable again; leasing slots from it");
                 self.fallback.forget_all();
                 self.degraded.store(false, Ordering::Release);
@@ -704,6 +749,57 @@ impl Inner {
         if let Err(error) = renewal {
             self.enter_degraded(&error);
         }
+    }
+}
+
+impl Inner {
+    /// Puts the slots leased from the ledger while degraded into this instance's held
+    /// sets (some are claimed since: taken, so no reconciliation returns them anyway),
+    /// so the pool does not hand them out while this instance's shards still hold them.
+    async fn hold_what_was_leased_while_degraded(&self) -> Result<()> {
+        let leased: Vec<(VoucherCode, SlotBatch)> =
+            self.leased_while_degraded.lock().drain().collect();
+        for (index, (code, slots)) in leased.iter().enumerate() {
+            let keys = &Keys::new(code, &self.instance);
+            let instance = &self.instance;
+            let slots: Vec<u32> = slots.iter().collect();
+            let mut outcome = Ok(());
+            for chunk in slots.chunks(REDIS_SLOTS_PER_CALL) {
+                outcome = self
+                    .link
+                    .run(|mut connection| async move {
+                        redis::pipe()
+                            .cmd("SADD")
+                            .arg(&keys.held)
+                            .arg(chunk)
+                            .ignore()
+                            .cmd("PEXPIRE")
+                            .arg(&keys.held)
+                            .arg(LEASE_TTL_MS)
+                            .ignore()
+                            .cmd("SADD")
+                            .arg(&keys.holders)
+                            .arg(instance)
+                            .ignore()
+                            .query_async::<()>(&mut connection)
+                            .await
+                    })
+                    .await;
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            if let Err(error) = outcome {
+                // Kept for the next attempt, with what was not handed over yet.
+                let mut kept = self.leased_while_degraded.lock();
+                for (code, slots) in leased.into_iter().skip(index) {
+                    kept.entry(code).or_default().append(slots);
+                }
+                return Err(error);
+            }
+            self.held.lock().insert(code.clone());
+        }
+        Ok(())
     }
 }
 
