@@ -50,7 +50,7 @@ const AMOUNT: i64 = 700;
 /// More slots than the crowd can take: every fresh user wins.
 const LIMIT: u32 = 1_000_000;
 /// Redeems in flight at once through haproxy.
-const IN_FLIGHT: usize = 32;
+const IN_FLIGHT: usize = 128;
 /// Upper bound on haproxy taking an instance in or out (checks every 1 s, 2 to change).
 const HAPROXY_CHANGE_LIMIT: Duration = Duration::from_secs(20);
 
