@@ -147,6 +147,44 @@ impl SlotBatch {
         added
     }
 
+    /// Takes the slots `first..=last` out (none when `first > last`); returns how
+    /// many were in the batch.
+    pub fn remove_range(&mut self, first: u32, last: u32) -> u64 {
+        if first > last {
+            return 0;
+        }
+        // Ranges that overlap first..=last form the run start..end.
+        let start = self.ranges.partition_point(|&(_, l)| l < first);
+        let end = self.ranges.partition_point(|&(f, _)| f <= last);
+        if start == end {
+            return 0;
+        }
+        let (head, tail) = (self.ranges[start].0, self.ranges[end - 1].1);
+        let removed: u64 = self
+            .ranges
+            .drain(start..end)
+            .map(|(f, l)| range_len(f.max(first), l.min(last)))
+            .sum();
+        // What of the run lies outside first..=last stays.
+        let mut at = start;
+        if head < first {
+            self.ranges.insert(at, (head, first - 1));
+            at += 1;
+        }
+        if tail > last {
+            self.ranges.insert(at, (last + 1, tail));
+        }
+        self.len -= removed;
+        removed
+    }
+
+    /// Takes every slot of `other` out.
+    pub fn remove_all(&mut self, other: &SlotBatch) {
+        for (first, last) in &other.ranges {
+            self.remove_range(*first, *last);
+        }
+    }
+
     /// Adds every slot of `other`.
     pub fn append(&mut self, other: SlotBatch) {
         for (first, last) in other.ranges {
@@ -242,6 +280,24 @@ mod tests {
         assert!(!batch.contains(0) && !batch.contains(10_000_001));
         let extremes = SlotBatch::from_range(0, u32::MAX);
         assert_eq!(extremes.len() as u64, 1 << 32);
+    }
+
+    #[test]
+    fn removing_splits_and_drops_ranges() {
+        let mut batch: SlotBatch = [1, 2, 3, 4, 5, 8, 9, 12].into_iter().collect();
+        assert_eq!(batch.remove_range(3, 8), 4);
+        assert_eq!(ranges(&batch), vec![(1, 2), (9, 9), (12, 12)]);
+        assert_eq!(batch.len(), 4);
+        assert_eq!(batch.remove_range(20, 30), 0);
+        assert_eq!(batch.remove_range(10, 11), 0);
+        batch.remove_all(&[1, 12].into_iter().collect());
+        assert_eq!(ranges(&batch), vec![(2, 2), (9, 9)]);
+        let mut big = SlotBatch::from_range(1, 1_000_000);
+        assert_eq!(big.remove_range(500_000, 500_000), 1);
+        assert_eq!(ranges(&big), vec![(1, 499_999), (500_001, 1_000_000)]);
+        assert_eq!(big.len(), 999_999);
+        assert_eq!(big.remove_range(0, u32::MAX), 999_999);
+        assert!(big.is_empty() && big.range_count() == 0);
     }
 
     #[test]

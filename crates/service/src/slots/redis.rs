@@ -408,6 +408,7 @@ impl SlotSource for RedisSlots {
         let code = code.clone();
         Box::pin(async move {
             if inner.degraded.load(Ordering::Acquire) {
+                inner.no_longer_held_while_degraded(&code, &rest);
                 return inner.fallback.taken_elsewhere(&code, limit, rest).await;
             }
             let keys = &Keys::new(&code, &inner.instance);
@@ -461,6 +462,7 @@ impl Inner {
     async fn give_back(&self, code: &VoucherCode, slots: SlotBatch) -> Result<()> {
         self.metrics.count_slots_returned(slots.len());
         if self.degraded.load(Ordering::Acquire) {
+            self.no_longer_held_while_degraded(code, &slots);
             return self.fallback.give_back(code, slots).await;
         }
         let keys = &Keys::new(code, &self.instance);
@@ -753,6 +755,19 @@ impl Inner {
 }
 
 impl Inner {
+    /// Slots leased while degraded that went back to the fallback: no shard holds
+    /// them, so they must not go into the held set when Redis answers again (there
+    /// they would be stranded: reconciliation never returns a live holder's slots).
+    fn no_longer_held_while_degraded(&self, code: &VoucherCode, slots: &SlotBatch) {
+        let mut leased = self.leased_while_degraded.lock();
+        if let Some(held) = leased.get_mut(code) {
+            held.remove_all(slots);
+            if held.is_empty() {
+                leased.remove(code);
+            }
+        }
+    }
+
     /// Puts the slots leased from the ledger while degraded into this instance's held
     /// sets (some are claimed since: taken, so no reconciliation returns them anyway),
     /// so the pool does not hand them out while this instance's shards still hold them.
