@@ -18,7 +18,7 @@ use voucherd_test_support::cluster::scenario::{
 use voucherd_test_support::cluster::sentinel::SentinelGroup;
 use voucherd_test_support::cluster::verify::wait_metric_everywhere;
 use voucherd_test_support::cluster::voucherd::Cluster;
-use voucherd_test_support::proxy::{socket_address, Proxy};
+use voucherd_test_support::proxy::Proxy;
 
 /// The binary under test.
 const VOUCHERD: Binary = Binary::new(env!("CARGO_BIN_EXE_voucherd"));
@@ -121,16 +121,8 @@ async fn failover_to_a_lagging_replica() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let mut master = RedisServer::start("master").await;
-    let replica = RedisServer::start_with(
-        "replica",
-        &[
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            master.port().to_string(),
-        ],
-    )
-    .await;
-    let proxy = Proxy::start(socket_address(&master.url().replace("redis://", "http://"))).await;
+    let replica = RedisServer::start_replica_of("replica", &master).await;
+    let proxy = Proxy::start(master.address()).await;
     let redis_url = proxy.url().replace("http://", "redis://");
     let pg = PgServer::start().await;
     let mut cluster = Cluster::start(VOUCHERD, 3, &pg.url(), &redis_url).await;
@@ -139,28 +131,18 @@ async fn failover_to_a_lagging_replica() {
     let code = "LAGGING1";
     let limit = 1_500;
     create_voucher(&client, &cluster, code, limit).await;
-    let meta = format!("voucherd:{{{code}}}:meta");
 
     // Wave 1 through the master; the replica follows it.
     let wave = RunningCrowd::start(&client, urls.clone(), code, 0, 300, 0, 11);
     let mut seen = check(&wave.finish().await, code, None);
     summary("wave before the pause", &seen, started);
-    let master_next = || async {
-        master
-            .cmd::<Option<u32>>(redis::cmd("HGET").arg(&meta).arg("next"))
-            .await
-    };
-    let followed = master_next().await;
+    let followed = pool_cursor(&master, code).await;
     assert!(followed.is_some(), "the master holds the pool of {code}");
     voucherd_test_support::cluster::wait_until(
         "the replica has the master's pool",
         Duration::from_secs(10),
         Duration::from_millis(50),
-        || async {
-            let on_replica: Option<u32> =
-                replica.cmd(redis::cmd("HGET").arg(&meta).arg("next")).await;
-            (on_replica == followed).then_some(())
-        },
+        || async { (pool_cursor(&replica, code).await == followed).then_some(()) },
     )
     .await;
 
@@ -173,9 +155,10 @@ async fn failover_to_a_lagging_replica() {
     let wave_seen = check(&wave.finish().await, code, None);
     summary("wave while the replica lags", &wave_seen, started);
     seen.merge(wave_seen);
-    let ahead = master_next().await.expect("the master holds the pool");
-    let behind: u32 = replica
-        .cmd::<Option<u32>>(redis::cmd("HGET").arg(&meta).arg("next"))
+    let ahead = pool_cursor(&master, code)
+        .await
+        .expect("the master holds the pool");
+    let behind = pool_cursor(&replica, code)
         .await
         .expect("the replica holds the pool as it was at the pause");
     eprintln!("pool cursor: master {ahead}, lagging replica {behind}");
@@ -187,9 +170,7 @@ async fn failover_to_a_lagging_replica() {
 
     // The master dies; its address now leads to the lagging replica.
     master.kill_hard().await;
-    proxy.set_target(socket_address(
-        &replica.url().replace("redis://", "http://"),
-    ));
+    proxy.set_target(replica.address());
     let failed_over_at = Instant::now();
     let wave = RunningCrowd::start(&client, urls.clone(), code, 900, 400, 400, 13);
     let attempts = wave.finish().await;
@@ -234,4 +215,10 @@ async fn failover_to_a_lagging_replica() {
         "failover_to_a_lagging_replica took {:.1?}",
         started.elapsed()
     );
+}
+
+/// The slot pool's cursor (`next`, the lowest slot never leased) of `code` on `server`.
+async fn pool_cursor(server: &RedisServer, code: &str) -> Option<u32> {
+    let meta = format!("voucherd:{{{code}}}:meta");
+    server.cmd(redis::cmd("HGET").arg(meta).arg("next")).await
 }

@@ -148,8 +148,23 @@ impl RedisServer {
         self.proc = Some(proc);
     }
 
+    /// A server replicating `master` (`--replicaof`), on a free port.
+    pub async fn start_replica_of(name: &str, master: &RedisServer) -> RedisServer {
+        let replicaof = [
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master.port().to_string(),
+        ];
+        Self::start_with(name, &replicaof).await
+    }
+
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:PORT`, for a proxy in front of it.
+    pub fn address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// `redis://127.0.0.1:PORT`

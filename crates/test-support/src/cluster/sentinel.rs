@@ -55,15 +55,7 @@ impl SentinelGroup {
     /// can be agreed on.
     pub async fn start() -> SentinelGroup {
         let master = RedisServer::start("master").await;
-        let replica = RedisServer::start_with(
-            "replica",
-            &[
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                master.port().to_string(),
-            ],
-        )
-        .await;
+        let replica = RedisServer::start_replica_of("replica", &master).await;
         replica.wait_replica_link_up().await;
         let dir = tempfile::Builder::new()
             .prefix("cluster-sentinels-")
