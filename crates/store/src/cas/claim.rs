@@ -96,23 +96,18 @@ fn commit_set(attempt: &Attempt) -> Vec<Assignment> {
     set
 }
 
-/// The take of slot `key` by `holder` at the generation (and bucket count)
-/// `state` shows, and the slot as it stands once applied.
+/// The take of slot `key` by `holder` at the generation `state` shows, and
+/// the slot as it stands once applied. The condition names the slot's own
+/// row only, so takes of different slots never refuse each other.
 fn take_write(key: &RowKey, state: &SlotState, holder: Holder) -> (Cas, SlotState) {
     let taken = SlotState {
-        taken: Some(state.taken.unwrap_or(0) + 1),
         gen: Some(state.generation() + 1),
         holder: Some(holder),
     };
     let write = Write::Update {
         row: key.row.clone(),
-        when: vec![
-            (col::TAKEN, state.taken.map(Value::Int)),
-            (col::GEN, state.gen.map(Value::Int)),
-            (col::HOLDER, None),
-        ],
+        when: vec![(col::GEN, state.gen.map(Value::Int)), (col::HOLDER, None)],
         set: vec![
-            (col::TAKEN, taken.taken.map(Value::Int)),
             (col::GEN, taken.gen.map(Value::Int)),
             (col::HOLDER, uuid(holder.id)),
             (col::ATTEMPT, uuid(holder.attempt)),
@@ -197,7 +192,7 @@ impl<S: CasStore, H: HalfKind> Inner<S, H> {
     ) -> Result<SlotState> {
         let key = voucher.slot_key(slot);
         let current = self.read_with_statics(key.clone(), serial).await?;
-        SlotState::read(&current.statics, current.row(&key.row))
+        SlotState::read(current.row(&key.row))
     }
 
     /// Writes `set` on key `id` if it still is `row` (same version; inserts
@@ -247,11 +242,9 @@ impl<S: CasStore, H: HalfKind> Inner<S, H> {
         let (cas, taken) = take_write(&key, state, holder);
         match self.store.cas(cas).await {
             CasOutcome::Applied => Some((taken, true)),
-            CasOutcome::NotApplied(current) => {
-                SlotState::read(&current.statics, current.row(&key.row))
-                    .ok()
-                    .map(|s| (s, true))
-            }
+            CasOutcome::NotApplied(current) => SlotState::read(current.row(&key.row))
+                .ok()
+                .map(|s| (s, true)),
             CasOutcome::Unknown => None,
         }
     }

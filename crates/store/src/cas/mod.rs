@@ -12,8 +12,9 @@
 //! - **claim** (user key first): log the attempt (a plain write in the claim
 //!   log) → start it on the user's key (`IF NOT EXISTS` / `IF version = ?`:
 //!   the key names the attempt, its slot and the slot generation its take
-//!   expects) → take the slot (`IF gen = ? AND holder = null AND taken = ?`,
-//!   the bucket's count of held slots in the same statement) → commit the key
+//!   expects) → take the slot (`IF gen = ? AND holder = null`, the slot's
+//!   own row only, so takes of different slots never refuse each other) →
+//!   commit the key
 //!   (`IF version = ?`). A slot lost to another attempt aborts the key; a slot
 //!   freed and taken again meanwhile moves the key's attempt to the slot's new
 //!   generation. The take of a given generation can happen at most once, and

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use super::claim::redemption_of;
 use super::schema::{
-    catalog, col, get_int, key_of, log_partition, small, KeyState, LogEntry, SlotState, VoucherRow,
+    catalog, col, key_of, log_partition, small, KeyState, LogEntry, SlotState, VoucherRow,
 };
-use super::store::{CasStore, Clustering, Partition, Row, RowKey, Scan, Value};
+use super::store::{CasStore, Clustering, Partition, Row, Scan, Value};
 use super::Inner;
 use futures::future::join_all;
 use voucherd_core::domain::{
@@ -24,6 +24,8 @@ use voucherd_core::ledger::{HalfKind, SlotUsage};
 
 /// Rows a merged listing reads from one partition at a time.
 const PAGE: usize = 128;
+/// Rows a count of held slots reads from one bucket at a time.
+const COUNT_PAGE: usize = 1_000;
 
 /// One partition of a merged listing.
 struct Source {
@@ -132,22 +134,48 @@ impl<S: CasStore, H: HalfKind> Inner<S, H> {
         Merge::new(Self::buckets(voucher), after, Bound::Unbounded)
     }
 
+    /// The voucher with its count of held slots: a paged scan of every
+    /// bucket, which holds a row only for a slot taken at least once, so the
+    /// count costs reads in proportion to the winners, not to the limit. It
+    /// is exact whenever no claim or release of the voucher is in the middle
+    /// of its steps; during a claim it may count the slot a step before the
+    /// redemption shows, and a void's slot a step after.
     async fn voucher_of(&self, voucher: Arc<VoucherRow>) -> Result<VoucherStatus> {
-        let reads = (0..voucher.buckets).map(|b| {
-            let at = RowKey {
-                partition: voucher.bucket(b),
-                row: Vec::new(),
-            };
-            self.store.read(at)
-        });
-        let mut redeemed: i64 = 0;
-        for current in join_all(reads).await {
-            redeemed += get_int(&current?.statics, col::TAKEN)?.unwrap_or(0);
+        let counts = Self::buckets(&voucher)
+            .into_iter()
+            .map(|bucket| self.held_in(bucket));
+        let mut redeemed: u32 = 0;
+        for count in join_all(counts).await {
+            redeemed = redeemed.saturating_add(count?);
         }
         Ok(VoucherStatus {
             voucher: voucher.voucher.clone(),
-            redeemed: small(redeemed, col::TAKEN)?,
+            redeemed,
         })
+    }
+
+    /// Slots held in one bucket, read a page at a time.
+    async fn held_in(&self, bucket: Partition) -> Result<u32> {
+        let mut held = 0u32;
+        let mut from = Bound::Unbounded;
+        loop {
+            let scan = Scan {
+                from: from.clone(),
+                to: Bound::Unbounded,
+                descending: false,
+                limit: COUNT_PAGE,
+            };
+            let rows = self.store.scan(bucket.clone(), scan).await?.rows;
+            for (_, row) in &rows {
+                if SlotState::read(Some(row))?.holder.is_some() {
+                    held += 1;
+                }
+            }
+            match rows.last() {
+                Some((last, _)) if rows.len() == COUNT_PAGE => from = Bound::Excluded(last.clone()),
+                _ => return Ok(held),
+            }
+        }
     }
 
     pub(super) async fn voucher_status(&self, code: &VoucherCode) -> Result<Option<VoucherStatus>> {
@@ -196,7 +224,7 @@ impl<S: CasStore, H: HalfKind> Inner<S, H> {
     async fn finished(&self, rows: Vec<(Clustering, Row)>) -> Result<Vec<ReportEntry>> {
         let mut held = Vec::new();
         for (key, row) in rows {
-            let state = SlotState::read(&Row::new(), Some(&row))?;
+            let state = SlotState::read(Some(&row))?;
             if let Some(holder) = state.holder {
                 held.push((slot_number(&key)?, holder));
             }
@@ -285,7 +313,7 @@ impl<S: CasStore, H: HalfKind> Inner<S, H> {
         let mut merge = Self::held_slots(&voucher, Bound::Unbounded);
         let mut next_expected = 1u32;
         while let Some((key, row)) = merge.next(&self.store).await? {
-            if SlotState::read(&Row::new(), Some(&row))?.holder.is_none() {
+            if SlotState::read(Some(&row))?.holder.is_none() {
                 continue;
             }
             let slot = slot_number(&key)?;

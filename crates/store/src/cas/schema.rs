@@ -23,7 +23,6 @@ pub(super) mod col {
     pub const CREATED_AT: Column = "created_at";
     pub const BUCKETS: Column = "buckets";
     // slots
-    pub const TAKEN: Column = "taken";
     pub const GEN: Column = "gen";
     pub const HOLDER: Column = "holder";
     pub const ATTEMPT: Column = "attempt";
@@ -194,21 +193,15 @@ pub(super) struct Holder {
 /// missing row or static reads as null).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct SlotState {
-    /// The bucket's count of held slots (static).
-    pub taken: Option<i64>,
     /// How many times the slot was taken; only a take changes it.
     pub gen: Option<i64>,
     pub holder: Option<Holder>,
 }
 
 impl SlotState {
-    pub fn read(statics: &Row, row: Option<&Row>) -> Result<Self> {
-        let taken = get_int(statics, col::TAKEN)?;
+    pub fn read(row: Option<&Row>) -> Result<Self> {
         let Some(row) = row else {
-            return Ok(SlotState {
-                taken,
-                ..SlotState::default()
-            });
+            return Ok(SlotState::default());
         };
         let holder = match (get_uuid(row, col::HOLDER)?, get_uuid(row, col::ATTEMPT)?) {
             (Some(id), Some(attempt)) => Some(Holder { id, attempt }),
@@ -216,7 +209,6 @@ impl SlotState {
             _ => return Err(Error::storage("a slot holder without its attempt")),
         };
         Ok(SlotState {
-            taken,
             gen: get_int(row, col::GEN)?,
             holder,
         })

@@ -169,11 +169,9 @@ impl<S: CasStore, H: HalfKind> Inner<S, H> {
             if !state.held_by(holder) {
                 return Ok(());
             }
-            state = match self.store.cas(release_write(&key, &state, holder)?).await {
+            state = match self.store.cas(release_write(&key, holder)).await {
                 CasOutcome::Applied => return Ok(()),
-                CasOutcome::NotApplied(current) => {
-                    SlotState::read(&current.statics, current.row(&key.row))?
-                }
+                CasOutcome::NotApplied(current) => SlotState::read(current.row(&key.row))?,
                 CasOutcome::Unknown => self.slot_state(voucher, slot, true).await?,
             };
         }
@@ -243,29 +241,19 @@ impl<S: CasStore, H: HalfKind> Inner<S, H> {
 }
 
 /// The release of slot `key`, which `state` shows held by `holder`.
-fn release_write(key: &RowKey, state: &SlotState, holder: Holder) -> Result<Cas> {
-    let taken = state.taken.unwrap_or(0);
-    if taken < 1 {
-        let detail = format!("slot {:?} is held, its bucket counts none", key.row);
-        return Err(Error::storage(detail));
-    }
+fn release_write(key: &RowKey, holder: Holder) -> Cas {
     let write = Write::Update {
         row: key.row.clone(),
         when: vec![
-            (col::TAKEN, int(taken)),
             (col::HOLDER, Some(Value::Uuid(holder.id))),
             (col::ATTEMPT, Some(Value::Uuid(holder.attempt))),
         ],
-        set: vec![
-            (col::TAKEN, int(taken - 1)),
-            (col::HOLDER, None),
-            (col::ATTEMPT, None),
-        ],
+        set: vec![(col::HOLDER, None), (col::ATTEMPT, None)],
     };
-    Ok(Cas {
+    Cas {
         partition: key.partition.clone(),
         writes: vec![write],
-    })
+    }
 }
 
 #[cfg(test)]

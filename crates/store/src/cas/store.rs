@@ -86,7 +86,7 @@ impl Table {
     /// The table's static columns (one value per partition).
     pub fn statics(self) -> &'static [Column] {
         match self {
-            Table::Slots => &["taken"],
+            Table::Slots => &[],
             Table::Wallets => &["balance", "version", "opened_at", "opened_by"],
             _ => &[],
         }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use super::*;
 
+/// A partition with statics (a wallet's `balance` stands in for any static column).
 fn slots(bucket: i64) -> Partition {
     Partition {
-        table: Table::Slots,
-        key: vec![Value::Text("GOAL".into()), Value::Int(bucket)],
+        table: Table::Wallets,
+        key: vec![Value::Int(bucket)],
     }
 }
 
@@ -23,9 +24,9 @@ fn take(n: i64, taken: Option<i64>) -> Cas {
         partition: slots(0),
         writes: vec![Write::Update {
             row: slot(n),
-            when: vec![("taken", taken.map(Value::Int)), ("holder", None)],
+            when: vec![("balance", taken.map(Value::Int)), ("holder", None)],
             set: vec![
-                ("taken", Some(Value::Int(taken.unwrap_or(0) + 1))),
+                ("balance", Some(Value::Int(taken.unwrap_or(0) + 1))),
                 ("holder", Some(Value::Int(n))),
             ],
         }],
@@ -48,7 +49,7 @@ async fn conditions_see_nulls_statics_and_current_rows() {
     let CasOutcome::NotApplied(current) = store.cas(take(1, Some(1))).await else {
         panic!("slot 1 is held");
     };
-    assert_eq!(current.statics.get("taken"), Some(&Value::Int(1)));
+    assert_eq!(current.statics.get("balance"), Some(&Value::Int(1)));
     assert_eq!(
         current.row(&slot(1)).and_then(|r| r.get("holder")),
         Some(&Value::Int(1))
@@ -78,7 +79,7 @@ async fn a_batch_applies_all_or_nothing() {
         writes: vec![insert(3), insert(2)],
     };
     assert!(matches!(store.cas(again).await, CasOutcome::NotApplied(_)));
-    let rows = store.dump(Table::Slots)[0].rows.len();
+    let rows = store.dump(Table::Wallets)[0].rows.len();
     assert_eq!(rows, 2, "slot 3 was not inserted");
     let delete = Cas {
         partition: slots(0),
@@ -152,7 +153,7 @@ async fn store_taken(store: &MemoryStore) -> Option<i64> {
         partition: slots(0),
         row: Vec::new(),
     };
-    match store.read(at).await.unwrap().statics.get("taken") {
+    match store.read(at).await.unwrap().statics.get("balance") {
         Some(Value::Int(n)) => Some(*n),
         _ => None,
     }
@@ -171,7 +172,7 @@ async fn a_missing_row_reads_without_the_statics_and_the_partition_alone_with_th
         row,
     };
     let held = store.read(at(slot(1))).await.unwrap();
-    assert_eq!(held.statics.get("taken"), Some(&Value::Int(1)));
+    assert_eq!(held.statics.get("balance"), Some(&Value::Int(1)));
     assert!(held.row(&slot(1)).is_some());
     for serial in [false, true] {
         let missing = if serial {
@@ -183,13 +184,13 @@ async fn a_missing_row_reads_without_the_statics_and_the_partition_alone_with_th
         assert!(missing.statics.is_empty(), "serial: {serial}: {missing:?}");
     }
     let alone = store.read(at(Vec::new())).await.unwrap();
-    assert_eq!(alone.statics.get("taken"), Some(&Value::Int(1)));
+    assert_eq!(alone.statics.get("balance"), Some(&Value::Int(1)));
     // A failed condition answers the partition's statics with the rows it
     // addressed, as the adapter completes Cassandra's answer.
     let CasOutcome::NotApplied(current) = store.cas(take(2, None)).await else {
         panic!("the count moved: the take must not apply");
     };
-    assert_eq!(current.statics.get("taken"), Some(&Value::Int(1)));
+    assert_eq!(current.statics.get("balance"), Some(&Value::Int(1)));
 }
 
 /// Every round takes 10 ms before it takes effect; a contended one is lost.
