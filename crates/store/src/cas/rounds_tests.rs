@@ -52,8 +52,8 @@ fn ledger<H: HalfKind>() -> (CasLedger<Observed<MemoryStore>, H>, Arc<Metrics>) 
 async fn a_claim_of_a_fresh_slot_takes_three_rounds_each_applied_at_once() {
     let (ledger, metrics) = ledger::<VoucherHalf>();
     let code = VoucherCode::parse("FRESH").unwrap();
-    // 64 buckets: slots 1, 65 and 129 share one, so each take after the
-    // first meets the bucket's count of held slots (a static column).
+    // 64 buckets: slots 1, 65 and 129 share one; each take is conditioned
+    // on its own slot's row, so none refuses another.
     let voucher = Voucher::new(code.clone(), 500, 200, None, None, at(0)).unwrap();
     ledger.create_voucher(voucher).await.unwrap();
     let before = rounds(&metrics);

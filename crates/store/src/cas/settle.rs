@@ -156,7 +156,7 @@ impl<S: CasStore, H: HalfKind> Inner<S, H> {
             .ok_or_else(|| Error::storage(format!("voucher {code} is referenced but missing")))
     }
 
-    /// Frees `slot` if `holder` still holds it, with the bucket's count.
+    /// Frees `slot` if `holder` still holds it.
     pub(super) async fn release(
         &self,
         voucher: &VoucherRow,

@@ -57,7 +57,7 @@ pub type Clustering = Vec<Value>;
 pub enum Table {
     /// PRIMARY KEY ((catalog), code): every voucher, in one partition.
     Vouchers,
-    /// PRIMARY KEY ((code, bucket), slot), static `taken`: slot claims (I1).
+    /// PRIMARY KEY ((code, bucket), slot), no statics: slot claims (I1).
     Slots,
     /// PRIMARY KEY (id): a user's key of a voucher (I2) and its redemption.
     Redemptions,
